@@ -1,0 +1,203 @@
+"""The HTTP face of a node: AWS JSON 1.1 on ``POST /``, plus ``/_kms/*`` endpoints.
+
+Rules: every answer is JSON (errors as ``{"__type", "message"}``, never an HTML
+page or a traceback); every call that names an operation, refused or not, leaves
+an audit fact before the answer; one log line per request, with its request id.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+import uuid
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from kms.api.sigv4 import SigV4Verifier
+from kms.api.validation import RequestModel
+from kms.domain.errors import (
+    KMSError,
+    KMSInternalException,
+    SerializationException,
+    UnknownOperationException,
+    UnsupportedOperationException,
+)
+from kms.node import Node
+from kms.service.core import OPERATIONS, Caller
+
+log = structlog.get_logger("kms.api")
+
+NODE = web.AppKey("node", Node)
+TARGET_PREFIX = "TrentService."
+JSON_TYPES = ("application/x-amz-json-1.1", "application/x-amz-json-1.0", "application/json")
+_CREDENTIAL = re.compile(r"Credential=([A-Za-z0-9]+)/")
+_MODEL = RequestModel()
+
+
+def _blob(value: Any) -> str:
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(value).decode("ascii")
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def json_response(body: dict[str, Any] | None, request_id: str, status: int = 200) -> web.Response:
+    text = "" if body is None else json.dumps(body, default=_blob, separators=(",", ":"))
+    return web.Response(
+        text=text,
+        status=status,
+        content_type="application/x-amz-json-1.1",
+        headers={"x-amzn-RequestId": request_id},
+    )
+
+
+def error_response(err: KMSError, request_id: str) -> web.Response:
+    body: dict[str, Any] = {"__type": err.code}
+    if err.message:
+        body["message"] = err.message
+    return json_response(body, request_id, err.status)
+
+
+class Gateway:
+    """Authenticates, parses, dispatches and answers one ``POST /`` at a time."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.dev = node.config.dev
+        self.account = node.config.account_id
+        self.verifier = SigV4Verifier(node.credentials.secret, node.config.region,
+                                      now=node.clock.now)
+
+    def caller(self, request: web.Request, body: bytes) -> Caller:
+        ip = request.remote or ""
+        agent = request.headers.get("User-Agent", "")
+        if self.dev:
+            m = _CREDENTIAL.search(request.headers.get("Authorization", ""))
+            return Caller(f"arn:aws:iam::{self.account}:root", self.account,
+                          m.group(1) if m else "", ip, agent)
+        access_key = self.verifier.verify(request.method, request.raw_path.split("?", 1)[0],
+                                          request.query_string, request.headers, body)
+        principal = self.node.credentials.principal(access_key)
+        assert principal is not None  # the verifier knew its secret
+        return Caller(principal.arn, principal.account, access_key, ip, agent)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        request_id = str(uuid.uuid4())
+        started = time.perf_counter()
+        target = request.headers.get("X-Amz-Target", "")
+        operation = target[len(TARGET_PREFIX):] if target.startswith(TARGET_PREFIX) else ""
+        anonymous = Caller("anonymous", "", "", request.remote or "",
+                           request.headers.get("User-Agent", ""))
+        caller = anonymous
+        try:
+            body = await request.read()
+            caller = self.caller(request, body)
+            if operation not in _MODEL.operations:
+                raise UnknownOperationException(
+                    f"Unknown operation {target!r}." if target else "Missing X-Amz-Target."
+                )
+            ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            if ctype not in JSON_TYPES:
+                raise SerializationException(
+                    "Content-Type must be application/x-amz-json-1.1."
+                )
+            try:
+                doc = json.loads(body) if body.strip() else {}
+            except ValueError:
+                raise SerializationException("The request body is not valid JSON.") from None
+            params = _MODEL.parse(operation, doc)
+            if operation not in OPERATIONS:
+                raise UnsupportedOperationException(
+                    f"{operation} is not supported by this service yet."
+                )
+        except KMSError as err:
+            if operation or target:
+                await self._audit_rejection(operation or target, caller, request_id, err)
+            return self._answer(error_response(err, request_id), request_id, operation, started, err)
+        try:
+            result = await self.node.service.call(operation, params, caller, request_id)
+        except KMSError as err:
+            return self._answer(error_response(err, request_id), request_id, operation, started, err)
+        return self._answer(json_response(result, request_id), request_id, operation, started)
+
+    async def _audit_rejection(self, operation: str, caller: Caller, request_id: str,
+                               err: KMSError) -> None:
+        try:
+            await self.node.service.record_rejected(operation, {}, caller, request_id, err)
+        except KMSError:
+            log.error("audit_failed", request_id=request_id, operation=operation)
+
+    def _answer(self, response: web.Response, request_id: str, operation: str, started: float,
+                err: KMSError | None = None) -> web.Response:
+        log.info("request", request_id=request_id, op=operation or "-", status=response.status,
+                 ms=round((time.perf_counter() - started) * 1000, 2),
+                 **({"error": err.code} if err else {}))
+        return response
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Whatever goes wrong outside an operation still answers AWS-style JSON."""
+    request_id = str(uuid.uuid4())
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        code = "UnknownOperationException" if exc.status == 404 else "SerializationException"
+        if exc.status == 405:
+            code = "UnknownOperationException"
+        return json_response({"__type": code, "message": exc.reason}, request_id, exc.status)
+    except Exception:
+        log.exception("unhandled", request_id=request_id, path=request.path)
+        err = KMSInternalException("An internal error occurred. Try again later.")
+        return error_response(err, request_id)
+
+
+async def health(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    if not node.serving:
+        return web.json_response({"status": "starting", "region": node.config.region}, status=503)
+    return web.json_response(
+        {"status": "ok", "region": node.config.region, "log_seq": node.log.last_seq}
+    )
+
+
+async def dev_reset(request: web.Request) -> web.Response:
+    await request.app[NODE].reset()
+    return web.json_response({"status": "reset"})
+
+
+async def dev_clock(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    try:
+        doc = await request.json()
+        seconds = float(doc["advance_seconds"])
+        node.clock.advance(seconds)
+    except (ValueError, KeyError, TypeError):
+        return web.json_response(
+            {"__type": "ValidationException",
+             "message": 'Send {"advance_seconds": N} with N >= 0.'}, status=400)
+    return web.json_response({"now": node.clock.now(), "offset_seconds": node.clock.offset_seconds})
+
+
+def create_app(node: Node) -> web.Application:
+    app = web.Application(middlewares=[json_errors], client_max_size=1024 * 1024)
+    app[NODE] = node
+    gateway = Gateway(node)
+
+    async def lifecycle(app: web.Application) -> Any:
+        await node.start()
+        yield
+        await node.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    routes = [
+        web.post("/", gateway.handle),
+        web.get("/_kms/health", health),
+    ]
+    if node.config.dev:
+        routes += [web.post("/_kms/reset", dev_reset), web.post("/_kms/clock", dev_clock)]
+    app.add_routes(routes)
+    return app

@@ -1,0 +1,200 @@
+"""Facts of the key service, one frozen dataclass each, and their msgpack codec.
+
+Rules: events are past-tense facts; bodies never hold plaintext key material
+(``Material.sealed`` is sealed by kms.crypto before an event is built); the time
+and origin of an event live in the log row (``Envelope``), not in the body.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import msgpack
+
+Tags = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Material:
+    """One version of a key's material, sealed under the region's root key."""
+
+    material_id: str  # 64 hex characters (KeyMaterialId)
+    sealed: bytes
+    public_key: bytes = b""  # DER SubjectPublicKeyInfo for asymmetric keys
+
+
+class Event:
+    """Base of every fact. ``type_name`` is the stable name stored in the log."""
+
+    type_name: ClassVar[str] = ""
+    __slots__ = ()
+
+
+# -- keys -----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class KeyCreated(Event):
+    key_id: str
+    account: str
+    region: str
+    description: str
+    key_spec: str
+    key_usage: str
+    origin: str
+    key_manager: str
+    multi_region: bool
+    policy: str
+    tags: Tags
+    material: Material | None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEnabled(Event):
+    key_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyDisabled(Event):
+    key_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyDescriptionUpdated(Event):
+    key_id: str
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyTagged(Event):
+    key_id: str
+    tags: Tags
+
+
+@dataclass(frozen=True, slots=True)
+class KeyUntagged(Event):
+    key_id: str
+    tag_keys: tuple[str, ...]
+
+
+# -- aliases --------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class AliasCreated(Event):
+    alias: str
+    key_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AliasUpdated(Event):
+    alias: str
+    key_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AliasDeleted(Event):
+    alias: str
+
+
+# -- audit ----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ApiCallRecorded(Event):
+    """One API call, allowed or refused. ``params`` are scrubbed of blobs and secrets."""
+
+    request_id: str
+    operation: str
+    principal_arn: str
+    account: str
+    access_key_id: str
+    source_ip: str
+    user_agent: str
+    read_only: bool
+    params: dict[str, Any] = field(default_factory=dict)
+    resources: tuple[str, ...] = ()
+    error_code: str = ""
+    error_message: str = ""
+    additional: dict[str, Any] = field(default_factory=dict)
+
+
+# -- codec ----------------------------------------------------------------------------------
+_REGISTRY: dict[str, type[Event]] = {}
+_DECODERS: dict[type, Callable[[dict[str, Any]], Any]] = {}
+
+
+def register(*classes: type[Event]) -> None:
+    for cls in classes:
+        cls.type_name = cls.__name__
+        _REGISTRY[cls.__name__] = cls
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _field_decoder(hint: Any) -> Callable[[Any], Any]:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _decoder_for(hint)
+    if origin is tuple:
+        inner = _field_decoder(args[0]) if args and args[-1] is Ellipsis else None
+        if inner is not None:
+            return lambda v: tuple(inner(x) for x in v)
+        return lambda v: tuple(tuple(x) if isinstance(x, list) else x for x in v)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        non_none = [a for a in args if a is not type(None)]
+        if len(non_none) == 1:
+            dec = _field_decoder(non_none[0])
+            return lambda v: None if v is None else dec(v)
+    return lambda v: v
+
+
+def _decoder_for(cls: type) -> Callable[[dict[str, Any]], Any]:
+    dec = _DECODERS.get(cls)
+    if dec is None:
+        hints = typing.get_type_hints(cls)
+        fields = [(f.name, _field_decoder(hints[f.name])) for f in dataclasses.fields(cls)]
+
+        def dec(body: dict[str, Any], _cls: type = cls, _fields: Any = fields) -> Any:
+            return _cls(**{name: d(body[name]) for name, d in _fields if name in body})
+
+        _DECODERS[cls] = dec
+    return dec
+
+
+def encode(event: Event) -> bytes:
+    return msgpack.packb(_plain(event), use_bin_type=True)
+
+
+def decode(type_name: str, body: bytes) -> Event:
+    cls = _REGISTRY.get(type_name)
+    if cls is None:
+        raise ValueError(f"unknown event type {type_name!r}")
+    result: Event = _decoder_for(cls)(msgpack.unpackb(body, raw=False))
+    return result
+
+
+register(
+    KeyCreated, KeyEnabled, KeyDisabled, KeyDescriptionUpdated, KeyTagged, KeyUntagged,
+    AliasCreated, AliasUpdated, AliasDeleted, ApiCallRecorded,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """An event as the log holds it: where it sits, where and when it happened."""
+
+    seq: int
+    stream: str
+    version: int
+    origin_region: str
+    origin_seq: int
+    at_ms: int
+    event: Event

@@ -1,0 +1,244 @@
+"""The Key aggregate: state folded from events, and decisions that return events.
+
+Rules: no I/O, no clock, no randomness: time arrives in envelopes and commands,
+material arrives sealed. ``STATE_RULES`` is the one key-state x operation table
+(reference Appendix B) that every handler consults through ``check_state``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from enum import Enum
+
+from kms.domain import events as ev
+from kms.domain.errors import (
+    DisabledException,
+    KMSError,
+    KMSInvalidStateException,
+    LimitExceededException,
+    TagException,
+)
+from kms.domain.ids import key_arn
+
+
+class KeyState(Enum):
+    CREATING = "Creating"
+    ENABLED = "Enabled"
+    DISABLED = "Disabled"
+    PENDING_DELETION = "PendingDeletion"
+    PENDING_IMPORT = "PendingImport"
+    PENDING_REPLICA_DELETION = "PendingReplicaDeletion"
+    UNAVAILABLE = "Unavailable"
+    UPDATING = "Updating"
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    key_id: str
+    account: str
+    region: str
+    arn: str
+    created_at_ms: int
+    description: str
+    key_spec: str
+    key_usage: str
+    origin: str
+    key_manager: str
+    multi_region: bool
+    policy: str
+    tags: ev.Tags
+    state: KeyState
+    materials: tuple[ev.Material, ...]
+
+    @property
+    def current_material(self) -> ev.Material | None:
+        return self.materials[-1] if self.materials else None
+
+    def material(self, material_id: str) -> ev.Material | None:
+        for m in self.materials:
+            if m.material_id == material_id:
+                return m
+        return None
+
+
+# -- the key-state x operation table --------------------------------------------------------
+# Columns: Enabled Disabled PendingDeletion(+PendingReplicaDeletion) PendingImport Creating
+# Updating. "ok" allows; "dis" = DisabledException "<arn> is disabled."; "inv" =
+# KMSInvalidStateException naming the state; "npd" = "... is not pending deletion ...".
+_TABLE = """
+CancelKeyDeletion     npd npd ok  npd npd npd
+CreateAlias           ok  ok  inv ok  ok  ok
+CreateGrant           ok  dis inv inv inv ok
+Decrypt               ok  dis inv inv inv ok
+DeleteAlias           ok  ok  ok  ok  ok  ok
+DescribeKey           ok  ok  ok  ok  ok  ok
+DisableKey            ok  ok  inv inv inv inv
+EnableKey             ok  ok  inv inv inv inv
+Encrypt               ok  dis inv inv inv ok
+GenerateDataKey       ok  dis inv inv inv ok
+GenerateDataKeyWithoutPlaintext      ok dis inv inv inv ok
+GenerateDataKeyPair   ok  dis inv inv inv ok
+GenerateDataKeyPairWithoutPlaintext  ok dis inv inv inv ok
+GenerateMac           ok  dis inv inv inv ok
+VerifyMac             ok  dis inv inv inv ok
+Sign                  ok  dis inv inv inv ok
+Verify                ok  dis inv inv inv ok
+GetPublicKey          ok  dis inv inv inv ok
+DeriveSharedSecret    ok  dis inv inv inv ok
+GetKeyPolicy          ok  ok  ok  ok  ok  ok
+PutKeyPolicy          ok  ok  ok  ok  ok  ok
+ListAliases           ok  ok  ok  ok  ok  ok
+ListGrants            ok  ok  ok  ok  ok  ok
+ListKeyPolicies       ok  ok  ok  ok  ok  ok
+ListResourceTags      ok  ok  ok  ok  ok  ok
+ReEncrypt             ok  dis inv inv inv ok
+ReplicateKey          ok  dis inv inv inv inv
+RetireGrant           ok  ok  ok  ok  ok  ok
+RevokeGrant           ok  ok  ok  ok  ok  ok
+ScheduleKeyDeletion   ok  ok  inv ok  ok  inv
+TagResource           ok  ok  inv ok  ok  ok
+UntagResource         ok  ok  inv ok  ok  ok
+UpdateAlias           ok  ok  inv ok  ok  ok
+UpdateKeyDescription  ok  ok  inv ok  ok  ok
+UpdatePrimaryRegion   ok  dis inv inv inv ok
+"""
+_COLUMNS = (
+    KeyState.ENABLED,
+    KeyState.DISABLED,
+    KeyState.PENDING_DELETION,
+    KeyState.PENDING_IMPORT,
+    KeyState.CREATING,
+    KeyState.UPDATING,
+)
+STATE_RULES: dict[str, dict[KeyState, str]] = {}
+for _line in _TABLE.strip().splitlines():
+    _op, *_cells = _line.split()
+    STATE_RULES[_op] = dict(zip(_COLUMNS, _cells, strict=True))
+    STATE_RULES[_op][KeyState.PENDING_REPLICA_DELETION] = STATE_RULES[_op][
+        KeyState.PENDING_DELETION
+    ]
+    STATE_RULES[_op][KeyState.UNAVAILABLE] = "inv"
+
+_STATE_PHRASE = {
+    KeyState.DISABLED: "is disabled.",
+    KeyState.PENDING_DELETION: "is pending deletion.",
+    KeyState.PENDING_REPLICA_DELETION: "is pending replica deletion.",
+    KeyState.PENDING_IMPORT: "is pending import.",
+    KeyState.CREATING: "is creating.",
+    KeyState.UPDATING: "is updating.",
+    KeyState.UNAVAILABLE: "is unavailable.",
+    KeyState.ENABLED: "is enabled.",
+}
+
+
+def state_error(key: Key, verdict: str) -> KMSError:
+    if verdict == "dis":
+        return DisabledException(f"{key.arn} is disabled.")
+    if verdict == "npd":
+        return KMSInvalidStateException(
+            f"{key.arn} is not pending deletion (or pending replica deletion)."
+        )
+    return KMSInvalidStateException(f"{key.arn} {_STATE_PHRASE[key.state]}")
+
+
+def check_state(operation: str, key: Key) -> None:
+    verdict = STATE_RULES[operation][key.state]
+    if verdict != "ok":
+        raise state_error(key, verdict)
+
+
+# -- decisions ------------------------------------------------------------------------------
+MAX_TAGS = 50
+
+
+def enable(key: Key) -> list[ev.Event]:
+    check_state("EnableKey", key)
+    return [] if key.state is KeyState.ENABLED else [ev.KeyEnabled(key.key_id)]
+
+
+def disable(key: Key) -> list[ev.Event]:
+    check_state("DisableKey", key)
+    return [] if key.state is KeyState.DISABLED else [ev.KeyDisabled(key.key_id)]
+
+
+def update_description(key: Key, description: str) -> list[ev.Event]:
+    check_state("UpdateKeyDescription", key)
+    return [ev.KeyDescriptionUpdated(key.key_id, description)]
+
+
+def check_tags(tags: ev.Tags, existing: ev.Tags = ()) -> None:
+    """Tag rules shared by CreateKey and TagResource."""
+    seen: set[str] = set()
+    for k, _ in tags:
+        if k.startswith("aws:"):
+            raise TagException("Tags beginning with aws: are reserved.")
+        if k in seen:
+            raise TagException(f"Duplicate tag key '{k}' in the request.")
+        seen.add(k)
+    if len(seen | {k for k, _ in existing}) > MAX_TAGS:
+        raise LimitExceededException(f"A KMS key can have at most {MAX_TAGS} tags.")
+
+
+def tag(key: Key, tags: ev.Tags) -> list[ev.Event]:
+    check_state("TagResource", key)
+    check_tags(tags, key.tags)
+    return [ev.KeyTagged(key.key_id, tags)]
+
+
+def untag(key: Key, tag_keys: tuple[str, ...]) -> list[ev.Event]:
+    check_state("UntagResource", key)
+    for k in tag_keys:
+        if k.startswith("aws:"):
+            raise TagException("Tags beginning with aws: are reserved.")
+    present = {k for k, _ in key.tags}
+    to_remove = tuple(k for k in tag_keys if k in present)
+    return [ev.KeyUntagged(key.key_id, to_remove)] if to_remove else []
+
+
+# -- evolution ------------------------------------------------------------------------------
+def created(e: ev.KeyCreated, at_ms: int) -> Key:
+    if e.material is None:
+        state = KeyState.PENDING_IMPORT
+    else:
+        state = KeyState.ENABLED
+    return Key(
+        key_id=e.key_id,
+        account=e.account,
+        region=e.region,
+        arn=key_arn(e.region, e.account, e.key_id),
+        created_at_ms=at_ms,
+        description=e.description,
+        key_spec=e.key_spec,
+        key_usage=e.key_usage,
+        origin=e.origin,
+        key_manager=e.key_manager,
+        multi_region=e.multi_region,
+        policy=e.policy,
+        tags=e.tags,
+        state=state,
+        materials=(e.material,) if e.material is not None else (),
+    )
+
+
+def _merge_tags(old: ev.Tags, new: ev.Tags) -> ev.Tags:
+    merged = dict(old)
+    merged.update(new)
+    return tuple(merged.items())
+
+
+def apply(key: Key, event: ev.Event) -> Key:
+    """Fold one event into an existing key. Unknown events leave it unchanged."""
+    replace = dataclasses.replace
+    match event:
+        case ev.KeyEnabled():
+            return replace(key, state=KeyState.ENABLED)
+        case ev.KeyDisabled():
+            return replace(key, state=KeyState.DISABLED)
+        case ev.KeyDescriptionUpdated(description=d):
+            return replace(key, description=d)
+        case ev.KeyTagged(tags=t):
+            return replace(key, tags=_merge_tags(key.tags, t))
+        case ev.KeyUntagged(tag_keys=gone):
+            return replace(key, tags=tuple((k, v) for k, v in key.tags if k not in gone))
+    return key

@@ -1,0 +1,73 @@
+"""Alias operations: CreateAlias, UpdateAlias, DeleteAlias, ListAliases.
+
+Rules: an alias is its own stream; TargetKeyId takes a key id or key ARN only;
+the alias rules themselves live in kms.domain.alias.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kms.domain import alias as aliases
+from kms.domain.ids import check_alias_name
+from kms.service import authz
+from kms.service.core import Call, Service, operation
+from kms.service.paging import page
+from kms.service.views import alias_entry
+from kms.store.state import alias_stream
+
+
+def _seen_alias(svc: Service, call: Call, name: str) -> str:
+    stream = alias_stream(name)
+    call.seen.setdefault(stream, svc.log.version(stream))
+    return stream
+
+
+@operation("CreateAlias", read_only=False)
+async def create_alias(svc: Service, call: Call, p: dict[str, Any]) -> None:
+    name = check_alias_name(p["AliasName"])
+    stream = _seen_alias(svc, call, name)
+    key = svc.resolve(call, p["TargetKeyId"], allow_alias=False)
+    authz.authorize(call.caller, "CreateAlias", key)
+    events = aliases.create(name, key, svc.state.aliases.get(name),
+                            len(svc.state.aliases_of(key.key_id)))
+    call.emit(stream, events)
+
+
+@operation("UpdateAlias", read_only=False)
+async def update_alias(svc: Service, call: Call, p: dict[str, Any]) -> None:
+    name = check_alias_name(p["AliasName"])
+    stream = _seen_alias(svc, call, name)
+    new = svc.resolve(call, p["TargetKeyId"], allow_alias=False)
+    authz.authorize(call.caller, "UpdateAlias", new)
+    current = svc.state.aliases.get(name)
+    old = svc.state.keys.get(current.key_id) if current else None
+    if old is not None:
+        authz.authorize(call.caller, "UpdateAlias", old)
+    events = aliases.update(current, name, old, new, len(svc.state.aliases_of(new.key_id)))
+    call.emit(stream, events)
+
+
+@operation("DeleteAlias", read_only=False)
+async def delete_alias(svc: Service, call: Call, p: dict[str, Any]) -> None:
+    name = check_alias_name(p["AliasName"])
+    stream = _seen_alias(svc, call, name)
+    current = svc.state.aliases.get(name)
+    target = svc.state.keys.get(current.key_id) if current else None
+    if target is not None:
+        call.resources.append(target.arn)
+        authz.authorize(call.caller, "DeleteAlias", target)
+    call.emit(stream, aliases.delete(current, name, svc.region, svc.account))
+
+
+@operation("ListAliases", read_only=True)
+async def list_aliases(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
+    authz.authorize(call.caller, "ListAliases", None, account=svc.account)
+    if "KeyId" in p:
+        key = svc.resolve(call, p["KeyId"], allow_alias=False)
+        items = svc.state.aliases_of(key.key_id)
+    else:
+        items = list(svc.state.aliases.values())
+    items.sort(key=lambda a: a.name)
+    chunk, tail = page(items, p, lambda a: a.name, default=50, maximum=100)
+    return {"Aliases": [alias_entry(a, svc.region, svc.account) for a in chunk], **tail}

@@ -1,0 +1,31 @@
+"""The one authorize step every handler passes.
+
+Today's identity model: every credential acts for its account's root principal,
+and every key carries the default key policy (the account root may do kms:*).
+So a caller is allowed exactly when the key belongs to the caller's account.
+The access-control work replaces the body of ``authorize`` with policy, IAM and
+grant evaluation; the call sites stay as they are.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kms.domain.errors import AccessDeniedException
+from kms.domain.key import Key
+
+if TYPE_CHECKING:
+    from kms.service.core import Caller
+
+
+def authorize(caller: Caller, action: str, key: Key | None, account: str | None = None) -> None:
+    """Allow ``kms:<action>`` on ``key`` (or on the account, for IAM-only actions) or raise."""
+    owner = key.account if key is not None else account
+    if owner is not None and caller.account == owner:
+        return
+    resource = key.arn if key is not None else "*"
+    raise AccessDeniedException(
+        f"User: {caller.principal_arn} is not authorized to perform: kms:{action} "
+        f"on resource: {resource} because no resource-based policy allows the "
+        f"kms:{action} action"
+    )

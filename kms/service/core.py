@@ -1,0 +1,213 @@
+"""The service of one region: every API call goes load -> authorize -> decide ->
+append (state events and the audit fact in one transaction) -> reply.
+
+Rules: a handler never writes; it records what it read (``Call.seen``) and what it
+decided (``Call.emit``). The dispatcher appends, retries a decision whose streams
+moved, and fails closed: no durable audit fact, no answer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from kms.clock import Clock
+from kms.crypto.keyring import Keyring
+from kms.domain import events as ev
+from kms.domain.errors import (
+    ConflictingWrite,
+    KMSError,
+    KMSInternalException,
+    NotFoundException,
+)
+from kms.domain.ids import KeyRef, alias_arn, parse_key_ref
+from kms.domain.key import Key, check_state
+from kms.domain.specs import SYMMETRIC
+from kms.service import authz
+from kms.store.log import AUDIT_STREAM, Append, EventLog
+from kms.store.state import State, key_stream
+
+log = structlog.get_logger("kms.service")
+
+MAX_DECISION_ATTEMPTS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling, as authentication established it."""
+
+    principal_arn: str
+    account: str
+    access_key_id: str
+    source_ip: str = ""
+    user_agent: str = ""
+
+
+@dataclass(slots=True)
+class Call:
+    """One attempt at one API call: what it read and what it decided."""
+
+    request_id: str
+    operation: str
+    caller: Caller
+    at_ms: int
+    params: dict[str, Any]
+    resources: list[str] = field(default_factory=list)
+    seen: dict[str, int] = field(default_factory=dict)
+    appends: list[Append] = field(default_factory=list)
+    additional: dict[str, Any] = field(default_factory=dict)
+
+    def emit(self, stream: str, events: list[ev.Event]) -> None:
+        if events:
+            self.appends.append(Append(stream, tuple(events), self.seen.get(stream, 0)))
+
+
+Handler = Callable[["Service", Call, dict[str, Any]], Awaitable[dict[str, Any] | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    name: str
+    handler: Handler
+    read_only: bool
+
+
+OPERATIONS: dict[str, Operation] = {}
+
+
+def operation(name: str, *, read_only: bool) -> Callable[[Handler], Handler]:
+    """Register a handler in the one table the API routes by."""
+
+    def register(fn: Handler) -> Handler:
+        OPERATIONS[name] = Operation(name, fn, read_only)
+        return fn
+
+    return register
+
+
+class Service:
+    def __init__(self, *, region: str, account: str, log_: EventLog, keyring: Keyring,
+                 clock: Clock) -> None:
+        self.region = region
+        self.account = account
+        self.log = log_
+        self.keyring = keyring
+        self.clock = clock
+        self.state = State()
+        log_.subscribe(self.state)
+        self.supported_specs = frozenset({SYMMETRIC})
+
+    async def new_material(self, key_id: str, key_spec: str, key_usage: str) -> ev.Material:
+        """Generate and seal the first material of a new key."""
+        return self.keyring.new_symmetric(key_id)
+
+    # -- loading, with what the decision saw ------------------------------------------------
+    def resolve(self, call: Call, raw: str, *, allow_alias: bool) -> Key:
+        """Find the key a KeyId parameter names; record its stream version and ARN."""
+        ref = parse_key_ref(raw, self.region, self.account, allow_alias=allow_alias)
+        key = self._lookup(ref)
+        stream = key_stream(key.key_id)
+        call.seen.setdefault(stream, self.log.version(stream))
+        if key.arn not in call.resources:
+            call.resources.append(key.arn)
+        return key
+
+    def _lookup(self, ref: KeyRef) -> Key:
+        if ref.alias is not None:
+            alias = self.state.aliases.get(ref.alias)
+            if alias is None:
+                raise NotFoundException(
+                    f"Alias {alias_arn(self.region, self.account, ref.alias)} is not found."
+                )
+            key = self.state.keys.get(alias.key_id)
+        else:
+            assert ref.key_id is not None
+            key = self.state.keys.get(ref.key_id)
+        if key is None:
+            kid = ref.key_id or ref.raw
+            raise NotFoundException(
+                f"Key 'arn:aws:kms:{self.region}:{self.account}:key/{kid}' does not exist"
+            )
+        return key
+
+    def key_for(self, call: Call, raw: str, action: str, *, allow_alias: bool,
+                state_rule: str | None = None) -> Key:
+        """Resolve, authorize ``kms:<action>`` and check the key-state table in one step."""
+        key = self.resolve(call, raw, allow_alias=allow_alias)
+        authz.authorize(call.caller, action, key)
+        check_state(state_rule or call.operation, key)
+        return key
+
+    # -- the pipeline -----------------------------------------------------------------------
+    async def call(self, operation_name: str, params: dict[str, Any], caller: Caller,
+                   request_id: str) -> dict[str, Any] | None:
+        op = OPERATIONS[operation_name]
+        started = time.perf_counter()
+        for _ in range(MAX_DECISION_ATTEMPTS):
+            c = Call(request_id, operation_name, caller, self.clock.now_ms(), params)
+            try:
+                result = await op.handler(self, c, params)
+            except KMSError as exc:
+                await self._record(c, op.read_only, exc)
+                raise
+            except Exception:
+                log.exception("handler_failed", request_id=request_id, operation=operation_name)
+                err = KMSInternalException("An internal error occurred. Try again later.")
+                await self._record(c, op.read_only, err)
+                raise err from None
+            try:
+                await self._record(c, op.read_only, None)
+            except ConflictingWrite:
+                continue
+            log.debug("decided", request_id=request_id, ms=(time.perf_counter() - started) * 1e3)
+            return result
+        err = KMSInternalException("The request conflicted with concurrent changes; retry it.")
+        await self._record(c, op.read_only, err)
+        raise err
+
+    async def record_rejected(self, operation_name: str, params: dict[str, Any], caller: Caller,
+                              request_id: str, error: KMSError) -> None:
+        """Audit a call refused before it reached a handler (validation, authentication)."""
+        op = OPERATIONS.get(operation_name)
+        c = Call(request_id, operation_name[:128], caller, self.clock.now_ms(), params)
+        await self._record(c, op.read_only if op else True, error)
+
+    async def _record(self, c: Call, read_only: bool, error: KMSError | None) -> None:
+        fact = ev.ApiCallRecorded(
+            request_id=c.request_id,
+            operation=c.operation,
+            principal_arn=c.caller.principal_arn,
+            account=c.caller.account,
+            access_key_id=c.caller.access_key_id,
+            source_ip=c.caller.source_ip,
+            user_agent=c.caller.user_agent[:512],
+            read_only=read_only,
+            params=audit_params(c.params),
+            resources=tuple(c.resources),
+            error_code=error.code if error else "",
+            error_message=error.message if error else "",
+            additional=c.additional,
+        )
+        appends = ([] if error else c.appends) + [Append(AUDIT_STREAM, (fact,))]
+        await self.log.append(appends, c.at_ms)
+
+
+def audit_params(params: dict[str, Any]) -> dict[str, Any]:
+    """camelCase request parameters with every blob (plaintext, ciphertext) left out."""
+    return {
+        name[:1].lower() + name[1:]: _scrub(value)
+        for name, value in params.items()
+        if not isinstance(value, bytes | bytearray)
+    }
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items() if not isinstance(v, bytes | bytearray)}
+    if isinstance(value, list):
+        return [_scrub(v) for v in value if not isinstance(v, bytes | bytearray)]
+    return value

@@ -1,0 +1,157 @@
+"""Key lifecycle and metadata operations: CreateKey, DescribeKey, ListKeys,
+EnableKey, DisableKey, UpdateKeyDescription, TagResource, UntagResource,
+ListResourceTags.
+
+Rules: management operations name keys by id or ARN only; every decision comes
+from kms.domain.key; handlers return the response and emit events, nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from kms.domain import events as ev
+from kms.domain import key as keys
+from kms.domain.errors import (
+    LimitExceededException,
+    MalformedPolicyDocumentException,
+    UnsupportedOperationException,
+    ValidationException,
+)
+from kms.domain.specs import SPECS, SYMMETRIC
+from kms.service import authz
+from kms.service.core import Call, Service, operation
+from kms.service.paging import page
+from kms.service.views import key_metadata
+from kms.store.state import key_stream
+
+MAX_POLICY_BYTES = 32768
+
+
+def default_policy(account: str) -> str:
+    return (
+        '{\n  "Version" : "2012-10-17",\n  "Id" : "key-default-1",\n  "Statement" : [ {\n'
+        '    "Sid" : "Enable IAM User Permissions",\n    "Effect" : "Allow",\n'
+        f'    "Principal" : {{\n      "AWS" : "arn:aws:iam::{account}:root"\n    }},\n'
+        '    "Action" : "kms:*",\n    "Resource" : "*"\n  } ]\n}'
+    )
+
+
+def check_policy(policy: str) -> None:
+    if len(policy.encode("utf-8")) > MAX_POLICY_BYTES:
+        raise LimitExceededException(
+            f"The key policy exceeds the maximum size of {MAX_POLICY_BYTES} bytes."
+        )
+    try:
+        doc = json.loads(policy)
+    except ValueError:
+        raise MalformedPolicyDocumentException("The policy is not valid JSON.") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("Statement"), list | dict):
+        raise MalformedPolicyDocumentException("The policy must be a JSON object with a Statement.")
+
+
+def tags_of(params: dict[str, Any]) -> ev.Tags:
+    return tuple((t["TagKey"], t["TagValue"]) for t in params.get("Tags") or ())
+
+
+def _spec_and_usage(p: dict[str, Any]) -> tuple[str, str]:
+    if "KeySpec" in p and "CustomerMasterKeySpec" in p:
+        raise ValidationException(
+            "You cannot specify KeySpec and CustomerMasterKeySpec in the same request. "
+            "CustomerMasterKeySpec is deprecated."
+        )
+    spec_name = p.get("KeySpec") or p.get("CustomerMasterKeySpec") or SYMMETRIC
+    spec = SPECS[spec_name]
+    usage = p.get("KeyUsage") or spec.default_usage
+    if usage is None:
+        raise ValidationException(
+            "You must specify a KeyUsage value for all KMS keys except for symmetric "
+            "encryption keys."
+        )
+    if usage not in spec.usages:
+        raise ValidationException(f"KeyUsage {usage} is not compatible with KeySpec {spec_name}.")
+    return spec_name, usage
+
+
+@operation("CreateKey", read_only=False)
+async def create_key(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
+    authz.authorize(call.caller, "CreateKey", None, account=svc.account)
+    spec, usage = _spec_and_usage(p)
+    origin = p.get("Origin", "AWS_KMS")
+    if origin in ("AWS_CLOUDHSM", "EXTERNAL_KEY_STORE") or "CustomKeyStoreId" in p:
+        raise UnsupportedOperationException("Custom key stores are not supported by this service.")
+    if origin != "AWS_KMS":
+        raise UnsupportedOperationException(f"Origin {origin} is not supported by this service yet.")
+    if spec not in svc.supported_specs:
+        raise UnsupportedOperationException(f"KeySpec {spec} is not supported by this service yet.")
+    policy = p.get("Policy") or default_policy(svc.account)
+    check_policy(policy)
+    tags = tags_of(p)
+    keys.check_tags(tags)
+    multi_region = bool(p.get("MultiRegion", False))
+    key_id = f"mrk-{uuid.uuid4().hex}" if multi_region else str(uuid.uuid4())
+    material = await svc.new_material(key_id, spec, usage)
+    event = ev.KeyCreated(
+        key_id=key_id, account=svc.account, region=svc.region,
+        description=p.get("Description", ""), key_spec=spec, key_usage=usage, origin=origin,
+        key_manager="CUSTOMER", multi_region=multi_region, policy=policy, tags=tags,
+        material=material,
+    )
+    call.emit(key_stream(key_id), [event])
+    key = keys.created(event, call.at_ms)
+    call.resources.append(key.arn)
+    return {"KeyMetadata": key_metadata(key)}
+
+
+@operation("DescribeKey", read_only=True)
+async def describe_key(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
+    key = svc.key_for(call, p["KeyId"], "DescribeKey", allow_alias=True)
+    return {"KeyMetadata": key_metadata(key)}
+
+
+@operation("ListKeys", read_only=True)
+async def list_keys(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
+    authz.authorize(call.caller, "ListKeys", None, account=svc.account)
+    items = svc.state.keys_in_order()
+    chunk, tail = page(items, p, lambda i: f"{i[0]:016d}", default=100, maximum=1000,
+                       valid=lambda m: len(m) == 16 and m.isdigit())
+    return {"Keys": [{"KeyId": k.key_id, "KeyArn": k.arn} for _, k in chunk], **tail}
+
+
+@operation("EnableKey", read_only=False)
+async def enable_key(svc: Service, call: Call, p: dict[str, Any]) -> None:
+    key = svc.key_for(call, p["KeyId"], "EnableKey", allow_alias=False)
+    call.emit(key_stream(key.key_id), keys.enable(key))
+
+
+@operation("DisableKey", read_only=False)
+async def disable_key(svc: Service, call: Call, p: dict[str, Any]) -> None:
+    key = svc.key_for(call, p["KeyId"], "DisableKey", allow_alias=False)
+    call.emit(key_stream(key.key_id), keys.disable(key))
+
+
+@operation("UpdateKeyDescription", read_only=False)
+async def update_key_description(svc: Service, call: Call, p: dict[str, Any]) -> None:
+    key = svc.key_for(call, p["KeyId"], "UpdateKeyDescription", allow_alias=False)
+    call.emit(key_stream(key.key_id), keys.update_description(key, p["Description"]))
+
+
+@operation("TagResource", read_only=False)
+async def tag_resource(svc: Service, call: Call, p: dict[str, Any]) -> None:
+    key = svc.key_for(call, p["KeyId"], "TagResource", allow_alias=False)
+    call.emit(key_stream(key.key_id), keys.tag(key, tags_of(p)))
+
+
+@operation("UntagResource", read_only=False)
+async def untag_resource(svc: Service, call: Call, p: dict[str, Any]) -> None:
+    key = svc.key_for(call, p["KeyId"], "UntagResource", allow_alias=False)
+    call.emit(key_stream(key.key_id), keys.untag(key, tuple(p["TagKeys"])))
+
+
+@operation("ListResourceTags", read_only=True)
+async def list_resource_tags(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
+    key = svc.key_for(call, p["KeyId"], "ListResourceTags", allow_alias=False)
+    chunk, tail = page(sorted(key.tags), p, lambda t: t[0], default=50, maximum=50)
+    return {"Tags": [{"TagKey": k, "TagValue": v} for k, v in chunk], **tail}

@@ -1,0 +1,59 @@
+"""Response shapes built from state: KeyMetadata, list entries, timestamps.
+
+Rules: AWS omits members that do not apply, so these builders do too; times are
+epoch seconds (floats), as AWS JSON 1.1 sends them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kms.domain.alias import Alias
+from kms.domain.ids import alias_arn
+from kms.domain.key import Key, KeyState
+from kms.domain.specs import ALGORITHM_FIELD, SPECS, SYMMETRIC
+
+
+def seconds(at_ms: int) -> float:
+    return at_ms / 1000
+
+
+def key_metadata(key: Key) -> dict[str, Any]:
+    spec = SPECS[key.key_spec]
+    md: dict[str, Any] = {
+        "AWSAccountId": key.account,
+        "KeyId": key.key_id,
+        "Arn": key.arn,
+        "CreationDate": seconds(key.created_at_ms),
+        "Enabled": key.state is KeyState.ENABLED,
+        "Description": key.description,
+        "KeyUsage": key.key_usage,
+        "KeyState": key.state.value,
+        "Origin": key.origin,
+        "KeyManager": key.key_manager,
+        "KeySpec": key.key_spec,
+        "MultiRegion": key.multi_region,
+    }
+    if spec.in_cmk_spec:
+        md["CustomerMasterKeySpec"] = key.key_spec
+    md[ALGORITHM_FIELD[key.key_usage]] = list(spec.usages[key.key_usage])
+    if key.multi_region:
+        md["MultiRegionConfiguration"] = {
+            "MultiRegionKeyType": "PRIMARY",
+            "PrimaryKey": {"Arn": key.arn, "Region": key.region},
+            "ReplicaKeys": [],
+        }
+    current = key.current_material
+    if key.key_spec == SYMMETRIC and current is not None:
+        md["CurrentKeyMaterialId"] = current.material_id
+    return md
+
+
+def alias_entry(alias: Alias, region: str, account: str) -> dict[str, Any]:
+    return {
+        "AliasName": alias.name,
+        "AliasArn": alias_arn(region, account, alias.name),
+        "TargetKeyId": alias.key_id,
+        "CreationDate": seconds(alias.created_at_ms),
+        "LastUpdatedDate": seconds(alias.updated_at_ms),
+    }

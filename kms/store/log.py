@@ -1,0 +1,333 @@
+"""The append-only event log: one writer task, group commit, hash chain.
+
+Rules: an append is acknowledged only after its batch is committed (one
+transaction and one fsync for many appends); UNIQUE(stream, version) is the
+optimistic-concurrency backstop behind an in-memory head check; every row's hash
+covers the previous hash, so a corrupted row is found at open and never served.
+``SqliteLog`` and ``MemoryLog`` share all of this and differ only in ``_persist``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import struct
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosqlite
+
+from kms.domain import events as ev
+from kms.domain.errors import ConflictingWrite, KMSInternalException
+
+AUDIT_STREAM = "audit"
+GENESIS = b"\x00" * 32
+MAX_BATCH = 1024
+
+# Called with committed state events in order; with None when the log was wiped.
+Subscriber = Callable[[Sequence[ev.Envelope] | None], None]
+
+
+class LogCorrupted(Exception):
+    """A stored row does not match the hash chain or cannot be decoded."""
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    """Events for one stream. ``expected`` is the stream version the decision saw
+    (0 for a new stream), or None where order is all that matters (audit facts)."""
+
+    stream: str
+    events: tuple[ev.Event, ...]
+    expected: int | None = None
+
+
+@dataclass(slots=True)
+class _Pending:
+    appends: tuple[Append, ...]
+    at_ms: int
+    future: asyncio.Future[list[ev.Envelope]]
+    wipe: bool = False  # a --dev reset, ordered with the appends around it
+
+
+_Row = tuple[int, str, int, str, str, int, int, bytes, bytes, bytes]
+
+
+def row_hash(prev: bytes, seq: int, stream: str, version: int, type_name: str,
+             origin_region: str, origin_seq: int, at_ms: int, body: bytes) -> bytes:
+    head = f"{stream}\x00{type_name}\x00{origin_region}".encode()
+    return hashlib.sha256(
+        prev + struct.pack(">QQQq", seq, version, origin_seq, at_ms) + head + b"\x00" + body
+    ).digest()
+
+
+class EventLog:
+    """Shared core: heads, hash chain, the writer task. Subclasses persist rows."""
+
+    def __init__(self, region: str) -> None:
+        self.region = region
+        self.last_seq = 0
+        self._last_hash = GENESIS
+        self._heads: dict[str, int] = {}
+        self._subscribers: list[Subscriber] = []
+        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self.batches = 0  # commits made; batching figures for benchmarks
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def subscribe(self, fn: Subscriber) -> None:
+        self._subscribers.append(fn)
+
+    async def open(self) -> None:
+        """Replay stored rows (verifying the chain) to subscribers, then start the writer."""
+        batch: list[ev.Envelope] = []
+        prev = GENESIS
+        for row in await self._load():
+            seq, stream, version, type_name, origin_region, origin_seq, at_ms, body, p, h = row
+            if p != prev or row_hash(prev, seq, stream, version, type_name, origin_region,
+                                     origin_seq, at_ms, body) != h:
+                raise LogCorrupted(f"hash chain broken at seq {seq}")
+            prev = h
+            self.last_seq = seq
+            self._heads[stream] = version
+            if stream == AUDIT_STREAM:
+                continue
+            try:
+                event = ev.decode(type_name, body)
+            except Exception as exc:  # a row that hashes right but will not decode
+                raise LogCorrupted(f"undecodable event at seq {seq}: {exc}") from exc
+            batch.append(ev.Envelope(seq, stream, version, origin_region, origin_seq, at_ms,
+                                     event))
+        self._last_hash = prev
+        for fn in self._subscribers:
+            fn(batch)
+        self._writer = asyncio.create_task(self._run(), name="event-log-writer")
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            await self._queue.put(None)
+            await self._writer
+            self._writer = None
+        await self._close()
+
+    def version(self, stream: str) -> int:
+        return self._heads.get(stream, 0)
+
+    # -- appending ----------------------------------------------------------------------------
+    async def append(self, appends: Iterable[Append], at_ms: int) -> list[ev.Envelope]:
+        """Append atomically; return once durable. Raises ConflictingWrite if a stream moved."""
+        if self._writer is None or self._writer.done():
+            raise KMSInternalException("The event log is not accepting writes.")
+        fut: asyncio.Future[list[ev.Envelope]] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(tuple(appends), at_ms, fut))
+        return await fut
+
+    async def _run(self) -> None:
+        try:
+            await self._loop()
+        finally:  # fail closed: nothing waits forever on a writer that stopped
+            while not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is not None and not item.future.done():
+                    item.future.set_exception(KMSInternalException("The event log stopped."))
+
+    async def _loop(self) -> None:
+        while True:
+            first = await self._queue.get()
+            if first is None:
+                return
+            if first.wipe:
+                await self._do_wipe(first)
+                continue
+            batch = [first]
+            held: _Pending | None = None
+            stop = False
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is None:
+                    stop = True
+                    break
+                if item.wipe:
+                    held = item
+                    break
+                batch.append(item)
+            await self._commit(batch)
+            if held is not None:
+                await self._do_wipe(held)
+            if stop:
+                return
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        heads = dict(self._heads)
+        seq, prev = self.last_seq, self._last_hash
+        rows: list[_Row] = []
+        accepted: list[tuple[_Pending, list[ev.Envelope]]] = []
+        for pending in batch:
+            conflict = any(
+                a.expected is not None and heads.get(a.stream, 0) != a.expected
+                for a in pending.appends
+            )
+            if conflict:
+                pending.future.set_exception(ConflictingWrite("stream moved; decide again"))
+                continue
+            envs: list[ev.Envelope] = []
+            for a in pending.appends:
+                for event in a.events:
+                    seq += 1
+                    version = heads.get(a.stream, 0) + 1
+                    heads[a.stream] = version
+                    body = ev.encode(event)
+                    h = row_hash(prev, seq, a.stream, version, event.type_name, self.region,
+                                 seq, pending.at_ms, body)
+                    rows.append((seq, a.stream, version, event.type_name, self.region, seq,
+                                 pending.at_ms, body, prev, h))
+                    prev = h
+                    envs.append(ev.Envelope(seq, a.stream, version, self.region, seq,
+                                            pending.at_ms, event))
+            accepted.append((pending, envs))
+        if not accepted:
+            return
+        try:
+            await self._persist(rows)
+        except Exception as exc:
+            for pending, _ in accepted:
+                if not pending.future.done():
+                    pending.future.set_exception(
+                        KMSInternalException("The event log could not commit.")
+                    )
+            raise LogCorrupted("commit failed; refusing further writes") from exc
+        self.batches += 1
+        self._heads, self.last_seq, self._last_hash = heads, seq, prev
+        committed = [e for _, envs in accepted for e in envs]
+        state_envs = [e for e in committed if e.stream != AUDIT_STREAM]
+        if state_envs:
+            for fn in self._subscribers:
+                fn(state_envs)
+        for pending, envs in accepted:
+            if not pending.future.done():
+                pending.future.set_result(envs)
+
+    async def reset(self) -> None:
+        """Drop every row (``--dev`` only); subscribers then see an empty replay."""
+        fut: asyncio.Future[list[ev.Envelope]] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending((), 0, fut, wipe=True))
+        await fut
+
+    async def _do_wipe(self, pending: _Pending) -> None:
+        try:
+            await self._wipe()
+        except Exception as exc:
+            pending.future.set_exception(KMSInternalException("reset failed"))
+            raise LogCorrupted("wipe failed") from exc
+        self._heads.clear()
+        self.last_seq, self._last_hash = 0, GENESIS
+        for fn in self._subscribers:
+            fn(None)
+        pending.future.set_result([])
+
+    # -- storage hooks ------------------------------------------------------------------------
+    async def _load(self) -> list[_Row]:
+        raise NotImplementedError
+
+    async def _persist(self, rows: list[_Row]) -> None:
+        raise NotImplementedError
+
+    async def _wipe(self) -> None:
+        raise NotImplementedError
+
+    async def _close(self) -> None:
+        return None
+
+    async def read_rows(self, after_seq: int, limit: int) -> list[_Row]:
+        raise NotImplementedError
+
+
+class MemoryLog(EventLog):
+    """The in-memory twin used by unit tests; passes the same contract suite."""
+
+    def __init__(self, region: str) -> None:
+        super().__init__(region)
+        self.rows: list[_Row] = []
+
+    async def _load(self) -> list[_Row]:
+        return list(self.rows)
+
+    async def _persist(self, rows: list[_Row]) -> None:
+        self.rows.extend(rows)
+
+    async def _wipe(self) -> None:
+        self.rows.clear()
+
+    async def read_rows(self, after_seq: int, limit: int) -> list[_Row]:
+        return [r for r in self.rows if r[0] > after_seq][:limit]
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    stream TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    origin_region TEXT NOT NULL,
+    origin_seq INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    prev_hash BLOB NOT NULL,
+    hash BLOB NOT NULL,
+    UNIQUE (stream, version),
+    UNIQUE (origin_region, origin_seq)
+)
+"""
+_COLUMNS = "seq, stream, version, type, origin_region, origin_seq, at_ms, body, prev_hash, hash"
+
+
+class SqliteLog(EventLog):
+    """The durable log: SQLite in WAL mode with synchronous=FULL, asserted at open."""
+
+    def __init__(self, path: Path, region: str) -> None:
+        super().__init__(region)
+        self.path = path
+        self._db: aiosqlite.Connection | None = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        assert self._db is not None, "log not open"
+        return self._db
+
+    async def _load(self) -> list[_Row]:
+        self._db = await aiosqlite.connect(self.path)
+        await self.db.execute("PRAGMA journal_mode=WAL")
+        await self.db.execute("PRAGMA synchronous=FULL")
+        async with self.db.execute("PRAGMA synchronous") as cur:
+            row = await cur.fetchone()
+        if row is None or row[0] != 2:
+            raise RuntimeError("SQLite refused synchronous=FULL; acknowledged writes would not be durable")
+        async with self.db.execute("PRAGMA journal_mode") as cur:
+            mode = await cur.fetchone()
+        if mode is None or str(mode[0]).lower() != "wal":
+            raise RuntimeError("SQLite refused WAL mode")
+        await self.db.execute(_SCHEMA)
+        await self.db.commit()
+        async with self.db.execute(f"SELECT {_COLUMNS} FROM events ORDER BY seq") as cur:
+            return [tuple(r) for r in await cur.fetchall()]  # type: ignore[misc]
+
+    async def _persist(self, rows: list[_Row]) -> None:
+        await self.db.executemany(f"INSERT INTO events ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                                  rows)
+        await self.db.commit()
+
+    async def _wipe(self) -> None:
+        await self.db.execute("DELETE FROM events")
+        await self.db.commit()
+
+    async def _close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def read_rows(self, after_seq: int, limit: int) -> list[_Row]:
+        async with self.db.execute(
+            f"SELECT {_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
+        ) as cur:
+            return [tuple(r) for r in await cur.fetchall()]  # type: ignore[misc]

@@ -1,0 +1,62 @@
+"""In-memory projections folded from the log: keys, aliases, creation order.
+
+Rules: the only writer is the log's subscriber call (after a commit, in log
+order); handlers read it and never mutate it. ``None`` from the log means wipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from kms.domain import events as ev
+from kms.domain import key as keys
+from kms.domain.alias import Alias
+
+
+def key_stream(key_id: str) -> str:
+    return f"key/{key_id}"
+
+
+def alias_stream(name: str) -> str:
+    return name  # alias names already read "alias/<name>"
+
+
+class State:
+    def __init__(self) -> None:
+        self.keys: dict[str, keys.Key] = {}
+        self.key_seq: dict[str, int] = {}  # key id -> seq of its KeyCreated (ListKeys order)
+        self.aliases: dict[str, Alias] = {}
+
+    def __call__(self, envelopes: Sequence[ev.Envelope] | None) -> None:
+        if envelopes is None:
+            self.keys.clear()
+            self.key_seq.clear()
+            self.aliases.clear()
+            return
+        for env in envelopes:
+            self.apply(env)
+
+    def apply(self, env: ev.Envelope) -> None:
+        e = env.event
+        match e:
+            case ev.KeyCreated():
+                self.keys[e.key_id] = keys.created(e, env.at_ms)
+                self.key_seq[e.key_id] = env.seq
+            case ev.AliasCreated(alias=name, key_id=kid):
+                self.aliases[name] = Alias(name, kid, env.at_ms, env.at_ms)
+            case ev.AliasUpdated(alias=name, key_id=kid):
+                old = self.aliases[name]
+                self.aliases[name] = dataclasses.replace(old, key_id=kid, updated_at_ms=env.at_ms)
+            case ev.AliasDeleted(alias=name):
+                self.aliases.pop(name, None)
+            case _:
+                key_id = getattr(e, "key_id", None)
+                if key_id is not None and key_id in self.keys:
+                    self.keys[key_id] = keys.apply(self.keys[key_id], e)
+
+    def aliases_of(self, key_id: str) -> list[Alias]:
+        return [a for a in self.aliases.values() if a.key_id == key_id]
+
+    def keys_in_order(self) -> list[tuple[int, keys.Key]]:
+        return sorted(((self.key_seq[k], v) for k, v in self.keys.items()), key=lambda t: t[0])
