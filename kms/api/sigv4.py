@@ -28,17 +28,14 @@ from kms.domain.errors import (
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 TERMINATOR = "aws4_request"
-MISMATCH = (
-    "The request signature we calculated does not match the signature you provided. "
-    "Check your AWS Secret Access Key and signing method. "
-    "Consult the service documentation for details."
-)
+MISMATCH = ("The request signature we calculated does not match the signature you provided. "
+            "Check your AWS Secret Access Key and signing method. "
+            "Consult the service documentation for details.")
 PAYLOAD_MISMATCH = "The provided 'x-amz-content-sha256' header does not match what was computed."
 _CI_TYPES = (CIMultiDict, CIMultiDictProxy)
 _PREFIX = ALGORITHM + " "
 _AUTH_RE = re.compile(  # the exact shape SDKs send; anything else takes the slow, chatty path
     r"AWS4-HMAC-SHA256 Credential=([^, ]+), ?SignedHeaders=([^, ]+), ?Signature=([0-9a-f]{64})")
-_SIGNATURE_RE = re.compile(r"Signature=[^,\s]*")
 _ISO_RE = re.compile(r"(\d{4})(\d\d)(\d\d)T(\d\d)(\d\d)(\d\d)Z", re.ASCII)
 _CACHE_SIZE = 128
 
@@ -96,26 +93,38 @@ def _parse_time(value: str) -> tuple[str, float] | None:
         return None
 
 
+def _pairs(header: str) -> list[tuple[str, str | None]]:
+    """(name, value) pairs after the algorithm; value None for a token without '='."""
+    pairs: list[tuple[str, str | None]] = []
+    for part in header.partition(" ")[2].split(","):
+        name, sep, value = part.strip().partition("=")
+        if name or sep:
+            pairs.append((name, value if sep else None))
+    return pairs
+
+
 def _redacted(header: str) -> str:
-    return _SIGNATURE_RE.sub("Signature=<redacted>", header)
+    """The header for error messages: only Credential and SignedHeaders values are shown."""
+    shown = [f"{n[:40]}={v}" if n in ("Credential", "SignedHeaders") and v is not None
+             else f"{n[:40]}=<redacted>" if v is not None else "<redacted>"
+             for n, v in _pairs(header)]
+    return f"{ALGORITHM} " + ", ".join(shown)
 
 
 def _parse_slow(header: str) -> tuple[str, str, str, list[str]]:
     """Credential, SignedHeaders, Signature and AWS-style complaints about a header."""
-    params: dict[str, str] = {}
-    problems: list[str] = []
-    for part in header.partition(" ")[2].split(","):
-        pname, sep, pvalue = part.strip().partition("=")
-        if sep:
-            params[pname] = pvalue
-        elif pname:
-            problems.append(f"'{pname[:40]}' not a valid key=value pair (missing equal-sign) "
-                            "in Authorization header.")
-    for pname in ("Credential", "Signature", "SignedHeaders"):
-        if not params.get(pname):
-            problems.append(f"Authorization header requires '{pname}' parameter.")
+    pairs = _pairs(header)
+    params = {n: v for n, v in pairs if v is not None}
+    problems = [f"Authorization header requires '{p}' parameter."
+                for p in ("Credential", "Signature", "SignedHeaders") if not params.get(p)]
+    if any(v is None for _, v in pairs):
+        problems.insert(0, "Authorization header contains a parameter that is not a valid "
+                           "key=value pair (missing equal-sign).")
     get = params.get
     return get("Credential", ""), get("SignedHeaders", ""), get("Signature", ""), problems
+
+
+_Scope = tuple[str, str, str, list[str], str]  # access key, date, scope line, names, signed
 
 
 class SigV4Verifier:
@@ -123,13 +132,10 @@ class SigV4Verifier:
 
     def __init__(self, secrets: Callable[[str], str | None], region: str, service: str = "kms",
                  now: Callable[[], float] = time.time, max_skew_seconds: int = 300) -> None:
-        self._secrets = secrets
-        self._region = region
-        self._service = service
-        self._now = now
-        self._skew = max_skew_seconds
+        self._secrets, self._region, self._service = secrets, region, service
+        self._now, self._skew = now, max_skew_seconds
         self._keys: dict[tuple[str, str, str, str], bytes] = {}
-        self._signed: dict[str, tuple[list[str], str]] = {}
+        self._scopes: dict[str, _Scope] = {}  # validated "... Signature=" prefix -> its parts
         self._last_time: tuple[str, tuple[str, float] | None] = ("", None)
 
     def signing_key(self, secret: str, date: str) -> bytes:
@@ -143,19 +149,48 @@ class SigV4Verifier:
             self._keys[cache_key] = key
         return key
 
-    def _signed_headers(self, signed: str, header: str) -> tuple[list[str], str]:
-        """Sorted lowercase names and their ';' line, validated once per distinct value."""
+    def _parse_authorization(self, header: str, prefix: str, has_date: bool) -> tuple[_Scope, str]:
+        """Validate an Authorization header in AWS's order; cache it if it has the SDK shape."""
+        if not header.startswith(_PREFIX):
+            raise IncompleteSignatureException(
+                f"Unsupported AWS 'algorithm': only '{ALGORITHM}' is accepted.")
+        match = _AUTH_RE.fullmatch(header)
+        if match is None:
+            credential, signed, signature, problems = _parse_slow(header)
+        else:
+            (credential, signed, signature), problems = match.groups(), []
+        if not has_date:
+            problems.append("Authorization header requires existence of either a 'X-Amz-Date' "
+                            "or a 'Date' header.")
+        if problems:
+            raise IncompleteSignatureException(
+                " ".join(problems) + f" Authorization={_redacted(header)}")
+        parts = credential.split("/")
+        if len(parts) != 5 or not all(parts):
+            raise IncompleteSignatureException(
+                f"Credential should be of the form '<access key>/YYYYMMDD/<region>/<service>/"
+                f"{TERMINATOR}'. Authorization={_redacted(header)}")
+        access_key, date, region, service, terminator = parts
+        if terminator != TERMINATOR:
+            raise IncompleteSignatureException(
+                f"Credential should be scoped with a valid terminator: '{TERMINATOR}', "
+                f"not '{terminator[:40]}'. ")
         names = sorted(set(signed.lower().split(";")))
         if "host" not in names:
             raise IncompleteSignatureException(
                 "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.")
-        if "" in names:
-            raise IncompleteSignatureException(
-                f"SignedHeaders contains an empty header name. Authorization={_redacted(header)}")
-        if len(self._signed) >= _CACHE_SIZE:
-            self._signed.clear()
-        self._signed[signed] = result = (names, ";".join(names))
-        return result
+        if region != self._region:
+            raise InvalidSignatureException("Credential should be scoped to a valid region. ")
+        if service != self._service:
+            raise InvalidSignatureException(
+                f"Credential should be scoped to correct service: '{self._service}'. ")
+        scope = (access_key, date, f"{date}/{region}/{service}/{TERMINATOR}", names,
+                 ";".join(names))
+        if match is not None:  # SDK shape: the prefix alone determines everything above
+            if len(self._scopes) >= _CACHE_SIZE:
+                self._scopes.clear()
+            self._scopes[prefix] = scope
+        return scope, signature
 
     def _check_time(self, value: str, scope_date: str) -> str:
         """The request's ISO timestamp, once it matches the scope date and our clock."""
@@ -187,63 +222,31 @@ class SigV4Verifier:
     def verify(self, method: str, raw_path: str, query_string: str,
                headers: Mapping[str, str], body: bytes) -> str:
         """Return the access key id of a correctly signed request, or raise one of the errors."""
-        if isinstance(headers, _CI_TYPES):
-            getall = headers.getall
-        else:
-            lowered: dict[str, list[str]] = {}
-            for hname, hvalue in headers.items():
-                lowered.setdefault(hname.lower(), []).append(hvalue)
-            getall = lowered.get  # type: ignore[assignment]
-
-        auth_values = getall("authorization", None)
-        if not auth_values:
+        if not isinstance(headers, _CI_TYPES):
+            headers = CIMultiDict(headers.items())
+        getall = headers.getall
+        header = headers.get("authorization")
+        if header is None:
             raise MissingAuthenticationTokenException("Missing Authentication Token")
-        header = auth_values[0].strip()
-        if not header.startswith(_PREFIX):
-            raise IncompleteSignatureException(
-                f"Unsupported AWS 'algorithm': only '{ALGORITHM}' is accepted.")
-        match = _AUTH_RE.fullmatch(header)
-        if match is not None:
-            credential, signed, signature = match.groups()
-            problems: list[str] = []
-        else:
-            credential, signed, signature, problems = _parse_slow(header)
-        date_values = getall("x-amz-date", None) or getall("date", None) or []
-        if not date_values:
-            problems.append("Authorization header requires existence of either a 'X-Amz-Date' "
-                            "or a 'Date' header.")
-        if problems:
-            raise IncompleteSignatureException(
-                " ".join(problems) + f" Authorization={_redacted(header)}")
-
-        scope = credential.split("/")
-        if len(scope) != 5 or not all(scope):
-            raise IncompleteSignatureException(
-                f"Credential should be of the form '<access key>/YYYYMMDD/<region>/<service>/"
-                f"{TERMINATOR}'. Authorization={_redacted(header)}")
-        access_key, scope_date, region, service, terminator = scope
-        if terminator != TERMINATOR:
-            raise IncompleteSignatureException(
-                f"Credential should be scoped with a valid terminator: '{TERMINATOR}', "
-                f"not '{terminator[:40]}'. ")
-        names, signed_line = self._signed.get(signed) or self._signed_headers(signed, header)
-        if region != self._region:
-            raise InvalidSignatureException("Credential should be scoped to a valid region. ")
-        if service != self._service:
-            raise InvalidSignatureException(
-                f"Credential should be scoped to correct service: '{self._service}'. ")
-        amz_date = self._check_time(date_values[0].strip(), scope_date)
+        header = header.strip()
+        date_value = headers.get("x-amz-date") or headers.get("date")
+        prefix, _, signature = header.rpartition("Signature=")
+        scope = self._scopes.get(prefix)
+        if scope is None or date_value is None:
+            scope, signature = self._parse_authorization(header, prefix, date_value is not None)
+        access_key, scope_date, scope_line, names, signed_line = scope
+        amz_date = self._check_time(date_value.strip(), scope_date)  # type: ignore[union-attr]
         secret = self._secrets(access_key)
         if secret is None:
             raise UnrecognizedClientException(
                 "The security token included in the request is invalid.")
 
         payload_hash = hashlib.sha256(body).hexdigest()
-        declared = getall("x-amz-content-sha256", None)
+        declared = headers.get("x-amz-content-sha256")
         if declared is not None:  # signed or not, it must describe this very body
-            if declared[0].strip().lower() != payload_hash:
+            if declared.strip().lower() != payload_hash:
                 raise InvalidSignatureException(PAYLOAD_MISMATCH)
-            payload_hash = declared[0].strip()
+            payload_hash = declared.strip()
         lines = [method.upper(), canonical_uri(raw_path), canonical_query(query_string)]
         for name in names:
             values = getall(name, None)
@@ -255,8 +258,8 @@ class SigV4Verifier:
                 lines.append(name + ":" + ",".join(" ".join(v.split()) for v in values))
         lines += ("", signed_line, payload_hash)
         canonical = "\n".join(lines).encode("utf-8", "surrogateescape")
-        string_to_sign = (f"{ALGORITHM}\n{amz_date}\n{scope_date}/{region}/{service}/"
-                          f"{TERMINATOR}\n{hashlib.sha256(canonical).hexdigest()}")
+        string_to_sign = f"{ALGORITHM}\n{amz_date}\n{scope_line}\n" + hashlib.sha256(
+            canonical).hexdigest()
         key = self.signing_key(secret, scope_date)
         expected = hmac.digest(key, string_to_sign.encode(), "sha256").hex()
         if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace")):

@@ -129,6 +129,32 @@ def test_skew_at_the_limit_is_accepted() -> None:
     assert check(sign(), verifier(NOW - 300)) == AK
 
 
+def test_request_from_a_real_boto3_client() -> None:
+    """Whatever else boto3 adds (User-Agent, invocation id, token), the real pipeline verifies."""
+    import boto3
+    from botocore.awsrequest import AWSResponse
+
+    sent: list[AWSRequest] = []
+
+    def capture(request: AWSRequest, **_: object) -> AWSResponse:
+        sent.append(request)
+        raw = mock.Mock(stream=lambda *a, **k: iter([b'{"KeyMetadata": {"KeyId": "k"}}']))
+        return AWSResponse(request.url, 200, {"Content-Type": "application/x-amz-json-1.1"}, raw)
+
+    session = boto3.session.Session(aws_access_key_id=AK, aws_secret_access_key=SK,
+                                    aws_session_token="tok", region_name="us-east-1")
+    client = session.client("kms", endpoint_url="http://127.0.0.1:8080")
+    client.meta.events.register("before-send", capture)
+    client.describe_key(KeyId="alias/x")
+    (request,) = sent
+    parts = urlsplit(request.url)
+    wire = CIMultiDict((k, v.decode() if isinstance(v, bytes) else v)
+                       for k, v in request.headers.items())
+    wire["Host"] = parts.netloc
+    real_clock = SigV4Verifier({AK: SK}.get, "us-east-1")
+    assert real_clock.verify("POST", parts.path or "/", parts.query, wire, request.body) == AK
+
+
 # -- missing / incomplete ---------------------------------------------------------------------
 def test_no_authorization_header() -> None:
     req = sign()
@@ -255,6 +281,37 @@ def test_content_sha256_header_must_match_body() -> None:
     fails(req, InvalidSignatureException, sigv4.PAYLOAD_MISMATCH)
 
 
+def test_cached_authorization_prefix_still_checks_everything() -> None:
+    clock = [NOW]
+    v = SigV4Verifier({AK: SK}.get, "us-east-1", now=lambda: clock[0])
+    assert check(sign(), v) == AK  # caches the "... Signature=" prefix
+    req = sign()
+    req.set_auth(req.signature, "0" * 64)
+    fails(req, InvalidSignatureException, MISMATCH, v)
+    req = sign()
+    del req.headers["X-Amz-Date"]
+    fails(req, IncompleteSignatureException, v=v)
+    clock[0] += 3600
+    assert fails(sign(), InvalidSignatureException, v=v).startswith("Signature expired")
+
+
+def test_bare_token_in_authorization_is_not_echoed() -> None:
+    req = sign()
+    signature = req.signature
+    req.set_auth(f"Signature={signature}", signature)
+    text = fails(req, IncompleteSignatureException)
+    assert signature not in text and "<redacted>" in text
+    assert "not a valid key=value pair" in text and "requires 'Signature' parameter" in text
+
+
+def test_unusual_spacing_takes_the_slow_path_and_is_accepted() -> None:
+    req = sign()
+    req.headers["Authorization"] = req.headers["Authorization"].replace(", ", " ,  ")
+    v = verifier()
+    assert check(req, v) == AK
+    assert check(req, v) == AK
+
+
 # -- canonicalization helpers and the key cache -----------------------------------------------
 @pytest.mark.parametrize("path", ["/", "", "/a/b", "/a//b/", "/a/./b/../c", "/a%20b/c~d"])
 def test_canonical_uri_matches_botocore(path: str) -> None:
@@ -276,15 +333,12 @@ def test_signing_key_is_derived_once_per_day(monkeypatch: pytest.MonkeyPatch) ->
         return real(*args)
 
     monkeypatch.setattr(sigv4, "derive_signing_key", counting)
-    v = verifier()
-    for _ in range(3):
-        assert check(sign(), v) == AK
+    clock = [NOW]
+    v = SigV4Verifier({AK: SK}.get, "us-east-1", now=lambda: clock[0])
+    for body in (b"{}", BODY, b'{"a": 1}'):
+        assert check(sign(body), v) == AK
     assert calls == [(SK, "20260101", "us-east-1", "kms")]
-    next_day = FIXED + datetime.timedelta(days=1)
-    assert check(sign(when=next_day), verifier(NOW + 86400)) == AK  # fresh verifier, fresh cache
-    assert len(calls) == 2
-    v2 = SigV4Verifier({AK: SK}.get, "us-east-1", now=lambda: NOW + 86400)
-    v2._keys = v._keys  # shared cache, new date -> one more derivation, then cached
-    assert check(sign(when=next_day), v2) == AK
-    assert check(sign(when=next_day), v2) == AK
-    assert len(calls) == 3
+    clock[0] += 86400
+    for body in (b"{}", BODY):
+        assert check(sign(body, when=FIXED + datetime.timedelta(days=1)), v) == AK
+    assert calls[1:] == [(SK, "20260102", "us-east-1", "kms")]
