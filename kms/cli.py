@@ -41,9 +41,17 @@ def main(argv: list[str] | None = None) -> int:
         "host": args.host, "port": args.port, "region": args.region, "data_dir": args.data_dir,
         "account_id": args.account_id, "dev": args.dev, "log_format": args.log_format,
     }
-    config = Config.load(args.config, overrides)
+    try:
+        config = Config.load(args.config, overrides)
+    except (OSError, ValueError, TypeError) as exc:  # TOMLDecodeError is a ValueError
+        print(f"kms: error: configuration: {exc}", file=sys.stderr)
+        return 2
     kms_logging.configure(config.log_format)
-    node = Node(config)
+    try:
+        node = Node(config)
+    except (OSError, ValueError) as exc:  # unreadable data dir, bad KMS_ROOT_KEY or root.key
+        print(f"kms: error: cannot start the node: {exc}", file=sys.stderr)
+        return 2
     if node.root_credential is not None and not config.dev:
         c = node.root_credential
         print(

@@ -28,12 +28,39 @@ class Config:
         cfg = cls()
         if path is not None:
             with path.open("rb") as f:
-                doc = tomllib.load(f)
+                try:
+                    doc = tomllib.load(f)
+                except tomllib.TOMLDecodeError as exc:
+                    raise ValueError(f"{path}: not valid TOML: {exc}") from None
             node = doc.get("node", {})
-            known = {f.name for f in fields(cls)}
+            if not isinstance(node, dict):
+                raise ValueError(f"{path}: [node] must be a table")
+            known = {f.name for f in fields(cls)} - {"principals"}
             unknown = set(node) - known
             if unknown:
-                raise ValueError(f"unknown settings in [node]: {', '.join(sorted(unknown))}")
+                raise ValueError(
+                    f"{path}: unknown settings in [node]: {', '.join(sorted(unknown))}")
+            for name, value in node.items():
+                _check_setting(path, name, value)
             cfg = replace(cfg, **node, principals=tuple(doc.get("principals", ())))
         cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
         return replace(cfg, data_dir=Path(cfg.data_dir), port=int(cfg.port))
+
+
+_SETTING_TYPES: dict[str, type] = {
+    "host": str, "port": int, "region": str, "data_dir": str, "account_id": str,
+    "dev": bool, "log_format": str,
+}
+_LOG_FORMATS = ("auto", "json", "console")
+
+
+def _check_setting(path: Path, name: str, value: Any) -> None:
+    """A TOML value of the wrong type is refused by name, not discovered later."""
+    expected = _SETTING_TYPES.get(name)
+    if expected is None:
+        return
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ValueError(f"{path}: [node] {name} must be a {expected.__name__}, "
+                         f"not {type(value).__name__} ({value!r})")
+    if name == "log_format" and value not in _LOG_FORMATS:
+        raise ValueError(f"{path}: [node] log_format must be one of {', '.join(_LOG_FORMATS)}")

@@ -16,6 +16,7 @@ from kms.config import Config
 from kms.crypto.keyring import Keyring
 from kms.crypto.sealing import RootKey
 from kms.identity import Credential, Credentials
+from kms.schedule import Scheduler
 from kms.service.core import Service
 from kms.store.log import EventLog, SqliteLog
 
@@ -32,30 +33,40 @@ class Node:
         data_dir = Path(config.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         self.log = event_log or SqliteLog(data_dir / LOG_FILE, config.region)
-        self.keyring = Keyring(RootKey.load_or_create(data_dir))
+        self.keyring = Keyring(RootKey.load_or_create(data_dir), self.log.vault)
         self.credentials, self.new_credential = Credentials.load_or_create(
             data_dir, config.account_id
         )
         self.service = Service(region=config.region, account=config.account_id,
                                log_=self.log, keyring=self.keyring, clock=self.clock)
+        self.scheduler = Scheduler(self.service)
         self.serving = False
 
     async def start(self) -> None:
         await self.log.open()
+        await self.scheduler.run_due()  # what fell due while the node was down
+        self.scheduler.start()
         self.serving = True
         log.info("node_started", region=self.config.region, log_seq=self.log.last_seq,
                  keys=len(self.service.state.keys), dev=self.config.dev)
 
     async def stop(self) -> None:
         self.serving = False
+        await self.scheduler.stop()
         await self.log.close()
         log.info("node_stopped", region=self.config.region, log_seq=self.log.last_seq)
 
     async def reset(self) -> None:
         """Wipe every key, alias and audit fact (``--dev`` only)."""
-        await self.log.reset()
-        self.keyring.clear()
-        self.clock.offset_seconds = 0.0
+        async with self.scheduler.paused():
+            await self.log.reset()
+            self.keyring.clear()
+            self.clock.offset_seconds = 0.0
+
+    async def advance_clock(self, seconds: float) -> None:
+        """Move the clock (``--dev`` only) and act on whatever fell due."""
+        self.clock.advance(seconds)
+        await self.scheduler.run_due()
 
     @property
     def root_credential(self) -> Credential | None:

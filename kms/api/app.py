@@ -106,7 +106,7 @@ class Gateway:
                 )
             try:
                 doc = json.loads(body) if body.strip() else {}
-            except ValueError:
+            except (ValueError, RecursionError):  # deep nesting is malformed input, not a fault
                 raise SerializationException("The request body is not valid JSON.") from None
             params = _MODEL.parse(operation, doc)
             if operation not in OPERATIONS:
@@ -174,11 +174,13 @@ async def dev_clock(request: web.Request) -> web.Response:
     try:
         doc = await request.json()
         seconds = float(doc["advance_seconds"])
-        node.clock.advance(seconds)
+        if not seconds >= 0:
+            raise ValueError("the clock only moves forward")
     except (ValueError, KeyError, TypeError):
         return web.json_response(
             {"__type": "ValidationException",
              "message": 'Send {"advance_seconds": N} with N >= 0.'}, status=400)
+    await node.advance_clock(seconds)
     return web.json_response({"now": node.clock.now(), "offset_seconds": node.clock.offset_seconds})
 
 

@@ -21,11 +21,30 @@ ROOT_KEY_FILE = "root.key"
 ROOT_KEY_ENV = "KMS_ROOT_KEY"
 
 
-class RootKey:
+class Sealer:
+    """AES-256-GCM sealing with a version byte and explicit associated data."""
+
     def __init__(self, key: bytes) -> None:
         if len(key) != 32:
-            raise ValueError("the root key must be 32 bytes")
+            raise ValueError("a sealing key must be 32 bytes")
         self._aead = AESGCM(key)
+
+    def seal(self, material: bytes, context: bytes) -> bytes:
+        nonce = os.urandom(12)
+        return _VERSION + nonce + self._aead.encrypt(nonce, material, context)
+
+    def unseal(self, sealed: bytes, context: bytes) -> bytes:
+        if sealed[:1] != _VERSION or len(sealed) < 29:
+            raise KMSInternalException("Sealed key material has an unknown format.")
+        try:
+            return self._aead.decrypt(sealed[1:13], sealed[13:], context)
+        except InvalidTag:
+            # Wrong root key or tampered storage: an operator problem, never the caller's.
+            raise KMSInternalException("Key material could not be unsealed.") from None
+
+
+class RootKey(Sealer):
+    """The region's root of trust; it only ever seals key-encryption keys."""
 
     @classmethod
     def load_or_create(cls, data_dir: Path) -> RootKey:
@@ -42,19 +61,6 @@ class RootKey:
             f.flush()
             os.fsync(f.fileno())
         return cls(key)
-
-    def seal(self, material: bytes, context: bytes) -> bytes:
-        nonce = os.urandom(12)
-        return _VERSION + nonce + self._aead.encrypt(nonce, material, context)
-
-    def unseal(self, sealed: bytes, context: bytes) -> bytes:
-        if sealed[:1] != _VERSION or len(sealed) < 29:
-            raise KMSInternalException("Sealed key material has an unknown format.")
-        try:
-            return self._aead.decrypt(sealed[1:13], sealed[13:], context)
-        except InvalidTag:
-            # Wrong root key or tampered storage: an operator problem, never the caller's.
-            raise KMSInternalException("Key material could not be unsealed.") from None
 
 
 def seal_context(key_id: str, material_id: str) -> bytes:

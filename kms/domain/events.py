@@ -79,6 +79,75 @@ class KeyUntagged(Event):
     tag_keys: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class KeyRotationEnabled(Event):
+    key_id: str
+    period_days: int
+    next_rotation_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRotationDisabled(Event):
+    key_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRotated(Event):
+    """A new material version became current; every older one stays for Decrypt."""
+
+    key_id: str
+    material: Material
+    rotation_type: str  # AUTOMATIC | ON_DEMAND
+    next_rotation_ms: int  # 0 when automatic rotation is off
+
+
+@dataclass(frozen=True, slots=True)
+class KeyDeletionScheduled(Event):
+    key_id: str
+    window_days: int
+    deletion_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeyDeletionCancelled(Event):
+    key_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyDeleted(Event):
+    """The waiting period ended: the key, its aliases and (via the vault) its material are gone."""
+
+    key_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ImportParametersIssued(Event):
+    """A wrapping key pair for GetParametersForImport; its private half is sealed."""
+
+    key_id: str
+    token_id: str
+    wrapping_algorithm: str
+    wrapping_key_spec: str
+    sealed_private_key: Material
+    valid_to_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeyMaterialImported(Event):
+    key_id: str
+    material: Material
+    expiration_model: str
+    valid_to_ms: int  # 0 when the material does not expire
+
+
+@dataclass(frozen=True, slots=True)
+class KeyMaterialDeleted(Event):
+    """DeleteImportedKeyMaterial, or expiry (``expired=True``): the key needs an import."""
+
+    key_id: str
+    expired: bool
+
+
 # -- aliases --------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class AliasCreated(Event):
@@ -115,6 +184,7 @@ class ApiCallRecorded(Event):
     error_code: str = ""
     error_message: str = ""
     additional: dict[str, Any] = field(default_factory=dict)
+    event_type: str = "AwsApiCall"  # AwsServiceEvent for what the node did by itself
 
 
 # -- codec ----------------------------------------------------------------------------------
@@ -183,7 +253,9 @@ def decode(type_name: str, body: bytes) -> Event:
 
 register(
     KeyCreated, KeyEnabled, KeyDisabled, KeyDescriptionUpdated, KeyTagged, KeyUntagged,
-    AliasCreated, AliasUpdated, AliasDeleted, ApiCallRecorded,
+    KeyRotationEnabled, KeyRotationDisabled, KeyRotated, KeyDeletionScheduled,
+    KeyDeletionCancelled, KeyDeleted, ImportParametersIssued, KeyMaterialImported,
+    KeyMaterialDeleted, AliasCreated, AliasUpdated, AliasDeleted, ApiCallRecorded,
 )
 
 

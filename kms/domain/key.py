@@ -22,6 +22,13 @@ from kms.domain.errors import (
 from kms.domain.ids import key_arn
 
 
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    material_id: str
+    at_ms: int
+    rotation_type: str  # AUTOMATIC | ON_DEMAND
+
+
 class KeyState(Enum):
     CREATING = "Creating"
     ENABLED = "Enabled"
@@ -50,6 +57,19 @@ class Key:
     tags: ev.Tags
     state: KeyState
     materials: tuple[ev.Material, ...]
+    rotations: tuple[Rotation, ...] = ()
+    rotation_period_days: int = 0  # 0: automatic rotation is off
+    next_rotation_ms: int = 0
+    deletion_ms: int = 0
+    pending_window_days: int = 0
+    expiration_model: str = ""  # imported material only
+    valid_to_ms: int = 0
+    imported_material_id: str = ""  # the one material an EXTERNAL key may ever hold
+    import_parameters: tuple[ev.ImportParametersIssued, ...] = ()
+
+    @property
+    def rotation_enabled(self) -> bool:
+        return self.rotation_period_days > 0
 
     @property
     def current_material(self) -> ev.Material | None:
@@ -102,6 +122,14 @@ UntagResource         ok  ok  inv ok  ok  ok
 UpdateAlias           ok  ok  inv ok  ok  ok
 UpdateKeyDescription  ok  ok  inv ok  ok  ok
 UpdatePrimaryRegion   ok  dis inv inv inv ok
+EnableKeyRotation     ok  dis inv inv inv ok
+DisableKeyRotation    ok  dis inv inv inv ok
+GetKeyRotationStatus  ok  ok  ok  ok  ok  ok
+RotateKeyOnDemand     ok  dis inv inv inv inv
+ListKeyRotations      ok  ok  ok  ok  ok  ok
+GetParametersForImport      ok ok inv ok inv inv
+ImportKeyMaterial     ok  ok  inv ok  inv ok
+DeleteImportedKeyMaterial   ok ok ok ok inv inv
 """
 _COLUMNS = (
     KeyState.ENABLED,
@@ -150,6 +178,7 @@ def check_state(operation: str, key: Key) -> None:
 
 # -- decisions ------------------------------------------------------------------------------
 MAX_TAGS = 50
+MAX_IMPORT_PARAMETERS = 10
 
 
 def enable(key: Key) -> list[ev.Event]:
@@ -227,10 +256,32 @@ def _merge_tags(old: ev.Tags, new: ev.Tags) -> ev.Tags:
     return tuple(merged.items())
 
 
-def apply(key: Key, event: ev.Event) -> Key:
-    """Fold one event into an existing key. Unknown events leave it unchanged."""
+def apply(key: Key, event: ev.Event, at_ms: int = 0) -> Key:
+    """Fold one event (committed at ``at_ms``) into an existing key."""
     replace = dataclasses.replace
     match event:
+        case ev.KeyRotationEnabled(period_days=p, next_rotation_ms=n):
+            return replace(key, rotation_period_days=p, next_rotation_ms=n)
+        case ev.KeyRotationDisabled():
+            return replace(key, rotation_period_days=0, next_rotation_ms=0)
+        case ev.KeyRotated(material=m, rotation_type=t, next_rotation_ms=n):
+            return replace(key, materials=(*key.materials, m), next_rotation_ms=n,
+                           rotations=(*key.rotations, Rotation(m.material_id, at_ms, t)))
+        case ev.KeyDeletionScheduled(window_days=w, deletion_ms=d):
+            return replace(key, state=KeyState.PENDING_DELETION, deletion_ms=d,
+                           pending_window_days=w)
+        case ev.KeyDeletionCancelled():
+            return replace(key, state=KeyState.DISABLED, deletion_ms=0, pending_window_days=0)
+        case ev.ImportParametersIssued():
+            live = tuple(p for p in key.import_parameters if p.valid_to_ms > at_ms)
+            return replace(key, import_parameters=(*live, event)[-MAX_IMPORT_PARAMETERS:])
+        case ev.KeyMaterialImported(material=m, expiration_model=em, valid_to_ms=vt):
+            state = KeyState.ENABLED if key.state is KeyState.PENDING_IMPORT else key.state
+            return replace(key, materials=(m,), expiration_model=em, valid_to_ms=vt, state=state,
+                           imported_material_id=m.material_id)
+        case ev.KeyMaterialDeleted():
+            state = key.state if key.state is KeyState.PENDING_DELETION else KeyState.PENDING_IMPORT
+            return replace(key, materials=(), expiration_model="", valid_to_ms=0, state=state)
         case ev.KeyEnabled():
             return replace(key, state=KeyState.ENABLED)
         case ev.KeyDisabled():

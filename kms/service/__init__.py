@@ -1,6 +1,13 @@
 """One handler per API operation, registered in ``core.OPERATIONS`` on import."""
 
-from kms.service import aliases, crypto_ops, keys  # noqa: F401  (registration)
+from kms.service import (  # noqa: F401  (registration)
+    aliases,
+    asymmetric_ops,
+    crypto_ops,
+    import_ops,
+    keys,
+    lifecycle_ops,
+)
 from kms.service.core import OPERATIONS, Caller, Service
 
 __all__ = ["OPERATIONS", "Caller", "Service"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from kms.domain import alias as aliases
-from kms.domain.ids import check_alias_name
+from kms.domain.ids import ALIAS_PREFIX, check_alias_name
 from kms.service import authz
 from kms.service.core import Call, Service, operation
 from kms.service.paging import page
@@ -69,5 +69,6 @@ async def list_aliases(svc: Service, call: Call, p: dict[str, Any]) -> dict[str,
     else:
         items = list(svc.state.aliases.values())
     items.sort(key=lambda a: a.name)
-    chunk, tail = page(items, p, lambda a: a.name, default=50, maximum=100)
+    chunk, tail = page(items, p, lambda a: a.name, default=50, maximum=100,
+                       valid=lambda m: m.startswith(ALIAS_PREFIX))
     return {"Aliases": [alias_entry(a, svc.region, svc.account) for a in chunk], **tail}

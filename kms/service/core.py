@@ -8,7 +8,9 @@ moved, and fails closed: no durable audit fact, no answer.
 
 from __future__ import annotations
 
+import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 import structlog
 
 from kms.clock import Clock
+from kms.crypto import asymmetric, mac, symmetric
 from kms.crypto.keyring import Keyring
 from kms.domain import events as ev
 from kms.domain.errors import (
@@ -28,7 +31,7 @@ from kms.domain.ids import KeyRef, alias_arn, parse_key_ref
 from kms.domain.key import Key, check_state
 from kms.domain.specs import SYMMETRIC
 from kms.service import authz
-from kms.store.log import AUDIT_STREAM, Append, EventLog
+from kms.store.log import AUDIT_STREAM, Append, EventLog, VaultChange
 from kms.store.state import State, key_stream
 
 log = structlog.get_logger("kms.service")
@@ -60,11 +63,14 @@ class Call:
     seen: dict[str, int] = field(default_factory=dict)
     appends: list[Append] = field(default_factory=list)
     additional: dict[str, Any] = field(default_factory=dict)
+    vault: list[VaultChange] = field(default_factory=list)
 
     def emit(self, stream: str, events: list[ev.Event]) -> None:
         if events:
             self.appends.append(Append(stream, tuple(events), self.seen.get(stream, 0)))
 
+
+AWS_INTERNAL = Caller("AWS Internal", "", "")
 
 Handler = Callable[["Service", Call, dict[str, Any]], Awaitable[dict[str, Any] | None]]
 
@@ -99,11 +105,29 @@ class Service:
         self.clock = clock
         self.state = State()
         log_.subscribe(self.state)
-        self.supported_specs = frozenset({SYMMETRIC})
+        self.supported_specs = frozenset({SYMMETRIC, *mac.HMAC_SPECS, *asymmetric.SUPPORTED_SPECS})
 
-    async def new_material(self, key_id: str, key_spec: str, key_usage: str) -> ev.Material:
-        """Generate and seal the first material of a new key."""
-        return self.keyring.new_symmetric(key_id)
+    def new_kek(self, call: Call, key_id: str) -> None:
+        """Every new key gets its own key-encryption key, vaulted with the call."""
+        call.vault.append(VaultChange(key_id, self.keyring.new_kek(key_id)))
+
+    @staticmethod
+    def symmetric_material() -> bytes:
+        return symmetric.new_material()
+
+    async def new_material(self, call: Call, key_id: str, key_spec: str) -> ev.Material:
+        """Generate and seal the first material of a new key (RSA in a worker thread)."""
+        if key_spec == SYMMETRIC:
+            return self.keyring.seal(key_id, symmetric.new_material())
+        if key_spec in mac.HMAC_SPECS:
+            return self.keyring.seal(key_id, mac.new_hmac_key(key_spec))
+        private, public = await asyncio.to_thread(asymmetric.generate, key_spec)
+        return self.keyring.seal(key_id, private, public)
+
+    def private_key(self, key: Key, material: ev.Material) -> Any:
+        """The parsed private key of an asymmetric material, cached by the keyring."""
+        return self.keyring.loaded(key.key_id, material,
+                                   lambda der: asymmetric.load_private(der, trusted=True))
 
     # -- loading, with what the decision saw ------------------------------------------------
     def resolve(self, call: Call, raw: str, *, allow_alias: bool) -> Key:
@@ -176,7 +200,23 @@ class Service:
         c = Call(request_id, operation_name[:128], caller, self.clock.now_ms(), params)
         await self._record(c, op.read_only if op else True, error)
 
-    async def _record(self, c: Call, read_only: bool, error: KMSError | None) -> None:
+    async def service_event(self, name: str, key: Key,
+                            decide: Callable[[Call, Key], None]) -> bool:
+        """Something the node does by itself (a due rotation, deletion or expiry): decided
+        and recorded like a call, as an ``AwsServiceEvent``. False if the key moved."""
+        c = Call(str(uuid.uuid4()), name, AWS_INTERNAL, self.clock.now_ms(), {"keyId": key.arn})
+        stream = key_stream(key.key_id)
+        c.seen[stream] = self.log.version(stream)
+        c.resources.append(key.arn)
+        decide(c, key)
+        try:
+            await self._record(c, False, None, event_type="AwsServiceEvent")
+        except ConflictingWrite:
+            return False
+        return True
+
+    async def _record(self, c: Call, read_only: bool, error: KMSError | None,
+                      event_type: str = "AwsApiCall") -> None:
         fact = ev.ApiCallRecorded(
             request_id=c.request_id,
             operation=c.operation,
@@ -191,9 +231,10 @@ class Service:
             error_code=error.code if error else "",
             error_message=error.message if error else "",
             additional=c.additional,
+            event_type=event_type,
         )
         appends = ([] if error else c.appends) + [Append(AUDIT_STREAM, (fact,))]
-        await self.log.append(appends, c.at_ms)
+        await self.log.append(appends, c.at_ms, () if error else c.vault)
 
 
 def audit_params(params: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 from kms.crypto import blob as blobfmt
-from kms.crypto import symmetric
+from kms.crypto import asymmetric, symmetric
 from kms.domain.errors import (
     DRY_RUN_MESSAGE,
     CustomKeyStoreNotFoundException,
@@ -67,10 +67,11 @@ def seal_symmetric(svc: Service, call: Call, key: Key, plaintext: bytes,
     return blob, material.material_id
 
 
-def open_symmetric(svc: Service, call: Call, p: dict[str, Any], *, key_param: str,
-                   context_param: str, algorithm_param: str, action: str,
-                   ) -> tuple[Key, bytes, str]:
-    """The Decrypt half shared by Decrypt and ReEncrypt: find the key, check, decrypt."""
+def open_ciphertext(svc: Service, call: Call, p: dict[str, Any], *, key_param: str,
+                    context_param: str, algorithm_param: str, action: str,
+                    ) -> tuple[Key, bytes, str | None, str]:
+    """The Decrypt half shared by Decrypt and ReEncrypt: find the key, check, decrypt.
+    Returns (key, plaintext, material id or None for RSA, algorithm)."""
     ciphertext = p.get("CiphertextBlob")
     ignore_ciphertext = "IGNORE_CIPHERTEXT" in (p.get("DryRunModifiers") or ())
     if ciphertext is None and not (p.get("DryRun") and ignore_ciphertext):
@@ -79,12 +80,15 @@ def open_symmetric(svc: Service, call: Call, p: dict[str, Any], *, key_param: st
             "constraint: Member must not be null"
         )
     named = p.get(key_param)
-    parsed = blobfmt.parse(ciphertext) if ciphertext is not None else None
     if named is not None:
         key = svc.key_for(call, named, action, allow_alias=True, state_rule=call.operation)
+        if key.key_spec != SYMMETRIC:
+            return _open_rsa(svc, call, p, key, ciphertext, context_param, algorithm_param)
+        parsed = blobfmt.parse(ciphertext) if ciphertext is not None else None
         if parsed is not None and parsed.key_id != key.key_id:
             raise IncorrectKeyException(INCORRECT_KEY)
-    elif parsed is not None:
+    elif ciphertext is not None:
+        parsed = blobfmt.parse(ciphertext)
         if parsed.key_id not in svc.state.keys:
             raise InvalidCiphertextException()
         key = svc.key_for(call, parsed.key_id, action, allow_alias=False,
@@ -100,48 +104,99 @@ def open_symmetric(svc: Service, call: Call, p: dict[str, Any], *, key_param: st
     raw = svc.keyring.raw(key.key_id, material)
     dry_run(p)
     plaintext = symmetric.decrypt(raw, parsed, p.get(context_param))
-    return key, plaintext, material.material_id
+    return key, plaintext, material.material_id, SYMMETRIC
+
+
+def _rsa_algorithm(key: Key, p: dict[str, Any], context_param: str, algorithm_param: str,
+                   operation_name: str) -> str:
+    require_usage(key, ENCRYPT_DECRYPT, operation_name)
+    algorithm = p.get(algorithm_param)
+    if algorithm is None:
+        raise ValidationException(
+            f"{algorithm_param} is required for asymmetric KMS key {key.arn}."
+        )
+    if p.get(context_param):
+        raise ValidationException(
+            f"{context_param} is not supported with asymmetric KMS key {key.arn}."
+        )
+    asymmetric.check_encryption_algorithm(key.key_spec, algorithm)
+    return str(algorithm)
+
+
+def _open_rsa(svc: Service, call: Call, p: dict[str, Any], key: Key, ciphertext: bytes | None,
+              context_param: str, algorithm_param: str) -> tuple[Key, bytes, None, str]:
+    algorithm = _rsa_algorithm(key, p, context_param, algorithm_param, call.operation)
+    dry_run(p)
+    assert ciphertext is not None and key.current_material is not None
+    private = svc.private_key(key, key.current_material)
+    return key, asymmetric.rsa_decrypt(private, key.key_spec, algorithm, ciphertext), None, \
+        algorithm
+
+
+def seal_for(svc: Service, call: Call, key: Key, plaintext: bytes, p: dict[str, Any],
+             context_param: str, algorithm_param: str) -> tuple[bytes, str | None, str]:
+    """The Encrypt half shared by Encrypt and ReEncrypt: symmetric blob or RSA-OAEP."""
+    if key.key_spec == SYMMETRIC:
+        require_symmetric(key, call.operation, p.get(algorithm_param))
+        dry_run(p)
+        blob, material_id = seal_symmetric(svc, call, key, plaintext, p.get(context_param))
+        return blob, material_id, SYMMETRIC
+    algorithm = _rsa_algorithm(key, p, context_param, algorithm_param, call.operation)
+    asymmetric.check_plaintext_size(key.key_spec, algorithm, plaintext)
+    dry_run(p)
+    assert key.current_material is not None
+    ciphertext = asymmetric.rsa_encrypt(key.current_material.public_key, key.key_spec,
+                                        algorithm, plaintext)
+    return ciphertext, None, algorithm
 
 
 @operation("Encrypt", read_only=True)
 async def encrypt(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
     key = svc.key_for(call, p["KeyId"], "Encrypt", allow_alias=True)
-    require_symmetric(key, "Encrypt", p.get("EncryptionAlgorithm"))
-    dry_run(p)
-    blob, _ = seal_symmetric(svc, call, key, p["Plaintext"], p.get("EncryptionContext"))
-    return {"CiphertextBlob": blob, "KeyId": key.arn, "EncryptionAlgorithm": SYMMETRIC}
+    require_usage(key, ENCRYPT_DECRYPT, "Encrypt")
+    blob, _, algorithm = seal_for(svc, call, key, p["Plaintext"], p, "EncryptionContext",
+                                  "EncryptionAlgorithm")
+    return {"CiphertextBlob": blob, "KeyId": key.arn, "EncryptionAlgorithm": algorithm}
 
 
 @operation("Decrypt", read_only=True)
 async def decrypt(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
-    key, plaintext, material_id = open_symmetric(
+    key, plaintext, material_id, algorithm = open_ciphertext(
         svc, call, p, key_param="KeyId", context_param="EncryptionContext",
         algorithm_param="EncryptionAlgorithm", action="Decrypt",
     )
-    call.additional["keyMaterialId"] = material_id
-    return {"KeyId": key.arn, "Plaintext": plaintext, "EncryptionAlgorithm": SYMMETRIC,
-            "KeyMaterialId": material_id}
+    out = {"KeyId": key.arn, "Plaintext": plaintext, "EncryptionAlgorithm": algorithm}
+    if material_id is not None:
+        call.additional["keyMaterialId"] = material_id
+        out["KeyMaterialId"] = material_id
+    return out
 
 
 @operation("ReEncrypt", read_only=True)
 async def re_encrypt(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
     dest = svc.key_for(call, p["DestinationKeyId"], "ReEncryptTo", allow_alias=True,
                        state_rule="ReEncrypt")
-    require_symmetric(dest, "ReEncrypt", p.get("DestinationEncryptionAlgorithm"))
-    source, plaintext, source_material = open_symmetric(
+    require_usage(dest, ENCRYPT_DECRYPT, "ReEncrypt")
+    source, plaintext, source_material, source_algorithm = open_ciphertext(
         svc, call, p, key_param="SourceKeyId", context_param="SourceEncryptionContext",
         algorithm_param="SourceEncryptionAlgorithm", action="ReEncryptFrom",
     )
-    blob, dest_material = seal_symmetric(svc, call, dest, plaintext,
-                                         p.get("DestinationEncryptionContext"))
-    call.additional.update(sourceKeyMaterialId=source_material,
-                           destinationKeyMaterialId=dest_material)
+    blob, dest_material, dest_algorithm = seal_for(
+        svc, call, dest, plaintext, p, "DestinationEncryptionContext",
+        "DestinationEncryptionAlgorithm",
+    )
     call.additional.pop("keyMaterialId", None)
-    return {
+    out: dict[str, Any] = {
         "CiphertextBlob": blob, "SourceKeyId": source.arn, "KeyId": dest.arn,
-        "SourceEncryptionAlgorithm": SYMMETRIC, "DestinationEncryptionAlgorithm": SYMMETRIC,
-        "SourceKeyMaterialId": source_material, "DestinationKeyMaterialId": dest_material,
+        "SourceEncryptionAlgorithm": source_algorithm,
+        "DestinationEncryptionAlgorithm": dest_algorithm,
     }
+    if source_material is not None:
+        out["SourceKeyMaterialId"] = call.additional["sourceKeyMaterialId"] = source_material
+    if dest_material is not None:
+        out["DestinationKeyMaterialId"] = call.additional["destinationKeyMaterialId"] = \
+            dest_material
+    return out
 
 
 def _data_key(svc: Service, call: Call, p: dict[str, Any]) -> tuple[Key, bytes, bytes, str]:

@@ -82,8 +82,6 @@ async def create_key(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, A
     origin = p.get("Origin", "AWS_KMS")
     if origin in ("AWS_CLOUDHSM", "EXTERNAL_KEY_STORE") or "CustomKeyStoreId" in p:
         raise UnsupportedOperationException("Custom key stores are not supported by this service.")
-    if origin != "AWS_KMS":
-        raise UnsupportedOperationException(f"Origin {origin} is not supported by this service yet.")
     if spec not in svc.supported_specs:
         raise UnsupportedOperationException(f"KeySpec {spec} is not supported by this service yet.")
     policy = p.get("Policy") or default_policy(svc.account)
@@ -92,7 +90,8 @@ async def create_key(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, A
     keys.check_tags(tags)
     multi_region = bool(p.get("MultiRegion", False))
     key_id = f"mrk-{uuid.uuid4().hex}" if multi_region else str(uuid.uuid4())
-    material = await svc.new_material(key_id, spec, usage)
+    svc.new_kek(call, key_id)
+    material = None if origin == "EXTERNAL" else await svc.new_material(call, key_id, spec)
     event = ev.KeyCreated(
         key_id=key_id, account=svc.account, region=svc.region,
         description=p.get("Description", ""), key_spec=spec, key_usage=usage, origin=origin,

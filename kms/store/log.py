@@ -4,7 +4,11 @@ Rules: an append is acknowledged only after its batch is committed (one
 transaction and one fsync for many appends); UNIQUE(stream, version) is the
 optimistic-concurrency backstop behind an in-memory head check; every row's hash
 covers the previous hash, so a corrupted row is found at open and never served.
-``SqliteLog`` and ``MemoryLog`` share all of this and differ only in ``_persist``.
+``SqliteLog`` and ``MemoryLog`` share all of this and differ only in storage.
+
+Beside the log sits the key vault: one wrapped key-encryption key per KMS key,
+written in the same transaction as the events that need it. Dropping a vault
+entry crypto-shreds every sealed material of that key the log still holds.
 """
 
 from __future__ import annotations
@@ -43,12 +47,21 @@ class Append:
     expected: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class VaultChange:
+    """Store a key's wrapped key-encryption key, or destroy it (``wrapped=None``)."""
+
+    key_id: str
+    wrapped: bytes | None
+
+
 @dataclass(slots=True)
 class _Pending:
     appends: tuple[Append, ...]
     at_ms: int
     future: asyncio.Future[list[ev.Envelope]]
     wipe: bool = False  # a --dev reset, ordered with the appends around it
+    vault: tuple[VaultChange, ...] = ()
 
 
 _Row = tuple[int, str, int, str, str, int, int, bytes, bytes, bytes]
@@ -73,6 +86,7 @@ class EventLog:
         self._subscribers: list[Subscriber] = []
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        self.vault: dict[str, bytes] = {}  # key id -> wrapped KEK, as committed
         self.batches = 0  # commits made; batching figures for benchmarks
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -83,7 +97,10 @@ class EventLog:
         """Replay stored rows (verifying the chain) to subscribers, then start the writer."""
         batch: list[ev.Envelope] = []
         prev = GENESIS
-        for row in await self._load():
+        rows, vault = await self._load()
+        self.vault.clear()  # the keyring holds this very dict
+        self.vault.update(vault)
+        for row in rows:
             seq, stream, version, type_name, origin_region, origin_seq, at_ms, body, p, h = row
             if p != prev or row_hash(prev, seq, stream, version, type_name, origin_region,
                                      origin_seq, at_ms, body) != h:
@@ -115,12 +132,13 @@ class EventLog:
         return self._heads.get(stream, 0)
 
     # -- appending ----------------------------------------------------------------------------
-    async def append(self, appends: Iterable[Append], at_ms: int) -> list[ev.Envelope]:
+    async def append(self, appends: Iterable[Append], at_ms: int,
+                     vault: Iterable[VaultChange] = ()) -> list[ev.Envelope]:
         """Append atomically; return once durable. Raises ConflictingWrite if a stream moved."""
         if self._writer is None or self._writer.done():
             raise KMSInternalException("The event log is not accepting writes.")
         fut: asyncio.Future[list[ev.Envelope]] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(tuple(appends), at_ms, fut))
+        await self._queue.put(_Pending(tuple(appends), at_ms, fut, vault=tuple(vault)))
         return await fut
 
     async def _run(self) -> None:
@@ -188,8 +206,9 @@ class EventLog:
             accepted.append((pending, envs))
         if not accepted:
             return
+        vault = [v for pending, _ in accepted for v in pending.vault]
         try:
-            await self._persist(rows)
+            await self._persist(rows, vault)
         except Exception as exc:
             for pending, _ in accepted:
                 if not pending.future.done():
@@ -199,6 +218,11 @@ class EventLog:
             raise LogCorrupted("commit failed; refusing further writes") from exc
         self.batches += 1
         self._heads, self.last_seq, self._last_hash = heads, seq, prev
+        for v in vault:
+            if v.wrapped is None:
+                self.vault.pop(v.key_id, None)
+            else:
+                self.vault[v.key_id] = v.wrapped
         committed = [e for _, envs in accepted for e in envs]
         state_envs = [e for e in committed if e.stream != AUDIT_STREAM]
         if state_envs:
@@ -221,16 +245,17 @@ class EventLog:
             pending.future.set_exception(KMSInternalException("reset failed"))
             raise LogCorrupted("wipe failed") from exc
         self._heads.clear()
+        self.vault.clear()
         self.last_seq, self._last_hash = 0, GENESIS
         for fn in self._subscribers:
             fn(None)
         pending.future.set_result([])
 
     # -- storage hooks ------------------------------------------------------------------------
-    async def _load(self) -> list[_Row]:
+    async def _load(self) -> tuple[list[_Row], dict[str, bytes]]:
         raise NotImplementedError
 
-    async def _persist(self, rows: list[_Row]) -> None:
+    async def _persist(self, rows: list[_Row], vault: list[VaultChange]) -> None:
         raise NotImplementedError
 
     async def _wipe(self) -> None:
@@ -249,15 +274,22 @@ class MemoryLog(EventLog):
     def __init__(self, region: str) -> None:
         super().__init__(region)
         self.rows: list[_Row] = []
+        self.stored_vault: dict[str, bytes] = {}
 
-    async def _load(self) -> list[_Row]:
-        return list(self.rows)
+    async def _load(self) -> tuple[list[_Row], dict[str, bytes]]:
+        return list(self.rows), dict(self.stored_vault)
 
-    async def _persist(self, rows: list[_Row]) -> None:
+    async def _persist(self, rows: list[_Row], vault: list[VaultChange]) -> None:
         self.rows.extend(rows)
+        for v in vault:
+            if v.wrapped is None:
+                self.stored_vault.pop(v.key_id, None)
+            else:
+                self.stored_vault[v.key_id] = v.wrapped
 
     async def _wipe(self) -> None:
         self.rows.clear()
+        self.stored_vault.clear()
 
     async def read_rows(self, after_seq: int, limit: int) -> list[_Row]:
         return [r for r in self.rows if r[0] > after_seq][:limit]
@@ -277,7 +309,11 @@ CREATE TABLE IF NOT EXISTS events (
     hash BLOB NOT NULL,
     UNIQUE (stream, version),
     UNIQUE (origin_region, origin_seq)
-)
+);
+CREATE TABLE IF NOT EXISTS vault (
+    key_id TEXT PRIMARY KEY,
+    wrapped BLOB NOT NULL
+);
 """
 _COLUMNS = "seq, stream, version, type, origin_region, origin_seq, at_ms, body, prev_hash, hash"
 
@@ -295,9 +331,10 @@ class SqliteLog(EventLog):
         assert self._db is not None, "log not open"
         return self._db
 
-    async def _load(self) -> list[_Row]:
+    async def _load(self) -> tuple[list[_Row], dict[str, bytes]]:
         self._db = await aiosqlite.connect(self.path)
         await self.db.execute("PRAGMA journal_mode=WAL")
+        await self.db.execute("PRAGMA secure_delete=ON")  # a dropped KEK is overwritten
         await self.db.execute("PRAGMA synchronous=FULL")
         async with self.db.execute("PRAGMA synchronous") as cur:
             row = await cur.fetchone()
@@ -307,18 +344,28 @@ class SqliteLog(EventLog):
             mode = await cur.fetchone()
         if mode is None or str(mode[0]).lower() != "wal":
             raise RuntimeError("SQLite refused WAL mode")
-        await self.db.execute(_SCHEMA)
+        await self.db.executescript(_SCHEMA)
         await self.db.commit()
         async with self.db.execute(f"SELECT {_COLUMNS} FROM events ORDER BY seq") as cur:
-            return [tuple(r) for r in await cur.fetchall()]  # type: ignore[misc]
+            rows = [tuple(r) for r in await cur.fetchall()]
+        async with self.db.execute("SELECT key_id, wrapped FROM vault") as cur:
+            vault = {k: bytes(w) for k, w in await cur.fetchall()}
+        return rows, vault  # type: ignore[return-value]
 
-    async def _persist(self, rows: list[_Row]) -> None:
+    async def _persist(self, rows: list[_Row], vault: list[VaultChange]) -> None:
         await self.db.executemany(f"INSERT INTO events ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
                                   rows)
+        for v in vault:
+            if v.wrapped is None:
+                await self.db.execute("DELETE FROM vault WHERE key_id = ?", (v.key_id,))
+            else:
+                await self.db.execute("INSERT OR REPLACE INTO vault VALUES (?, ?)",
+                                      (v.key_id, v.wrapped))
         await self.db.commit()
 
     async def _wipe(self) -> None:
         await self.db.execute("DELETE FROM events")
+        await self.db.execute("DELETE FROM vault")
         await self.db.commit()
 
     async def _close(self) -> None:

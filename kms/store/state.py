@@ -50,10 +50,13 @@ class State:
                 self.aliases[name] = dataclasses.replace(old, key_id=kid, updated_at_ms=env.at_ms)
             case ev.AliasDeleted(alias=name):
                 self.aliases.pop(name, None)
+            case ev.KeyDeleted(key_id=kid):
+                self.keys.pop(kid, None)
+                self.key_seq.pop(kid, None)  # its aliases go by their own AliasDeleted events
             case _:
                 key_id = getattr(e, "key_id", None)
                 if key_id is not None and key_id in self.keys:
-                    self.keys[key_id] = keys.apply(self.keys[key_id], e)
+                    self.keys[key_id] = keys.apply(self.keys[key_id], e, env.at_ms)
 
     def aliases_of(self, key_id: str) -> list[Alias]:
         return [a for a in self.aliases.values() if a.key_id == key_id]

@@ -1,0 +1,109 @@
+"""The scheduler: acts on what falls due (rotation, deletion, material expiry).
+
+Rules: what is due is decided by kms.domain.lifecycle from state and the injected
+Clock; each action is an ``AwsServiceEvent`` appended like any call (RotateKey,
+DeleteKey, DeleteExpiredKeyMaterial). It runs once at start, so a deletion that
+fell due while the node was down happens then, then every ``interval`` seconds,
+and whenever the dev clock moves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from kms.domain import events as ev
+from kms.domain import lifecycle
+from kms.domain.key import Key
+from kms.service.core import Call, Service
+from kms.store.log import VaultChange
+from kms.store.state import alias_stream, key_stream
+
+log = structlog.get_logger("kms.schedule")
+
+
+class Scheduler:
+    def __init__(self, service: Service, interval: float = 1.0) -> None:
+        self.service = service
+        self.interval = interval
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    async def run_due(self) -> int:
+        """Perform every due action once; returns how many were done."""
+        async with self._lock:
+            svc = self.service
+            now = svc.clock.now_ms()
+            done = 0
+            for key in list(svc.state.keys.values()):
+                due = lifecycle.due(key, now)
+                if due is None:
+                    continue
+                action = {"delete": self._delete, "rotate": self._rotate,
+                          "expire": self._expire}[due.action]
+                if await action(key):
+                    done += 1
+            return done
+
+    async def _delete(self, key: Key) -> bool:
+        svc = self.service
+
+        def decide(call: Call, k: Key) -> None:
+            call.emit(key_stream(k.key_id), [ev.KeyDeleted(k.key_id)])
+            for alias in svc.state.aliases_of(k.key_id):
+                stream = alias_stream(alias.name)
+                call.seen[stream] = svc.log.version(stream)
+                call.emit(stream, [ev.AliasDeleted(alias.name)])
+            call.vault.append(VaultChange(k.key_id, None))  # crypto-shredding
+
+        ok = await svc.service_event("DeleteKey", key, decide)
+        if ok:
+            svc.keyring.forget(key.key_id)
+            log.info("key_deleted", key_id=key.key_id)
+        return ok
+
+    async def _rotate(self, key: Key) -> bool:
+        svc = self.service
+
+        def decide(call: Call, k: Key) -> None:
+            material = svc.keyring.seal(k.key_id, svc.symmetric_material())
+            call.emit(key_stream(k.key_id),
+                      [lifecycle.rotated(k, material, "AUTOMATIC", call.at_ms)])
+            call.additional["keyMaterialId"] = material.material_id
+
+        ok = await svc.service_event("RotateKey", key, decide)
+        if ok:
+            log.info("key_rotated", key_id=key.key_id)
+        return ok
+
+    async def _expire(self, key: Key) -> bool:
+        def decide(call: Call, k: Key) -> None:
+            call.emit(key_stream(k.key_id), [ev.KeyMaterialDeleted(k.key_id, expired=True)])
+
+        return await self.service.service_event("DeleteExpiredKeyMaterial", key, decide)
+
+    def paused(self) -> asyncio.Lock:
+        """Hold while something else rewrites state (a dev reset)."""
+        return self._lock
+
+    # -- background task ------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="scheduler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.run_due()
+            except Exception:  # keep scheduling; the next tick retries
+                log.exception("scheduler_failed")
+            await asyncio.sleep(self.interval)

@@ -1,0 +1,96 @@
+"""Imported key material (Origin EXTERNAL): GetParametersForImport,
+ImportKeyMaterial, DeleteImportedKeyMaterial.
+
+Rules: a wrapping private key is sealed like any material and lives 24 hours;
+the imported bytes are checked against the key spec before anything is stored;
+a key takes one material for life (re-import of the same bytes only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from kms.crypto import asymmetric, mac, wrapping
+from kms.domain import events as ev
+from kms.domain import lifecycle
+from kms.domain.errors import IncorrectKeyMaterialException, InvalidImportTokenException
+from kms.domain.key import check_state
+from kms.domain.specs import SPECS
+from kms.service.core import Call, Service, operation
+from kms.service.views import seconds
+from kms.store.state import key_stream
+
+
+@operation("GetParametersForImport", read_only=False)
+async def get_parameters_for_import(svc: Service, call: Call,
+                                    p: dict[str, Any]) -> dict[str, Any]:
+    key = svc.key_for(call, p["KeyId"], "GetParametersForImport", allow_alias=False,
+                      state_rule="DescribeKey")
+    lifecycle.check_external(key)
+    check_state("GetParametersForImport", key)
+    algorithm, spec = p["WrappingAlgorithm"], p["WrappingKeySpec"]
+    wrapping.check(algorithm, spec)
+    private_der, public_der = await asyncio.to_thread(wrapping.new_wrapping_key, spec)
+    token = os.urandom(32).hex()
+    sealed = svc.keyring.seal(key.key_id, private_der, public_der, material_id=token)
+    valid_to = call.at_ms + lifecycle.IMPORT_PARAMETERS_TTL_MS
+    call.emit(key_stream(key.key_id),
+              [ev.ImportParametersIssued(key.key_id, token, algorithm, spec, sealed, valid_to)])
+    return {"KeyId": key.arn, "ImportToken": bytes.fromhex(token), "PublicKey": public_der,
+            "ParametersValidTo": seconds(valid_to)}
+
+
+def _check_material(key_spec: str, raw: bytes) -> None:
+    """The imported bytes must be material of the key's spec."""
+    family = SPECS[key_spec].family
+    if family == "symmetric":
+        ok = len(raw) == 32
+    elif family == "hmac":
+        ok = mac.valid_imported_length(key_spec, len(raw))
+    else:
+        ok = asymmetric.matches_spec(raw, key_spec)
+    if not ok:
+        raise IncorrectKeyMaterialException(
+            f"The imported key material is not valid for key spec {key_spec}."
+        )
+
+
+@operation("ImportKeyMaterial", read_only=False)
+async def import_key_material(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
+    key = svc.key_for(call, p["KeyId"], "ImportKeyMaterial", allow_alias=False,
+                      state_rule="DescribeKey")
+    lifecycle.check_external(key)
+    token = p["ImportToken"]
+    if len(token) != 32:
+        raise InvalidImportTokenException("The import token is not valid for this KMS key.")
+    params = lifecycle.import_parameters(key, token.hex())
+    model, valid_to = lifecycle.check_import(
+        key, params, call.at_ms, p.get("ExpirationModel"),
+        int(p["ValidTo"] * 1000) if "ValidTo" in p else None,
+    )
+    private_der = svc.keyring.raw(key.key_id, params.sealed_private_key)
+    raw = await asyncio.to_thread(wrapping.unwrap, params.wrapping_algorithm, private_der,
+                                  p["EncryptedKeyMaterial"])
+    _check_material(key.key_spec, raw)
+    material_id = wrapping.imported_material_id(key.key_id, raw)
+    lifecycle.check_same_material(key, material_id)
+    public = b"" if SPECS[key.key_spec].family in ("symmetric", "hmac") else \
+        asymmetric.public_der(asymmetric.load_private(raw))
+    material = svc.keyring.seal(key.key_id, raw, public, material_id=material_id)
+    call.emit(key_stream(key.key_id), [ev.KeyMaterialImported(key.key_id, material, model, valid_to)])
+    call.additional["keyMaterialId"] = material_id
+    return {"KeyId": key.arn, "KeyMaterialId": material_id}
+
+
+@operation("DeleteImportedKeyMaterial", read_only=False)
+async def delete_imported_key_material(svc: Service, call: Call,
+                                       p: dict[str, Any]) -> dict[str, Any]:
+    key = svc.key_for(call, p["KeyId"], "DeleteImportedKeyMaterial", allow_alias=False,
+                      state_rule="DescribeKey")
+    call.emit(key_stream(key.key_id), lifecycle.delete_imported(key))
+    out: dict[str, Any] = {"KeyId": key.arn}
+    if key.current_material is not None:
+        out["KeyMaterialId"] = key.current_material.material_id
+    return out

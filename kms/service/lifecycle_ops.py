@@ -1,0 +1,106 @@
+"""Rotation and deletion operations: EnableKeyRotation, DisableKeyRotation,
+GetKeyRotationStatus, RotateKeyOnDemand, ListKeyRotations, ScheduleKeyDeletion,
+CancelKeyDeletion.
+
+Rules: every rule lives in kms.domain.lifecycle; on-demand rotation completes
+within the call (OnDemandRotationStartDate is therefore never shown).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kms.domain import lifecycle
+from kms.domain.key import KeyState
+from kms.domain.specs import SYMMETRIC
+from kms.service.core import Call, Service, operation
+from kms.service.paging import page
+from kms.service.views import seconds
+from kms.store.state import key_stream
+
+
+@operation("EnableKeyRotation", read_only=False)
+async def enable_key_rotation(svc: Service, call: Call, p: dict[str, Any]) -> None:
+    key = svc.key_for(call, p["KeyId"], "EnableKeyRotation", allow_alias=False, state_rule="DescribeKey")
+    call.emit(key_stream(key.key_id),
+              lifecycle.enable_rotation(key, p.get("RotationPeriodInDays"), call.at_ms))
+
+
+@operation("DisableKeyRotation", read_only=False)
+async def disable_key_rotation(svc: Service, call: Call, p: dict[str, Any]) -> None:
+    key = svc.key_for(call, p["KeyId"], "DisableKeyRotation", allow_alias=False, state_rule="DescribeKey")
+    call.emit(key_stream(key.key_id), lifecycle.disable_rotation(key))
+
+
+@operation("GetKeyRotationStatus", read_only=True)
+async def get_key_rotation_status(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
+    key = svc.key_for(call, p["KeyId"], "GetKeyRotationStatus", allow_alias=False)
+    lifecycle.check_rotatable(key)
+    enabled = key.rotation_enabled and key.state is not KeyState.PENDING_DELETION
+    out: dict[str, Any] = {"KeyRotationEnabled": enabled, "KeyId": key.arn}
+    if enabled:
+        out["RotationPeriodInDays"] = key.rotation_period_days
+        out["NextRotationDate"] = seconds(key.next_rotation_ms)
+    return out
+
+
+@operation("RotateKeyOnDemand", read_only=False)
+async def rotate_key_on_demand(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
+    key = svc.key_for(call, p["KeyId"], "RotateKeyOnDemand", allow_alias=False, state_rule="DescribeKey")
+    lifecycle.check_on_demand(key, call.at_ms)
+    material = svc.keyring.seal(key.key_id, svc.symmetric_material())
+    call.emit(key_stream(key.key_id),
+              [lifecycle.rotated(key, material, "ON_DEMAND", call.at_ms)])
+    call.additional["keyMaterialId"] = material.material_id
+    return {"KeyId": key.arn}
+
+
+@operation("ListKeyRotations", read_only=True)
+async def list_key_rotations(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
+    key = svc.key_for(call, p["KeyId"], "ListKeyRotations", allow_alias=False)
+    if key.key_spec != SYMMETRIC:
+        lifecycle.check_rotatable(key)
+    current = key.current_material.material_id if key.current_material else ""
+    rotated = {r.material_id: r for r in key.rotations}
+    entries: list[dict[str, Any]] = []
+    for position, m in enumerate(key.materials):
+        r = rotated.get(m.material_id)
+        if r is None and p.get("IncludeKeyMaterial") != "ALL_KEY_MATERIAL":
+            continue
+        entry: dict[str, Any] = {
+            "KeyId": key.arn,
+            "KeyMaterialId": m.material_id,
+            "KeyMaterialState": "CURRENT" if m.material_id == current else "NON_CURRENT",
+            "_position": f"{position:08d}",
+        }
+        if key.origin == "EXTERNAL":
+            entry["ImportState"] = "IMPORTED"
+            entry["ExpirationModel"] = key.expiration_model
+            if key.valid_to_ms:
+                entry["ValidTo"] = seconds(key.valid_to_ms)
+        if r is not None:
+            entry["RotationDate"] = seconds(r.at_ms)
+            entry["RotationType"] = r.rotation_type
+        entries.append(entry)
+    chunk, tail = page(entries, p, lambda e: e["_position"], default=100, maximum=1000,
+                       valid=lambda m: len(m) == 8 and m.isdigit())
+    return {"Rotations": [{k: v for k, v in e.items() if k != "_position"} for e in chunk],
+            **tail}
+
+
+@operation("ScheduleKeyDeletion", read_only=False)
+async def schedule_key_deletion(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
+    key = svc.key_for(call, p["KeyId"], "ScheduleKeyDeletion", allow_alias=False, state_rule="DescribeKey")
+    events = lifecycle.schedule_deletion(key, p.get("PendingWindowInDays"), call.at_ms)
+    call.emit(key_stream(key.key_id), events)
+    scheduled = events[0]
+    return {"KeyId": key.arn, "DeletionDate": seconds(scheduled.deletion_ms),  # type: ignore[attr-defined]
+            "KeyState": KeyState.PENDING_DELETION.value,
+            "PendingWindowInDays": scheduled.window_days}  # type: ignore[attr-defined]
+
+
+@operation("CancelKeyDeletion", read_only=False)
+async def cancel_key_deletion(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
+    key = svc.key_for(call, p["KeyId"], "CancelKeyDeletion", allow_alias=False)
+    call.emit(key_stream(key.key_id), lifecycle.cancel_deletion(key))
+    return {"KeyId": key.arn}
