@@ -11,7 +11,7 @@ from pathlib import Path
 import structlog
 
 import kms.service  # noqa: F401  (registers every operation)
-from kms.clock import Clock
+from kms.clock import Clock, PersistentClock
 from kms.config import Config
 from kms.crypto.keyring import Keyring
 from kms.crypto.sealing import RootKey
@@ -23,15 +23,16 @@ from kms.store.log import EventLog, SqliteLog
 log = structlog.get_logger("kms.node")
 
 LOG_FILE = "events.sqlite3"
+DEV_CLOCK_FILE = "dev-clock.json"
 
 
 class Node:
     def __init__(self, config: Config, *, clock: Clock | None = None,
                  event_log: EventLog | None = None) -> None:
         self.config = config
-        self.clock = clock or Clock()
         data_dir = Path(config.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
+        self.clock = clock or (PersistentClock(data_dir / DEV_CLOCK_FILE) if config.dev else Clock())
         self.log = event_log or SqliteLog(data_dir / LOG_FILE, config.region)
         self.keyring = Keyring(RootKey.load_or_create(data_dir), self.log.vault)
         self.credentials, self.new_credential = Credentials.load_or_create(
@@ -61,7 +62,7 @@ class Node:
         async with self.scheduler.paused():
             await self.log.reset()
             self.keyring.clear()
-            self.clock.offset_seconds = 0.0
+            self.clock.reset()
 
     async def advance_clock(self, seconds: float) -> None:
         """Move the clock (``--dev`` only) and act on whatever fell due."""

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from kms.domain import events as ev
 from kms.domain.errors import (
+    AccessDeniedException,
     AlreadyExistsException,
-    KMSInvalidStateException,
     LimitExceededException,
     NotFoundException,
     ValidationException,
@@ -33,7 +33,7 @@ class Alias:
 
 def _reserved(name: str, region: str, account: str) -> None:
     if name.startswith(AWS_ALIAS_PREFIX):
-        raise KMSInvalidStateException(  # AWS refuses these as not authorized for customers
+        raise AccessDeniedException(  # AWS's implicit deny on AWS managed aliases
             f"Alias {alias_arn(region, account, name)} is reserved for AWS managed keys."
         )
 

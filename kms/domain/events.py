@@ -211,7 +211,7 @@ def _plain(value: Any) -> Any:
 def _field_decoder(hint: Any) -> Callable[[Any], Any]:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _decoder_for(hint)
     if origin is tuple:
         inner = _field_decoder(args[0]) if args and args[-1] is Ellipsis else None

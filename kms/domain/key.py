@@ -276,12 +276,14 @@ def apply(key: Key, event: ev.Event, at_ms: int = 0) -> Key:
             live = tuple(p for p in key.import_parameters if p.valid_to_ms > at_ms)
             return replace(key, import_parameters=(*live, event)[-MAX_IMPORT_PARAMETERS:])
         case ev.KeyMaterialImported(material=m, expiration_model=em, valid_to_ms=vt):
-            state = KeyState.ENABLED if key.state is KeyState.PENDING_IMPORT else key.state
-            return replace(key, materials=(m,), expiration_model=em, valid_to_ms=vt, state=state,
-                           imported_material_id=m.material_id)
+            imported: KeyState = (KeyState.ENABLED if key.state is KeyState.PENDING_IMPORT
+                                  else key.state)
+            return replace(key, materials=(m,), expiration_model=em, valid_to_ms=vt,
+                           state=imported, imported_material_id=m.material_id)
         case ev.KeyMaterialDeleted():
-            state = key.state if key.state is KeyState.PENDING_DELETION else KeyState.PENDING_IMPORT
-            return replace(key, materials=(), expiration_model="", valid_to_ms=0, state=state)
+            emptied: KeyState = (key.state if key.state is KeyState.PENDING_DELETION
+                                 else KeyState.PENDING_IMPORT)
+            return replace(key, materials=(), expiration_model="", valid_to_ms=0, state=emptied)
         case ev.KeyEnabled():
             return replace(key, state=KeyState.ENABLED)
         case ev.KeyDisabled():

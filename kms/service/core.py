@@ -9,6 +9,8 @@ moved, and fails closed: no durable audit fact, no answer.
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -27,7 +29,7 @@ from kms.domain.errors import (
     KMSInternalException,
     NotFoundException,
 )
-from kms.domain.ids import KeyRef, alias_arn, parse_key_ref
+from kms.domain.ids import AWS_ALIAS_PREFIX, KeyRef, alias_arn, key_arn, parse_key_ref
 from kms.domain.key import Key, check_state
 from kms.domain.specs import SYMMETRIC
 from kms.service import authz
@@ -71,6 +73,27 @@ class Call:
 
 
 AWS_INTERNAL = Caller("AWS Internal", "", "")
+AWS_MANAGED_ALIAS = re.compile(r"alias/aws/[a-z0-9-]{1,64}")
+
+
+def aws_managed_policy(account: str, service: str, region: str) -> str:
+    """The shape of the policy AWS writes for its managed keys."""
+    return json.dumps({
+        "Version": "2012-10-17", "Id": f"auto-{service}",
+        "Statement": [
+            {"Sid": f"Allow access through {service.upper()} for all principals in the account",
+             "Effect": "Allow", "Principal": {"AWS": "*"},
+             "Action": ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*",
+                        "kms:CreateGrant", "kms:DescribeKey"],
+             "Resource": "*",
+             "Condition": {"StringEquals": {"kms:CallerAccount": account,
+                                            "kms:ViaService": f"{service}.{region}.amazonaws.com"}}},
+            {"Sid": "Allow direct access to key metadata to the account", "Effect": "Allow",
+             "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
+             "Action": ["kms:Describe*", "kms:Get*", "kms:List*", "kms:RevokeGrant"],
+             "Resource": "*"},
+        ],
+    }, indent=2)
 
 Handler = Callable[["Service", Call, dict[str, Any]], Awaitable[dict[str, Any] | None]]
 
@@ -171,6 +194,7 @@ class Service:
                    request_id: str) -> dict[str, Any] | None:
         op = OPERATIONS[operation_name]
         started = time.perf_counter()
+        await self._ensure_aws_managed(params)
         for _ in range(MAX_DECISION_ATTEMPTS):
             c = Call(request_id, operation_name, caller, self.clock.now_ms(), params)
             try:
@@ -192,6 +216,43 @@ class Service:
         err = KMSInternalException("The request conflicted with concurrent changes; retry it.")
         await self._record(c, op.read_only, err)
         raise err
+
+    async def _ensure_aws_managed(self, params: dict[str, Any]) -> None:
+        """``alias/aws/<service>`` names an AWS managed key that exists from its first use."""
+        for member in ("KeyId", "DestinationKeyId"):
+            raw = params.get(member)
+            if not isinstance(raw, str) or AWS_ALIAS_PREFIX not in raw:
+                continue
+            try:
+                ref = parse_key_ref(raw, self.region, self.account, allow_alias=True)
+            except KMSError:
+                continue
+            name = ref.alias
+            if name is None or not AWS_MANAGED_ALIAS.fullmatch(name) or name in self.state.aliases:
+                continue
+            service = name[len(AWS_ALIAS_PREFIX):]
+            key_id = str(uuid.uuid4())
+            c = Call(str(uuid.uuid4()), "CreateKey", AWS_INTERNAL, self.clock.now_ms(),
+                     {"aliasName": name})
+            self.new_kek(c, key_id)
+            created = ev.KeyCreated(
+                key_id=key_id, account=self.account, region=self.region,
+                description=f"Default key that protects my {service.upper()} resources when "
+                            "no other key is defined",
+                key_spec=SYMMETRIC, key_usage="ENCRYPT_DECRYPT", origin="AWS_KMS",
+                key_manager="AWS", multi_region=False,
+                policy=aws_managed_policy(self.account, service, self.region), tags=(),
+                material=await self.new_material(c, key_id, SYMMETRIC),
+            )
+            c.emit(key_stream(key_id), [created, ev.KeyRotationEnabled(
+                key_id, 365, c.at_ms + 365 * 86_400_000)])
+            c.seen[name] = self.log.version(name)
+            c.emit(name, [ev.AliasCreated(name, key_id)])
+            c.resources.append(key_arn(self.region, self.account, key_id))
+            try:
+                await self._record(c, False, None, event_type="AwsServiceEvent")
+            except ConflictingWrite:
+                pass  # another call created it first
 
     async def record_rejected(self, operation_name: str, params: dict[str, Any], caller: Caller,
                               request_id: str, error: KMSError) -> None:
