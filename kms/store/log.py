@@ -94,7 +94,16 @@ class EventLog:
         self._subscribers.append(fn)
 
     async def open(self) -> None:
-        """Replay stored rows (verifying the chain) to subscribers, then start the writer."""
+        """Replay stored rows (verifying the chain) to subscribers, then start the writer.
+        On any failure the storage is closed again, so a refusing node can exit."""
+        try:
+            await self._replay()
+        except BaseException:
+            await self._close()
+            raise
+        self._writer = asyncio.create_task(self._run(), name="event-log-writer")
+
+    async def _replay(self) -> None:
         batch: list[ev.Envelope] = []
         prev = GENESIS
         rows, vault = await self._load()
@@ -119,7 +128,6 @@ class EventLog:
         self._last_hash = prev
         for fn in self._subscribers:
             fn(batch)
-        self._writer = asyncio.create_task(self._run(), name="event-log-writer")
 
     async def close(self) -> None:
         if self._writer is not None:
@@ -177,6 +185,17 @@ class EventLog:
                 return
 
     async def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            await self._commit_batch(batch)
+        except BaseException:
+            for pending in batch:  # fail closed: no caller waits on a batch that broke
+                if not pending.future.done():
+                    pending.future.set_exception(
+                        KMSInternalException("The event log could not commit.")
+                    )
+            raise
+
+    async def _commit_batch(self, batch: list[_Pending]) -> None:
         heads = dict(self._heads)
         seq, prev = self.last_seq, self._last_hash
         rows: list[_Row] = []
