@@ -61,6 +61,13 @@ def error_response(err: KMSError, request_id: str) -> web.Response:
     return json_response(body, request_id, err.status)
 
 
+class PayloadTooLarge(SerializationException):
+    """A body over ``client_max_size``: still JSON, HTTP 413, and audited like any refusal."""
+
+    code = "SerializationException"
+    status = 413
+
+
 class Gateway:
     """Authenticates, parses, dispatches and answers one ``POST /`` at a time."""
 
@@ -93,7 +100,10 @@ class Gateway:
                            request.headers.get("User-Agent", ""))
         caller = anonymous
         try:
-            body = await request.read()
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                raise PayloadTooLarge("The request body is too large.") from None
             caller = self.caller(request, body)
             if operation not in _MODEL.operations:
                 raise UnknownOperationException(
