@@ -8,8 +8,15 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 import structlog
+
+
+def _timestamp(_: object, __: str, event: dict[str, object]) -> dict[str, object]:
+    # Epoch seconds: a fraction of the cost of an ISO string on the per-request line.
+    event["ts"] = round(time.time(), 3)
+    return event
 
 
 def configure(fmt: str = "auto", level: int = logging.INFO) -> None:
@@ -21,7 +28,7 @@ def configure(fmt: str = "auto", level: int = logging.INFO) -> None:
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _timestamp,
             structlog.processors.format_exc_info,
             renderer,
         ],

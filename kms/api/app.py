@@ -151,15 +151,16 @@ class Gateway:
 @web.middleware
 async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     """Whatever goes wrong outside an operation still answers AWS-style JSON."""
-    request_id = str(uuid.uuid4())
     try:
         return await handler(request)
     except web.HTTPException as exc:
+        request_id = str(uuid.uuid4())
         code = "UnknownOperationException" if exc.status == 404 else "SerializationException"
         if exc.status == 405:
             code = "UnknownOperationException"
         return json_response({"__type": code, "message": exc.reason}, request_id, exc.status)
     except Exception:
+        request_id = str(uuid.uuid4())
         log.exception("unhandled", request_id=request_id, path=request.path)
         err = KMSInternalException("An internal error occurred. Try again later.")
         return error_response(err, request_id)

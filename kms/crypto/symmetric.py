@@ -28,8 +28,8 @@ def derive(material: bytes, salt: bytes, key_id: str) -> bytes:
 
 def encrypt(material: bytes, key_id: str, material_id: str, plaintext: bytes,
             context: dict[str, str] | None) -> bytes:
-    salt = os.urandom(blobfmt.SALT_LEN)
-    iv = os.urandom(blobfmt.IV_LEN)
+    fresh = os.urandom(blobfmt.SALT_LEN + blobfmt.IV_LEN)  # one syscall for both
+    salt, iv = fresh[: blobfmt.SALT_LEN], fresh[blobfmt.SALT_LEN :]
     header = blobfmt.build_header(key_id, material_id, salt, iv)
     aad = header + blobfmt.canonical_context(context)
     return header + AESGCM(derive(material, salt, key_id)).encrypt(iv, plaintext, aad)

@@ -198,12 +198,22 @@ def register(*classes: type[Event]) -> None:
         _REGISTRY[cls.__name__] = cls
 
 
+_FIELDS: dict[type, tuple[str, ...]] = {}
+_SCALARS = frozenset({str, int, float, bool, bytes, type(None)})
+
+
 def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, tuple | list):
+    cls = type(value)
+    if cls in _SCALARS:
+        return value
+    names = _FIELDS.get(cls)
+    if names is None and dataclasses.is_dataclass(value) and not isinstance(value, type):
+        names = _FIELDS[cls] = tuple(f.name for f in dataclasses.fields(value))
+    if names is not None:
+        return {n: _plain(getattr(value, n)) for n in names}
+    if cls is tuple or cls is list:
         return [_plain(v) for v in value]
-    if isinstance(value, dict):
+    if cls is dict:
         return {k: _plain(v) for k, v in value.items()}
     return value
 

@@ -7,6 +7,7 @@ service resolves aliases against state. Malformed references get AWS's messages.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from dataclasses import dataclass
 from enum import Enum
 from typing import NewType
@@ -58,8 +59,10 @@ def alias_arn(region: str, account: str, alias: str) -> str:
     return f"arn:aws:kms:{region}:{account}:{alias}"
 
 
+@lru_cache(maxsize=4096)
 def parse_key_ref(raw: str, region: str, account: str, *, allow_alias: bool) -> KeyRef:
-    """Classify a KeyId parameter. Management operations pass ``allow_alias=False``."""
+    """Classify a KeyId parameter. Management operations pass ``allow_alias=False``.
+    Pure, so cached: the same few key ids arrive on every request."""
     if raw.startswith("arn:"):
         m = _ARN.fullmatch(raw)
         if m is None:
