@@ -36,7 +36,12 @@ class Scheduler:
             svc = self.service
             now = svc.clock.now_ms()
             done = 0
-            for key in list(svc.state.keys.values()):
+            for key_id in list(svc.state.keys):
+                # Read each key afresh: calls land while earlier actions await their commit,
+                # and a decision must be made from the very version its append expects.
+                key = svc.state.keys.get(key_id)
+                if key is None:
+                    continue
                 due = lifecycle.due(key, now)
                 if due is None:
                     continue

@@ -57,5 +57,6 @@ def verify_mac(key: bytes, algorithm: str, message: bytes, mac: bytes) -> None:
 
 
 def valid_imported_length(key_spec: str, length: int) -> bool:
-    """Imported HMAC material: at least the digest size, at most 64 bytes (AWS's range)."""
-    return _SPECS[key_spec][2] <= length <= 64
+    """Imported HMAC material: from the digest size up to the hash's block size
+    (64 bytes for HMAC_224/256, 128 for HMAC_384/512), as AWS documents."""
+    return _SPECS[key_spec][2] <= length <= (64 if key_spec in ("HMAC_224", "HMAC_256") else 128)

@@ -271,7 +271,9 @@ def apply(key: Key, event: ev.Event, at_ms: int = 0) -> Key:
             return replace(key, state=KeyState.PENDING_DELETION, deletion_ms=d,
                            pending_window_days=w)
         case ev.KeyDeletionCancelled():
-            return replace(key, state=KeyState.DISABLED, deletion_ms=0, pending_window_days=0)
+            # A key with no usable material goes back to waiting for its import.
+            back = KeyState.DISABLED if key.materials else KeyState.PENDING_IMPORT
+            return replace(key, state=back, deletion_ms=0, pending_window_days=0)
         case ev.ImportParametersIssued():
             live = tuple(p for p in key.import_parameters if p.valid_to_ms > at_ms)
             return replace(key, import_parameters=(*live, event)[-MAX_IMPORT_PARAMETERS:])

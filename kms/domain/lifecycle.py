@@ -68,9 +68,10 @@ def enable_rotation(key: Key, period_days: int | None, now_ms: int) -> list[ev.E
             f"1 validation error detected: Value '{days}' at 'rotationPeriodInDays' failed to "
             "satisfy constraint: Member must have value between 90 and 2560"
         )
-    base = key.rotations[-1].at_ms if key.rotations else now_ms
-    if not key.rotation_enabled:
-        base = now_ms
+    # A running schedule keeps its anchor (when rotation was enabled, or the last automatic
+    # rotation): calling again only changes the period, and on-demand rotations never count.
+    base = key.next_rotation_ms - key.rotation_period_days * DAY_MS if key.rotation_enabled \
+        else now_ms
     return [ev.KeyRotationEnabled(key.key_id, days, base + days * DAY_MS)]
 
 

@@ -110,11 +110,7 @@ def open_ciphertext(svc: Service, call: Call, p: dict[str, Any], *, key_param: s
 def _rsa_algorithm(key: Key, p: dict[str, Any], context_param: str, algorithm_param: str,
                    operation_name: str) -> str:
     require_usage(key, ENCRYPT_DECRYPT, operation_name)
-    algorithm = p.get(algorithm_param)
-    if algorithm is None:
-        raise ValidationException(
-            f"{algorithm_param} is required for asymmetric KMS key {key.arn}."
-        )
+    algorithm = p.get(algorithm_param, SYMMETRIC)  # as AWS: absent means SYMMETRIC_DEFAULT
     if p.get(context_param):
         raise ValidationException(
             f"{context_param} is not supported with asymmetric KMS key {key.arn}."

@@ -46,6 +46,12 @@ def key_metadata(key: Key) -> dict[str, Any]:
     current = key.current_material
     if key.key_spec == SYMMETRIC and current is not None:
         md["CurrentKeyMaterialId"] = current.material_id
+    if key.state is KeyState.PENDING_DELETION:
+        md["DeletionDate"] = seconds(key.deletion_ms)
+    if key.origin == "EXTERNAL" and key.expiration_model:
+        md["ExpirationModel"] = key.expiration_model
+        if key.valid_to_ms:
+            md["ValidTo"] = seconds(key.valid_to_ms)
     return md
 
 
