@@ -1,0 +1,428 @@
+"""Imported key material (Origin EXTERNAL) through a real node and boto3:
+GetParametersForImport, ImportKeyMaterial, DeleteImportedKeyMaterial, expiry driven by
+the dev clock, and material wrapped offline with ``cryptography`` as a customer would."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
+
+DAY = 86_400
+MATERIAL_ID = re.compile(r"[0-9a-f]{64}")
+ALGORITHMS = ("RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256", "RSA_AES_KEY_WRAP_SHA_1",
+              "RSA_AES_KEY_WRAP_SHA_256")
+KEY_BITS = {"RSA_2048": 2048, "RSA_3072": 3072, "RSA_4096": 4096}
+
+
+def refused(call: Any, code: str, message: str | None = None, **params: Any) -> str:
+    with pytest.raises(ClientError) as info:
+        call(**params)
+    error = info.value.response["Error"]
+    assert error["Code"] == code, error
+    if message is not None:
+        assert error["Message"] == message
+    return str(error["Message"])
+
+
+def advance(server: Any, seconds: float) -> float:
+    return float(server.post("/_kms/clock", {"advance_seconds": seconds})["now"])
+
+
+def wrap(algorithm: str, public_der: bytes, material: bytes) -> bytes:
+    """What a customer does offline with the public key of GetParametersForImport."""
+    public = serialization.load_der_public_key(public_der)
+    assert isinstance(public, rsa.RSAPublicKey)
+    digest: hashes.HashAlgorithm = hashes.SHA1() if algorithm.endswith("SHA_1") \
+        else hashes.SHA256()
+    oaep = padding.OAEP(mgf=padding.MGF1(digest), algorithm=digest, label=None)
+    if algorithm.startswith("RSAES_OAEP"):
+        return public.encrypt(material, oaep)
+    aes_key = os.urandom(32)
+    return public.encrypt(aes_key, oaep) + aes_key_wrap_with_padding(aes_key, material)
+
+
+def import_material(kms: Any, key_id: str, material: bytes, *,
+                    algorithm: str = "RSAES_OAEP_SHA_256", spec: str = "RSA_2048",
+                    **params: Any) -> dict[str, Any]:
+    """GetParametersForImport, wrap offline, ImportKeyMaterial (DOES_NOT_EXPIRE unless
+    told otherwise); returns the ImportKeyMaterial response."""
+    got = kms.get_parameters_for_import(KeyId=key_id, WrappingAlgorithm=algorithm,
+                                        WrappingKeySpec=spec)
+    params.setdefault("ExpirationModel", "KEY_MATERIAL_DOES_NOT_EXPIRE")
+    response: dict[str, Any] = kms.import_key_material(
+        KeyId=key_id, ImportToken=got["ImportToken"],
+        EncryptedKeyMaterial=wrap(algorithm, got["PublicKey"], material), **params)
+    return response
+
+
+def new_external(kms: Any, **params: Any) -> dict[str, Any]:
+    md: dict[str, Any] = kms.create_key(Origin="EXTERNAL", **params)["KeyMetadata"]
+    return md
+
+
+def state_of(kms: Any, key_id: str) -> str:
+    return str(kms.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"])
+
+
+def pending_import(arn: str) -> str:
+    return f"{arn} is pending import."
+
+
+# -- CreateKey Origin=EXTERNAL ----------------------------------------------------------------
+def test_an_external_key_starts_pending_import_without_material(kms: Any) -> None:
+    md = new_external(kms, Description="byok")
+
+    assert md["Origin"] == "EXTERNAL"
+    assert md["KeyState"] == "PendingImport"
+    assert md["Enabled"] is False
+    assert "CurrentKeyMaterialId" not in md
+    assert "ExpirationModel" not in md and "ValidTo" not in md
+    assert kms.describe_key(KeyId=md["KeyId"])["KeyMetadata"] == md
+
+
+# -- the wrapping algorithms ------------------------------------------------------------------
+CASES = [(a, "RSA_2048") for a in ALGORITHMS] + [
+    ("RSAES_OAEP_SHA_256", "RSA_3072"),
+    ("RSA_AES_KEY_WRAP_SHA_256", "RSA_4096"),
+]
+
+
+@pytest.mark.parametrize(("algorithm", "spec"), CASES)
+def test_import_with_each_wrapping_algorithm_and_key_spec(kms: Any, server: Any,
+                                                          algorithm: str, spec: str) -> None:
+    md = new_external(kms)
+    key_id = md["KeyId"]
+
+    got = kms.get_parameters_for_import(KeyId=key_id, WrappingAlgorithm=algorithm,
+                                        WrappingKeySpec=spec)
+    now = advance(server, 0)
+    assert got["KeyId"] == md["Arn"]
+    assert got["ParametersValidTo"].timestamp() == pytest.approx(now + DAY, abs=60)
+    public = serialization.load_der_public_key(got["PublicKey"])
+    assert isinstance(public, rsa.RSAPublicKey) and public.key_size == KEY_BITS[spec]
+    assert 1 <= len(got["ImportToken"]) <= 6144
+
+    material = os.urandom(32)
+    imported = kms.import_key_material(
+        KeyId=key_id, ImportToken=got["ImportToken"],
+        EncryptedKeyMaterial=wrap(algorithm, got["PublicKey"], material),
+        ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
+
+    assert imported["KeyId"] == md["Arn"]
+    assert MATERIAL_ID.fullmatch(imported["KeyMaterialId"])
+    described = kms.describe_key(KeyId=key_id)["KeyMetadata"]
+    assert described["KeyState"] == "Enabled" and described["Enabled"] is True
+    assert described["CurrentKeyMaterialId"] == imported["KeyMaterialId"]
+    blob = kms.encrypt(KeyId=key_id, Plaintext=b"imported")["CiphertextBlob"]
+    opened = kms.decrypt(CiphertextBlob=blob)
+    assert opened["Plaintext"] == b"imported"
+    assert opened["KeyMaterialId"] == imported["KeyMaterialId"]
+
+
+def test_describe_key_shows_the_expiration_model(kms: Any, server: Any) -> None:
+    forever = new_external(kms)["KeyId"]
+    import_material(kms, forever, os.urandom(32))
+    expiring = new_external(kms)["KeyId"]
+    valid_to = advance(server, 0) + 3 * DAY
+    import_material(kms, expiring, os.urandom(32), ExpirationModel="KEY_MATERIAL_EXPIRES",
+                    ValidTo=valid_to)
+
+    md = kms.describe_key(KeyId=forever)["KeyMetadata"]
+    assert md["ExpirationModel"] == "KEY_MATERIAL_DOES_NOT_EXPIRE" and "ValidTo" not in md
+    md = kms.describe_key(KeyId=expiring)["KeyMetadata"]
+    assert md["ExpirationModel"] == "KEY_MATERIAL_EXPIRES"
+    assert md["ValidTo"].timestamp() == pytest.approx(valid_to, abs=1)
+
+
+def test_the_wrapping_key_spec_and_algorithm_are_checked(raw_kms: Any) -> None:
+    key_id = raw_kms.create_key(Origin="EXTERNAL")["KeyMetadata"]["KeyId"]
+
+    refused(raw_kms.get_parameters_for_import, "ValidationException", KeyId=key_id,
+            WrappingAlgorithm="RSAES_OAEP_SHA_512", WrappingKeySpec="RSA_2048")
+    refused(raw_kms.get_parameters_for_import, "ValidationException", KeyId=key_id,
+            WrappingAlgorithm="RSAES_OAEP_SHA_256", WrappingKeySpec="RSA_1024")
+
+
+# -- ImportKeyMaterial rules -----------------------------------------------------------------
+def test_reimporting_the_same_material_keeps_its_id_and_other_material_is_refused(
+        kms: Any) -> None:
+    key_id = new_external(kms)["KeyId"]
+    material = os.urandom(32)
+    first = import_material(kms, key_id, material)
+    blob = kms.encrypt(KeyId=key_id, Plaintext=b"x")["CiphertextBlob"]
+
+    again = import_material(kms, key_id, material, algorithm="RSA_AES_KEY_WRAP_SHA_1")
+    assert again["KeyMaterialId"] == first["KeyMaterialId"]
+    assert state_of(kms, key_id) == "Enabled"
+    assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"x"
+
+    with pytest.raises(ClientError) as info:
+        import_material(kms, key_id, os.urandom(32))
+    assert info.value.response["Error"]["Code"] == "IncorrectKeyMaterialException"
+    assert kms.decrypt(CiphertextBlob=blob)["KeyMaterialId"] == first["KeyMaterialId"]
+
+
+def test_the_same_bytes_in_two_keys_are_two_materials(kms: Any) -> None:
+    material = os.urandom(32)
+    a = import_material(kms, new_external(kms)["KeyId"], material)
+    b = import_material(kms, new_external(kms)["KeyId"], material)
+
+    assert a["KeyMaterialId"] != b["KeyMaterialId"]
+
+
+@pytest.mark.parametrize("model", ["KEY_MATERIAL_EXPIRES", None])
+def test_expiring_material_needs_valid_to(kms: Any, model: str | None) -> None:
+    key_id = new_external(kms)["KeyId"]
+    got = kms.get_parameters_for_import(KeyId=key_id, WrappingAlgorithm="RSAES_OAEP_SHA_256",
+                                        WrappingKeySpec="RSA_2048")
+    params: dict[str, Any] = {"ExpirationModel": model} if model else {}
+
+    refused(kms.import_key_material, "ValidationException",
+            "A validTo date must be set if the ExpirationModel is KEY_MATERIAL_EXPIRES",
+            KeyId=key_id, ImportToken=got["ImportToken"],
+            EncryptedKeyMaterial=wrap("RSAES_OAEP_SHA_256", got["PublicKey"], os.urandom(32)),
+            **params)
+
+    assert state_of(kms, key_id) == "PendingImport"
+
+
+@pytest.mark.parametrize(("model", "valid_to_days"), [
+    ("KEY_MATERIAL_DOES_NOT_EXPIRE", 3),  # ValidTo must be omitted
+    ("KEY_MATERIAL_EXPIRES", -1),         # in the past
+    ("KEY_MATERIAL_EXPIRES", 366),        # more than 365 days out
+])
+def test_valid_to_must_fit_the_model(kms: Any, server: Any, model: str,
+                                     valid_to_days: int) -> None:
+    key_id = new_external(kms)["KeyId"]
+    valid_to = advance(server, 0) + valid_to_days * DAY
+
+    with pytest.raises(ClientError) as info:
+        import_material(kms, key_id, os.urandom(32), ExpirationModel=model, ValidTo=valid_to)
+
+    assert info.value.response["Error"]["Code"] == "ValidationException"
+    assert state_of(kms, key_id) == "PendingImport"
+
+
+def test_an_import_token_expires_after_24_hours(kms: Any, server: Any) -> None:
+    key_id = new_external(kms)["KeyId"]
+    got = kms.get_parameters_for_import(KeyId=key_id, WrappingAlgorithm="RSAES_OAEP_SHA_256",
+                                        WrappingKeySpec="RSA_2048")
+    wrapped = wrap("RSAES_OAEP_SHA_256", got["PublicKey"], os.urandom(32))
+
+    advance(server, DAY + 1)
+
+    refused(kms.import_key_material, "ExpiredImportTokenException", KeyId=key_id,
+            ImportToken=got["ImportToken"], EncryptedKeyMaterial=wrapped,
+            ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
+    assert state_of(kms, key_id) == "PendingImport"
+
+
+def test_an_import_token_is_good_until_it_expires(kms: Any, server: Any) -> None:
+    key_id = new_external(kms)["KeyId"]
+    got = kms.get_parameters_for_import(KeyId=key_id, WrappingAlgorithm="RSAES_OAEP_SHA_256",
+                                        WrappingKeySpec="RSA_2048")
+
+    advance(server, DAY - 600)
+
+    kms.import_key_material(KeyId=key_id, ImportToken=got["ImportToken"],
+                            EncryptedKeyMaterial=wrap("RSAES_OAEP_SHA_256", got["PublicKey"],
+                                                      os.urandom(32)),
+                            ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
+    assert state_of(kms, key_id) == "Enabled"
+
+
+def test_an_import_token_belongs_to_its_key(kms: Any) -> None:
+    mine = new_external(kms)["KeyId"]
+    other = new_external(kms)["KeyId"]
+    got = kms.get_parameters_for_import(KeyId=other, WrappingAlgorithm="RSAES_OAEP_SHA_256",
+                                        WrappingKeySpec="RSA_2048")
+
+    refused(kms.import_key_material, "InvalidImportTokenException", KeyId=mine,
+            ImportToken=got["ImportToken"],
+            EncryptedKeyMaterial=wrap("RSAES_OAEP_SHA_256", got["PublicKey"], os.urandom(32)),
+            ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
+    refused(kms.import_key_material, "InvalidImportTokenException", KeyId=mine,
+            ImportToken=b"not a token", EncryptedKeyMaterial=b"x" * 256,
+            ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
+
+
+@pytest.mark.parametrize("algorithm", ["RSAES_OAEP_SHA_256", "RSA_AES_KEY_WRAP_SHA_256"])
+def test_material_that_does_not_unwrap_is_an_invalid_ciphertext(kms: Any,
+                                                                algorithm: str) -> None:
+    key_id = new_external(kms)["KeyId"]
+    got = kms.get_parameters_for_import(KeyId=key_id, WrappingAlgorithm=algorithm,
+                                        WrappingKeySpec="RSA_2048")
+    wrong_hash = "RSAES_OAEP_SHA_1" if algorithm.startswith("RSAES") else \
+        "RSA_AES_KEY_WRAP_SHA_1"
+    for wrapped in (os.urandom(256), os.urandom(300), b"\x01",
+                    wrap(wrong_hash, got["PublicKey"], os.urandom(32))):
+        refused(kms.import_key_material, "InvalidCiphertextException", KeyId=key_id,
+                ImportToken=got["ImportToken"], EncryptedKeyMaterial=wrapped,
+                ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
+    assert state_of(kms, key_id) == "PendingImport"
+
+
+def test_a_symmetric_key_takes_256_bit_material_only(kms: Any) -> None:
+    key_id = new_external(kms)["KeyId"]
+
+    with pytest.raises(ClientError) as info:
+        import_material(kms, key_id, os.urandom(16))
+
+    assert info.value.response["Error"]["Code"] == "IncorrectKeyMaterialException"
+    assert state_of(kms, key_id) == "PendingImport"
+
+
+# -- DeleteImportedKeyMaterial and expiry -----------------------------------------------------
+def test_deleting_imported_material_and_importing_it_again(kms: Any) -> None:
+    md = new_external(kms)
+    key_id, arn = md["KeyId"], md["Arn"]
+    material = os.urandom(32)
+    material_id = import_material(kms, key_id, material)["KeyMaterialId"]
+    blob = kms.encrypt(KeyId=key_id, Plaintext=b"survives")["CiphertextBlob"]
+
+    response = kms.delete_imported_key_material(KeyId=key_id)
+
+    assert response["KeyId"] == arn
+    described = kms.describe_key(KeyId=key_id)["KeyMetadata"]
+    assert described["KeyState"] == "PendingImport" and described["Enabled"] is False
+    assert "CurrentKeyMaterialId" not in described
+    refused(kms.encrypt, "KMSInvalidStateException", pending_import(arn), KeyId=key_id,
+            Plaintext=b"x")
+    refused(kms.decrypt, "KMSInvalidStateException", pending_import(arn), CiphertextBlob=blob)
+    refused(kms.generate_data_key, "KMSInvalidStateException", pending_import(arn),
+            KeyId=key_id, KeySpec="AES_256")
+    kms.delete_imported_key_material(KeyId=key_id)  # again: no effect
+    assert state_of(kms, key_id) == "PendingImport"
+
+    again = import_material(kms, key_id, material)
+
+    assert again["KeyMaterialId"] == material_id
+    assert state_of(kms, key_id) == "Enabled"
+    opened = kms.decrypt(CiphertextBlob=blob)
+    assert opened["Plaintext"] == b"survives" and opened["KeyMaterialId"] == material_id
+
+
+def test_deleting_material_of_a_disabled_key_leaves_it_pending_import(kms: Any) -> None:
+    key_id = new_external(kms)["KeyId"]
+    material = os.urandom(32)
+    import_material(kms, key_id, material)
+    kms.disable_key(KeyId=key_id)
+
+    kms.delete_imported_key_material(KeyId=key_id)
+    assert state_of(kms, key_id) == "PendingImport"
+
+    import_material(kms, key_id, material)
+    assert state_of(kms, key_id) == "Enabled"
+
+
+def test_deleting_material_of_a_key_pending_deletion_keeps_it_pending_deletion(
+        kms: Any) -> None:
+    key_id = new_external(kms)["KeyId"]
+    import_material(kms, key_id, os.urandom(32))
+    kms.schedule_key_deletion(KeyId=key_id, PendingWindowInDays=7)
+
+    kms.delete_imported_key_material(KeyId=key_id)
+
+    assert state_of(kms, key_id) == "PendingDeletion"
+
+
+def test_expiring_material_is_deleted_at_valid_to(kms: Any, server: Any) -> None:
+    md = new_external(kms)
+    key_id, arn = md["KeyId"], md["Arn"]
+    material = os.urandom(32)
+    valid_to = advance(server, 0) + 2 * DAY
+    imported = import_material(kms, key_id, material, ExpirationModel="KEY_MATERIAL_EXPIRES",
+                               ValidTo=valid_to)
+    blob = kms.encrypt(KeyId=key_id, Plaintext=b"until then")["CiphertextBlob"]
+    [entry] = kms.list_key_rotations(KeyId=key_id,
+                                     IncludeKeyMaterial="ALL_KEY_MATERIAL")["Rotations"]
+    assert entry["KeyMaterialId"] == imported["KeyMaterialId"]
+    assert entry["ExpirationModel"] == "KEY_MATERIAL_EXPIRES"
+    assert entry["ValidTo"].timestamp() == pytest.approx(valid_to, abs=1)
+
+    advance(server, 2 * DAY - 60)
+    assert state_of(kms, key_id) == "Enabled"
+    advance(server, 120)
+
+    assert state_of(kms, key_id) == "PendingImport"
+    refused(kms.decrypt, "KMSInvalidStateException", pending_import(arn), CiphertextBlob=blob)
+    import_material(kms, key_id, material)  # now without expiry
+    assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"until then"
+    advance(server, 30 * DAY)
+    assert state_of(kms, key_id) == "Enabled"
+
+
+# -- keys whose material KMS generated --------------------------------------------------------
+def test_import_operations_refuse_a_key_whose_material_kms_generated(kms: Any) -> None:
+    md = kms.create_key()["KeyMetadata"]
+    message = f"{md['Arn']} origin is AWS_KMS which is not valid for this operation."
+
+    refused(kms.get_parameters_for_import, "UnsupportedOperationException", message,
+            KeyId=md["KeyId"], WrappingAlgorithm="RSAES_OAEP_SHA_256",
+            WrappingKeySpec="RSA_2048")
+    refused(kms.import_key_material, "UnsupportedOperationException", message,
+            KeyId=md["KeyId"], ImportToken=os.urandom(32), EncryptedKeyMaterial=b"x" * 256,
+            ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
+    refused(kms.delete_imported_key_material, "UnsupportedOperationException", message,
+            KeyId=md["KeyId"])
+    assert state_of(kms, md["KeyId"]) == "Enabled"
+
+
+# -- asymmetric and HMAC material -------------------------------------------------------------
+def test_an_imported_ecc_private_key_signs_for_its_own_public_key(kms: Any) -> None:
+    md = new_external(kms, KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")
+    assert md["KeyState"] == "PendingImport"
+    private = ec.generate_private_key(ec.SECP256R1())
+    pkcs8 = private.private_bytes(serialization.Encoding.DER,
+                                  serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption())
+    public_der = private.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    imported = import_material(kms, md["KeyId"], pkcs8, algorithm="RSA_AES_KEY_WRAP_SHA_256")
+
+    assert imported["KeyId"] == md["Arn"]
+    assert state_of(kms, md["KeyId"]) == "Enabled"
+    assert kms.get_public_key(KeyId=md["KeyId"])["PublicKey"] == public_der
+    message = b"signed by my own key"
+    signature = kms.sign(KeyId=md["KeyId"], Message=message,
+                         SigningAlgorithm="ECDSA_SHA_256")["Signature"]
+    private.public_key().verify(signature, message, ec.ECDSA(hashes.SHA256()))  # raises if bad
+    assert kms.verify(KeyId=md["KeyId"], Message=message, Signature=signature,
+                      SigningAlgorithm="ECDSA_SHA_256")["SignatureValid"] is True
+
+
+def test_an_asymmetric_key_takes_a_private_key_of_its_own_spec_only(kms: Any) -> None:
+    key_id = new_external(kms, KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyId"]
+    wrong = ec.generate_private_key(ec.SECP384R1()).private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption())
+
+    for material in (wrong, os.urandom(64)):
+        with pytest.raises(ClientError) as info:
+            import_material(kms, key_id, material, algorithm="RSA_AES_KEY_WRAP_SHA_256")
+        assert info.value.response["Error"]["Code"] == "IncorrectKeyMaterialException"
+    assert state_of(kms, key_id) == "PendingImport"
+
+
+def test_imported_hmac_material_macs_like_offline_hmac(kms: Any) -> None:
+    md = new_external(kms, KeySpec="HMAC_256", KeyUsage="GENERATE_VERIFY_MAC")
+    material = os.urandom(32)
+
+    import_material(kms, md["KeyId"], material)
+
+    message = b"authenticate me"
+    expected = hmac.new(material, message, hashlib.sha256).digest()
+    got = kms.generate_mac(KeyId=md["KeyId"], Message=message, MacAlgorithm="HMAC_SHA_256")
+    assert got["Mac"] == expected
+    assert kms.verify_mac(KeyId=md["KeyId"], Message=message, Mac=expected,
+                          MacAlgorithm="HMAC_SHA_256")["MacValid"] is True
