@@ -32,7 +32,9 @@ class Node:
         self.config = config
         data_dir = Path(config.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.clock = clock or (PersistentClock(data_dir / DEV_CLOCK_FILE) if config.dev else Clock())
+        if clock is None:
+            clock = PersistentClock(data_dir / DEV_CLOCK_FILE) if config.dev else Clock()
+        self.clock = clock
         self.log = event_log or SqliteLog(data_dir / LOG_FILE, config.region)
         self.keyring = Keyring(RootKey.load_or_create(data_dir), self.log.vault)
         self.credentials, self.new_credential = Credentials.load_or_create(

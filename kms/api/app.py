@@ -126,11 +126,13 @@ class Gateway:
         except KMSError as err:
             if operation or target:
                 await self._audit_rejection(operation or target, caller, request_id, err)
-            return self._answer(error_response(err, request_id), request_id, operation, started, err)
+            return self._answer(error_response(err, request_id), request_id, operation,
+                                started, err)
         try:
             result = await self.node.service.call(operation, params, caller, request_id)
         except KMSError as err:
-            return self._answer(error_response(err, request_id), request_id, operation, started, err)
+            return self._answer(error_response(err, request_id), request_id, operation,
+                                started, err)
         return self._answer(json_response(result, request_id), request_id, operation, started)
 
     async def _audit_rejection(self, operation: str, caller: Caller, request_id: str,

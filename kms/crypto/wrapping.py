@@ -58,4 +58,5 @@ def unwrap(algorithm: str, private_der: bytes, wrapped: bytes) -> bytes:
 
 def imported_material_id(key_id: str, material: bytes) -> str:
     """Deterministic: the same bytes imported again get the same KeyMaterialId."""
-    return hashlib.sha256(b"kms-imported-material\x00" + key_id.encode() + b"\x00" + material).hexdigest()
+    tagged = b"kms-imported-material\x00" + key_id.encode() + b"\x00" + material
+    return hashlib.sha256(tagged).hexdigest()

@@ -7,9 +7,9 @@ service resolves aliases against state. Malformed references get AWS's messages.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from dataclasses import dataclass
 from enum import Enum
+from functools import lru_cache
 from typing import NewType
 
 from kms.domain.errors import NotFoundException, ValidationException

@@ -87,7 +87,8 @@ def aws_managed_policy(account: str, service: str, region: str) -> str:
                         "kms:CreateGrant", "kms:DescribeKey"],
              "Resource": "*",
              "Condition": {"StringEquals": {"kms:CallerAccount": account,
-                                            "kms:ViaService": f"{service}.{region}.amazonaws.com"}}},
+                                            "kms:ViaService":
+                                                f"{service}.{region}.amazonaws.com"}}},
             {"Sid": "Allow direct access to key metadata to the account", "Effect": "Allow",
              "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
              "Action": ["kms:Describe*", "kms:Get*", "kms:List*", "kms:RevokeGrant"],
@@ -187,6 +188,13 @@ class Service:
         key = self.resolve(call, raw, allow_alias=allow_alias)
         authz.authorize(call.caller, action, key)
         check_state(state_rule or call.operation, key)
+        return key
+
+    def managed_key(self, call: Call, raw: str) -> Key:
+        """Resolve (by id or ARN) and authorize a key whose operation's domain rules check
+        origin and spec before the state table (rotation, deletion, import)."""
+        key = self.resolve(call, raw, allow_alias=False)
+        authz.authorize(call.caller, call.operation, key)
         return key
 
     # -- the pipeline -----------------------------------------------------------------------

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from kms.crypto import blob as blobfmt
 from kms.crypto import asymmetric, symmetric
+from kms.crypto import blob as blobfmt
 from kms.domain.errors import (
     DRY_RUN_MESSAGE,
     CustomKeyStoreNotFoundException,

@@ -26,8 +26,7 @@ from kms.store.state import key_stream
 @operation("GetParametersForImport", read_only=False)
 async def get_parameters_for_import(svc: Service, call: Call,
                                     p: dict[str, Any]) -> dict[str, Any]:
-    key = svc.key_for(call, p["KeyId"], "GetParametersForImport", allow_alias=False,
-                      state_rule="DescribeKey")
+    key = svc.managed_key(call, p["KeyId"])
     lifecycle.check_external(key)
     check_state("GetParametersForImport", key)
     algorithm, spec = p["WrappingAlgorithm"], p["WrappingKeySpec"]
@@ -59,8 +58,7 @@ def _check_material(key_spec: str, raw: bytes) -> None:
 
 @operation("ImportKeyMaterial", read_only=False)
 async def import_key_material(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
-    key = svc.key_for(call, p["KeyId"], "ImportKeyMaterial", allow_alias=False,
-                      state_rule="DescribeKey")
+    key = svc.managed_key(call, p["KeyId"])
     lifecycle.check_external(key)
     token = p["ImportToken"]
     if len(token) != 32:
@@ -79,7 +77,8 @@ async def import_key_material(svc: Service, call: Call, p: dict[str, Any]) -> di
     public = b"" if SPECS[key.key_spec].family in ("symmetric", "hmac") else \
         asymmetric.public_der(asymmetric.load_private(raw))
     material = svc.keyring.seal(key.key_id, raw, public, material_id=material_id)
-    call.emit(key_stream(key.key_id), [ev.KeyMaterialImported(key.key_id, material, model, valid_to)])
+    call.emit(key_stream(key.key_id),
+              [ev.KeyMaterialImported(key.key_id, material, model, valid_to)])
     call.additional["keyMaterialId"] = material_id
     return {"KeyId": key.arn, "KeyMaterialId": material_id}
 
@@ -87,8 +86,7 @@ async def import_key_material(svc: Service, call: Call, p: dict[str, Any]) -> di
 @operation("DeleteImportedKeyMaterial", read_only=False)
 async def delete_imported_key_material(svc: Service, call: Call,
                                        p: dict[str, Any]) -> dict[str, Any]:
-    key = svc.key_for(call, p["KeyId"], "DeleteImportedKeyMaterial", allow_alias=False,
-                      state_rule="DescribeKey")
+    key = svc.managed_key(call, p["KeyId"])
     call.emit(key_stream(key.key_id), lifecycle.delete_imported(key))
     out: dict[str, Any] = {"KeyId": key.arn}
     if key.current_material is not None:

@@ -21,14 +21,14 @@ from kms.store.state import key_stream
 
 @operation("EnableKeyRotation", read_only=False)
 async def enable_key_rotation(svc: Service, call: Call, p: dict[str, Any]) -> None:
-    key = svc.key_for(call, p["KeyId"], "EnableKeyRotation", allow_alias=False, state_rule="DescribeKey")
+    key = svc.managed_key(call, p["KeyId"])
     call.emit(key_stream(key.key_id),
               lifecycle.enable_rotation(key, p.get("RotationPeriodInDays"), call.at_ms))
 
 
 @operation("DisableKeyRotation", read_only=False)
 async def disable_key_rotation(svc: Service, call: Call, p: dict[str, Any]) -> None:
-    key = svc.key_for(call, p["KeyId"], "DisableKeyRotation", allow_alias=False, state_rule="DescribeKey")
+    key = svc.managed_key(call, p["KeyId"])
     call.emit(key_stream(key.key_id), lifecycle.disable_rotation(key))
 
 
@@ -46,7 +46,7 @@ async def get_key_rotation_status(svc: Service, call: Call, p: dict[str, Any]) -
 
 @operation("RotateKeyOnDemand", read_only=False)
 async def rotate_key_on_demand(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
-    key = svc.key_for(call, p["KeyId"], "RotateKeyOnDemand", allow_alias=False, state_rule="DescribeKey")
+    key = svc.managed_key(call, p["KeyId"])
     lifecycle.check_on_demand(key, call.at_ms)
     material = svc.keyring.seal(key.key_id, svc.symmetric_material())
     call.emit(key_stream(key.key_id),
@@ -90,7 +90,7 @@ async def list_key_rotations(svc: Service, call: Call, p: dict[str, Any]) -> dic
 
 @operation("ScheduleKeyDeletion", read_only=False)
 async def schedule_key_deletion(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
-    key = svc.key_for(call, p["KeyId"], "ScheduleKeyDeletion", allow_alias=False, state_rule="DescribeKey")
+    key = svc.managed_key(call, p["KeyId"])
     events = lifecycle.schedule_deletion(key, p.get("PendingWindowInDays"), call.at_ms)
     call.emit(key_stream(key.key_id), events)
     scheduled = events[0]

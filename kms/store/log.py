@@ -358,7 +358,9 @@ class SqliteLog(EventLog):
         async with self.db.execute("PRAGMA synchronous") as cur:
             row = await cur.fetchone()
         if row is None or row[0] != 2:
-            raise RuntimeError("SQLite refused synchronous=FULL; acknowledged writes would not be durable")
+            raise RuntimeError(
+                "SQLite refused synchronous=FULL; acknowledged writes would not be durable"
+            )
         async with self.db.execute("PRAGMA journal_mode") as cur:
             mode = await cur.fetchone()
         if mode is None or str(mode[0]).lower() != "wal":

@@ -7,7 +7,8 @@ import uuid
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
+
+from tests.support.expect import refused
 
 REGION = "us-east-1"
 ACCOUNT = "111122223333"
@@ -17,19 +18,6 @@ PREFIX_RULE = ('Alias must start with the prefix "alias/". Please see '
 
 def alias_arn(name: str) -> str:
     return f"arn:aws:kms:{REGION}:{ACCOUNT}:{name}"
-
-
-def refused(call: Any, code: str, message: str | None = None, status: int = 400,
-            **params: Any) -> dict[str, Any]:
-    """Call, expect an AWS error with this code (and message), return the error response."""
-    with pytest.raises(ClientError) as info:
-        call(**params)
-    response: dict[str, Any] = info.value.response
-    assert response["Error"]["Code"] == code, response["Error"]
-    if message is not None:
-        assert response["Error"]["Message"] == message
-    assert response["ResponseMetadata"]["HTTPStatusCode"] == status
-    return response
 
 
 def new_key(kms: Any) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 
 from tests.conftest import client_for
+from tests.support.expect import refused
 from tests.support.server import ServerProcess
 
 try:  # cryptography >= 46 built against OpenSSL >= 3.5
@@ -97,19 +98,6 @@ def spec_params(cases: list[Any]) -> list[Any]:
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def refused(call: Any, code: str, message: str | None = None, status: int = 400,
-            **params: Any) -> dict[str, Any]:
-    """Call, expect an AWS error with this code (and exact message); return the error."""
-    with pytest.raises(ClientError) as info:
-        call(**params)
-    response: dict[str, Any] = info.value.response
-    assert response["Error"]["Code"] == code, response["Error"]
-    if message is not None:
-        assert response["Error"]["Message"] == message, response["Error"]
-    assert response["ResponseMetadata"]["HTTPStatusCode"] == status
-    return response
-
-
 def hash_for(algorithm: str) -> hashes.HashAlgorithm:
     factories: dict[str, Any] = {"SHA_256": hashes.SHA256, "SHA_384": hashes.SHA384,
                                  "SHA_512": hashes.SHA512}

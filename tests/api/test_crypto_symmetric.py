@@ -8,7 +8,8 @@ import uuid
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
+
+from tests.support.expect import refused
 
 REGION = "us-east-1"
 ACCOUNT = "111122223333"
@@ -17,19 +18,6 @@ INCORRECT_KEY = (
     "The key ID in the request does not identify a CMK that can perform this operation."
 )
 DRY_RUN = "The request would have succeeded, but the DryRun parameter was specified."
-
-
-def refused(call: Any, code: str, message: str | None = None, status: int = 400,
-            **params: Any) -> dict[str, Any]:
-    """Call, expect an AWS error with this code (and message), return the error response."""
-    with pytest.raises(ClientError) as info:
-        call(**params)
-    response: dict[str, Any] = info.value.response
-    assert response["Error"]["Code"] == code, response["Error"]
-    if message is not None:
-        assert response["Error"]["Message"] == message
-    assert response["ResponseMetadata"]["HTTPStatusCode"] == status
-    return response
 
 
 def invalid_ciphertext(call: Any, **params: Any) -> None:

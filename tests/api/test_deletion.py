@@ -16,24 +16,12 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.conftest import client_for
+from tests.support.expect import advance
+from tests.support.expect import refused_message as refused
 from tests.support.server import ServerProcess
 
 ACCOUNT = "111122223333"
 DAY = 86_400
-
-
-def refused(call: Any, code: str, message: str | None = None, **params: Any) -> str:
-    with pytest.raises(ClientError) as info:
-        call(**params)
-    error = info.value.response["Error"]
-    assert error["Code"] == code, error
-    if message is not None:
-        assert error["Message"] == message
-    return str(error["Message"])
-
-
-def advance(server: Any, seconds: float) -> float:
-    return float(server.post("/_kms/clock", {"advance_seconds": seconds})["now"])
 
 
 def new_key(kms: Any, **params: Any) -> dict[str, Any]:

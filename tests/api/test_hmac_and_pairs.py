@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 from tests.conftest import client_for
+from tests.support.expect import refused
 from tests.support.server import ServerProcess
 
 # key spec -> (its one MAC algorithm, MAC length in bytes, hashlib name)
@@ -36,19 +37,6 @@ CURVES = {"ECC_NIST_P256": "secp256r1", "ECC_NIST_P384": "secp384r1",
           "ECC_NIST_P521": "secp521r1", "ECC_SECG_P256K1": "secp256k1"}
 MESSAGE = b"Pack my box with five dozen liquor jugs"
 CONTEXT = {"purpose": "data-key-pair", "tenant": "acme"}
-
-
-def refused(call: Any, code: str, message: str | None = None, status: int = 400,
-            **params: Any) -> dict[str, Any]:
-    """Call, expect an AWS error with this code (and exact message); return the error."""
-    with pytest.raises(ClientError) as info:
-        call(**params)
-    response: dict[str, Any] = info.value.response
-    assert response["Error"]["Code"] == code, response["Error"]
-    if message is not None:
-        assert response["Error"]["Message"] == message, response["Error"]
-    assert response["ResponseMetadata"]["HTTPStatusCode"] == status
-    return response
 
 
 def flipped(data: bytes, index: int) -> bytes:

@@ -16,25 +16,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 
+from tests.support.expect import advance
+from tests.support.expect import refused_message as refused
+
 DAY = 86_400
 MATERIAL_ID = re.compile(r"[0-9a-f]{64}")
 ALGORITHMS = ("RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256", "RSA_AES_KEY_WRAP_SHA_1",
               "RSA_AES_KEY_WRAP_SHA_256")
 KEY_BITS = {"RSA_2048": 2048, "RSA_3072": 3072, "RSA_4096": 4096}
-
-
-def refused(call: Any, code: str, message: str | None = None, **params: Any) -> str:
-    with pytest.raises(ClientError) as info:
-        call(**params)
-    error = info.value.response["Error"]
-    assert error["Code"] == code, error
-    if message is not None:
-        assert error["Message"] == message
-    return str(error["Message"])
-
-
-def advance(server: Any, seconds: float) -> float:
-    return float(server.post("/_kms/clock", {"advance_seconds": seconds})["now"])
 
 
 def wrap(algorithm: str, public_der: bytes, material: bytes) -> bytes:

@@ -8,7 +8,8 @@ import uuid
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
+
+from tests.support.expect import refused
 
 REGION = "us-east-1"
 ACCOUNT = "111122223333"
@@ -19,19 +20,6 @@ MATERIAL_ID = re.compile(r"[0-9a-f]{64}")
 
 def arn_of(key_id: str, region: str = REGION) -> str:
     return f"arn:aws:kms:{region}:{ACCOUNT}:key/{key_id}"
-
-
-def refused(call: Any, code: str, message: str | None = None, status: int = 400,
-            **params: Any) -> dict[str, Any]:
-    """Call, expect an AWS error with this code (and message), return the error response."""
-    with pytest.raises(ClientError) as info:
-        call(**params)
-    response: dict[str, Any] = info.value.response
-    assert response["Error"]["Code"] == code, response["Error"]
-    if message is not None:
-        assert response["Error"]["Message"] == message
-    assert response["ResponseMetadata"]["HTTPStatusCode"] == status
-    return response
 
 
 def new_key(kms: Any, **params: Any) -> dict[str, Any]:

@@ -10,25 +10,12 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from tests.support.expect import advance
+from tests.support.expect import refused_message as refused
+
 ACCOUNT = "111122223333"
 DAY = 86_400
 MATERIAL_ID = re.compile(r"[0-9a-f]{64}")
-
-
-def refused(call: Any, code: str, message: str | None = None, **params: Any) -> str:
-    """Call, expect the AWS error ``code`` (and ``message``); return the message."""
-    with pytest.raises(ClientError) as info:
-        call(**params)
-    error = info.value.response["Error"]
-    assert error["Code"] == code, error
-    if message is not None:
-        assert error["Message"] == message
-    return str(error["Message"])
-
-
-def advance(server: Any, seconds: float) -> float:
-    """Move the node clock (running whatever falls due); the node's new now, epoch s."""
-    return float(server.post("/_kms/clock", {"advance_seconds": seconds})["now"])
 
 
 def node_now(server: Any) -> float:

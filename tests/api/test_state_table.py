@@ -23,7 +23,7 @@ from tests.api.test_import import wrap
 
 STATES = (KeyState.DISABLED, KeyState.PENDING_DELETION, KeyState.PENDING_IMPORT)
 WRAPPING = "RSAES_OAEP_SHA_256"
-REFERENCE = Path("/work/shared/reference/kms_api.md")
+REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "kms_api.md"
 
 # kind -> (KeySpec, KeyUsage)
 KINDS = {
