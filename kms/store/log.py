@@ -146,7 +146,7 @@ class EventLog:
         if self._writer is None or self._writer.done():
             raise KMSInternalException("The event log is not accepting writes.")
         fut: asyncio.Future[list[ev.Envelope]] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(tuple(appends), at_ms, fut, vault=tuple(vault)))
+        self._queue.put_nowait(_Pending(tuple(appends), at_ms, fut, vault=tuple(vault)))
         return await fut
 
     async def _run(self) -> None:
