@@ -22,7 +22,11 @@ def _timestamp(_: object, __: str, event: dict[str, object]) -> dict[str, object
 def configure(fmt: str = "auto", level: int = logging.INFO) -> None:
     console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer: structlog.types.Processor = (
-        structlog.dev.ConsoleRenderer(colors=False) if console
+        structlog.dev.ConsoleRenderer(
+            colors=False,
+            # never rich's tracebacks: they print local variables, which may hold plaintext
+            exception_formatter=structlog.dev.plain_traceback,
+        ) if console
         else structlog.processors.JSONRenderer()
     )
     structlog.configure(
@@ -33,6 +37,6 @@ def configure(fmt: str = "auto", level: int = logging.INFO) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
