@@ -8,11 +8,12 @@ log line or an audit record (the access key id does, as AWS records it).
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import string
 from dataclasses import dataclass
 from pathlib import Path
+
+from kms.files import create_secret_file
 
 CREDENTIALS_FILE = "credentials.json"
 _AK_ALPHABET = string.ascii_uppercase + "234567"
@@ -59,11 +60,7 @@ class Credentials:
         doc = {"credentials": [{"access_key_id": root.access_key_id,
                                 "secret_access_key": root.secret_access_key,
                                 "principal_arn": root.principal.arn, "account": account}]}
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
+        create_secret_file(path, json.dumps(doc, indent=2).encode())
         return cls([root]), root
 
 

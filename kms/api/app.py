@@ -35,6 +35,7 @@ log = structlog.get_logger("kms.api")
 
 NODE = web.AppKey("node", Node)
 TARGET_PREFIX = "TrentService."
+MAX_CLOCK_ADVANCE = 100 * 365 * 86400.0
 JSON_TYPES = ("application/x-amz-json-1.1", "application/x-amz-json-1.0", "application/json")
 _CREDENTIAL = re.compile(r"Credential=([A-Za-z0-9]+)/")
 _MODEL = RequestModel()
@@ -51,6 +52,21 @@ class RequestIds:
     def __call__(self) -> str:
         h = f"{self._prefix}{next(self._count) & 0xFFFFFFFFFFFF:012x}"
         return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _encodable(doc: Any) -> bool:
+    """JSON may escape lone surrogates (\\ud800) that no UTF-8 log or audit can hold."""
+    if isinstance(doc, str):
+        try:
+            doc.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(doc, dict):
+        return all(_encodable(k) and _encodable(v) for k, v in doc.items())
+    if isinstance(doc, list):
+        return all(_encodable(v) for v in doc)
+    return True
 
 
 def _blob(value: Any) -> str:
@@ -132,6 +148,8 @@ class Gateway:
                 )
             try:
                 doc = json.loads(body) if body.strip() else {}
+                if b"\\ud" in body.lower() and not _encodable(doc):
+                    raise ValueError("lone surrogate")
             except (ValueError, RecursionError):  # deep nesting is malformed input, not a fault
                 raise SerializationException("The request body is not valid JSON.") from None
             params = _MODEL.parse(operation, doc)
@@ -141,7 +159,10 @@ class Gateway:
                 )
         except KMSError as err:
             if operation or target:
-                await self._audit_rejection(operation or target, caller, request_id, err)
+                audited = await self._audit_rejection(operation or target, caller, request_id,
+                                                      err)
+                if not audited:  # fail closed: no audit, no answer
+                    err = KMSInternalException("The request could not be recorded.")
             return self._answer(error_response(err, request_id), request_id, operation,
                                 started, err)
         try:
@@ -152,11 +173,13 @@ class Gateway:
         return self._answer(json_response(result, request_id), request_id, operation, started)
 
     async def _audit_rejection(self, operation: str, caller: Caller, request_id: str,
-                               err: KMSError) -> None:
+                               err: KMSError) -> bool:
         try:
             await self.node.service.record_rejected(operation, {}, caller, request_id, err)
         except KMSError:
-            log.error("audit_failed", request_id=request_id, operation=operation)
+            log.error("audit_failed", request_id=request_id)
+            return False
+        return True
 
     def _answer(self, response: web.Response, request_id: str, operation: str, started: float,
                 err: KMSError | None = None) -> web.Response:
@@ -188,6 +211,8 @@ async def health(request: web.Request) -> web.Response:
     node = request.app[NODE]
     if not node.serving:
         return web.json_response({"status": "starting", "region": node.config.region}, status=503)
+    if not node.log.writable:  # the log refuses writes: nothing can be answered
+        return web.json_response({"status": "failed", "region": node.config.region}, status=503)
     return web.json_response(
         {"status": "ok", "region": node.config.region, "log_seq": node.log.last_seq}
     )
@@ -203,12 +228,13 @@ async def dev_clock(request: web.Request) -> web.Response:
     try:
         doc = await request.json()
         seconds = float(doc["advance_seconds"])
-        if not seconds >= 0:
-            raise ValueError("the clock only moves forward")
+        if not 0 <= seconds <= MAX_CLOCK_ADVANCE - node.clock.offset_seconds:
+            raise ValueError("the clock moves forward, at most 100 years in all")
     except (ValueError, KeyError, TypeError):
         return web.json_response(
             {"__type": "ValidationException",
-             "message": 'Send {"advance_seconds": N} with N >= 0.'}, status=400)
+             "message": 'Send {"advance_seconds": N}: N >= 0, at most 100 years in all.'},
+            status=400)
     await node.advance_clock(seconds)
     return web.json_response({"now": node.clock.now(), "offset_seconds": node.clock.offset_seconds})
 

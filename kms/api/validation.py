@@ -77,6 +77,9 @@ def _limits(shape: dict, noun: str = "length") -> tuple[float, float, str, str]:
             f"have {noun} less than or equal to {high}")
 
 
+_MIN_EPOCH, _MAX_EPOCH = 0.0, 253402300799.0  # 1970 .. 9999-12-31T23:59:59Z
+
+
 class RequestModel:
     """Per-operation validators compiled from a service model (botocore's KMS model by default)."""
 
@@ -229,6 +232,10 @@ class RequestModel:
     def _timestamp(self, shape: dict, hidden: bool) -> Check:
         def check(value: object, path: str, errors: list[str]) -> object:
             if type(value) in (int, float) and math.isfinite(value):  # type: ignore[arg-type]
+                if not _MIN_EPOCH <= value <= _MAX_EPOCH:  # type: ignore[operator]
+                    raise SerializationException(
+                        f"Invalid timestamp at '{path}': out of range"
+                    )
                 return float(value)  # type: ignore[arg-type]
             if type(value) is str:
                 try:

@@ -15,6 +15,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kms.domain.errors import KMSInternalException
+from kms.files import create_secret_file
 
 _VERSION = b"\x01"
 ROOT_KEY_FILE = "root.key"
@@ -55,11 +56,7 @@ class RootKey(Sealer):
         if path.exists():
             return cls(base64.b64decode(path.read_bytes().strip(), validate=True))
         key = os.urandom(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(base64.b64encode(key) + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
+        create_secret_file(path, base64.b64encode(key) + b"\n")
         return cls(key)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -28,6 +27,7 @@ from kms.domain.errors import (
     KMSError,
     KMSInternalException,
     NotFoundException,
+    UnsupportedOperationException,
 )
 from kms.domain.ids import AWS_ALIAS_PREFIX, KeyRef, alias_arn, key_arn, parse_key_ref
 from kms.domain.key import Key, check_state
@@ -73,7 +73,19 @@ class Call:
 
 
 AWS_INTERNAL = Caller("AWS Internal", "", "")
-AWS_MANAGED_ALIAS = re.compile(r"alias/aws/[a-z0-9-]{1,64}")
+# Services that own an AWS managed key (alias/aws/<service>); other names are not created.
+AWS_MANAGED_SERVICES = frozenset({
+    "acm", "backup", "cloudtrail", "codeartifact", "codecommit", "dynamodb", "ebs", "ecr",
+    "elasticfilesystem", "es", "fsx", "glue", "kafka", "kinesis", "kinesisvideo", "lambda",
+    "lightsail", "rds", "redshift", "s3", "secretsmanager", "sns", "sqs", "ssm", "timestream",
+    "xray",
+})
+# Operations that take an alias for the key they use, and so may create one on first use.
+USES_AWS_MANAGED_KEYS = frozenset({
+    "DescribeKey", "Encrypt", "Decrypt", "ReEncrypt", "GenerateDataKey",
+    "GenerateDataKeyWithoutPlaintext", "GenerateDataKeyPair",
+    "GenerateDataKeyPairWithoutPlaintext",
+})
 
 
 def aws_managed_policy(account: str, service: str, region: str) -> str:
@@ -202,10 +214,16 @@ class Service:
                    request_id: str) -> dict[str, Any] | None:
         op = OPERATIONS[operation_name]
         started = time.perf_counter()
-        await self._ensure_aws_managed(params)
+        if operation_name in USES_AWS_MANAGED_KEYS and caller.account == self.account:
+            await self._ensure_aws_managed(params)
         for _ in range(MAX_DECISION_ATTEMPTS):
             c = Call(request_id, operation_name, caller, self.clock.now_ms(), params)
             try:
+                if "Recipient" in params:
+                    raise UnsupportedOperationException(
+                        "Recipient (attested delivery to an enclave) is not supported by this "
+                        "service; the plaintext is never sent in its place."
+                    )
                 result = await op.handler(self, c, params)
             except KMSError as exc:
                 await self._record(c, op.read_only, exc)
@@ -236,9 +254,11 @@ class Service:
             except KMSError:
                 continue
             name = ref.alias
-            if name is None or not AWS_MANAGED_ALIAS.fullmatch(name) or name in self.state.aliases:
+            if name is None or name in self.state.aliases:
                 continue
             service = name[len(AWS_ALIAS_PREFIX):]
+            if service not in AWS_MANAGED_SERVICES:
+                continue
             key_id = str(uuid.uuid4())
             c = Call(str(uuid.uuid4()), "CreateKey", AWS_INTERNAL, self.clock.now_ms(),
                      {"aliasName": name})
@@ -288,12 +308,12 @@ class Service:
                       event_type: str = "AwsApiCall") -> None:
         fact = ev.ApiCallRecorded(
             request_id=c.request_id,
-            operation=c.operation,
+            operation=printable(c.operation),
             principal_arn=c.caller.principal_arn,
             account=c.caller.account,
-            access_key_id=c.caller.access_key_id,
+            access_key_id=printable(c.caller.access_key_id),
             source_ip=c.caller.source_ip,
-            user_agent=c.caller.user_agent[:512],
+            user_agent=printable(c.caller.user_agent[:512]),
             read_only=read_only,
             params=audit_params(c.params),
             resources=tuple(c.resources),
@@ -302,8 +322,24 @@ class Service:
             additional=c.additional,
             event_type=event_type,
         )
-        appends = ([] if error else c.appends) + [Append(AUDIT_STREAM, (fact,))]
+        if error:
+            appends = [Append(AUDIT_STREAM, (fact,))]
+        else:
+            # Streams the decision read but does not write still pin their versions, so a
+            # Decrypt decided just before a concurrent DisableKey is decided again after it.
+            written = {a.stream for a in c.appends}
+            guards = [Append(s, (), v) for s, v in c.seen.items() if s not in written]
+            appends = [*c.appends, *guards, Append(AUDIT_STREAM, (fact,))]
         await self.log.append(appends, c.at_ms, () if error else c.vault)
+
+
+def printable(text: str) -> str:
+    """Header-derived text as valid UTF-8 (headers may carry undecodable bytes)."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def audit_params(params: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ cryptography with DryRunOperationException; plaintext only travels in replies.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -67,7 +68,7 @@ def seal_symmetric(svc: Service, call: Call, key: Key, plaintext: bytes,
     return blob, material.material_id
 
 
-def open_ciphertext(svc: Service, call: Call, p: dict[str, Any], *, key_param: str,
+async def open_ciphertext(svc: Service, call: Call, p: dict[str, Any], *, key_param: str,
                     context_param: str, algorithm_param: str, action: str,
                     ) -> tuple[Key, bytes, str | None, str]:
     """The Decrypt half shared by Decrypt and ReEncrypt: find the key, check, decrypt.
@@ -83,7 +84,8 @@ def open_ciphertext(svc: Service, call: Call, p: dict[str, Any], *, key_param: s
     if named is not None:
         key = svc.key_for(call, named, action, allow_alias=True, state_rule=call.operation)
         if key.key_spec != SYMMETRIC:
-            return _open_rsa(svc, call, p, key, ciphertext, context_param, algorithm_param)
+            return await _open_rsa(svc, call, p, key, ciphertext, context_param,
+                                   algorithm_param)
         parsed = blobfmt.parse(ciphertext) if ciphertext is not None else None
         if parsed is not None and parsed.key_id != key.key_id:
             raise IncorrectKeyException(INCORRECT_KEY)
@@ -119,14 +121,15 @@ def _rsa_algorithm(key: Key, p: dict[str, Any], context_param: str, algorithm_pa
     return str(algorithm)
 
 
-def _open_rsa(svc: Service, call: Call, p: dict[str, Any], key: Key, ciphertext: bytes | None,
+async def _open_rsa(svc: Service, call: Call, p: dict[str, Any], key: Key, ciphertext: bytes | None,
               context_param: str, algorithm_param: str) -> tuple[Key, bytes, None, str]:
     algorithm = _rsa_algorithm(key, p, context_param, algorithm_param, call.operation)
     dry_run(p)
     assert ciphertext is not None and key.current_material is not None
     private = svc.private_key(key, key.current_material)
-    return key, asymmetric.rsa_decrypt(private, key.key_spec, algorithm, ciphertext), None, \
-        algorithm
+    plaintext = await asyncio.to_thread(asymmetric.rsa_decrypt, private, key.key_spec, algorithm,
+                                        ciphertext)  # private-key RSA: off the event loop
+    return key, plaintext, None, algorithm
 
 
 def seal_for(svc: Service, call: Call, key: Key, plaintext: bytes, p: dict[str, Any],
@@ -157,7 +160,7 @@ async def encrypt(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]
 
 @operation("Decrypt", read_only=True)
 async def decrypt(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
-    key, plaintext, material_id, algorithm = open_ciphertext(
+    key, plaintext, material_id, algorithm = await open_ciphertext(
         svc, call, p, key_param="KeyId", context_param="EncryptionContext",
         algorithm_param="EncryptionAlgorithm", action="Decrypt",
     )
@@ -173,7 +176,7 @@ async def re_encrypt(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, A
     dest = svc.key_for(call, p["DestinationKeyId"], "ReEncryptTo", allow_alias=True,
                        state_rule="ReEncrypt")
     require_usage(dest, ENCRYPT_DECRYPT, "ReEncrypt")
-    source, plaintext, source_material, source_algorithm = open_ciphertext(
+    source, plaintext, source_material, source_algorithm = await open_ciphertext(
         svc, call, p, key_param="SourceKeyId", context_param="SourceEncryptionContext",
         algorithm_param="SourceEncryptionAlgorithm", action="ReEncryptFrom",
     )

@@ -41,8 +41,9 @@ async def get_parameters_for_import(svc: Service, call: Call,
             "ParametersValidTo": seconds(valid_to)}
 
 
-def _check_material(key_spec: str, raw: bytes) -> None:
-    """The imported bytes must be material of the key's spec."""
+def _check_material(key_spec: str, raw: bytes) -> bytes:
+    """The imported bytes must be material of the key's spec; returns the public key DER
+    of asymmetric material (b"" otherwise). Slow for RSA: called in a worker thread."""
     family = SPECS[key_spec].family
     if family == "symmetric":
         ok = len(raw) == 32
@@ -54,6 +55,9 @@ def _check_material(key_spec: str, raw: bytes) -> None:
         raise IncorrectKeyMaterialException(
             f"The imported key material is not valid for key spec {key_spec}."
         )
+    if family in ("symmetric", "hmac"):
+        return b""
+    return asymmetric.public_der(asymmetric.load_private(raw, trusted=True))
 
 
 @operation("ImportKeyMaterial", read_only=False)
@@ -71,11 +75,9 @@ async def import_key_material(svc: Service, call: Call, p: dict[str, Any]) -> di
     private_der = svc.keyring.raw(key.key_id, params.sealed_private_key)
     raw = await asyncio.to_thread(wrapping.unwrap, params.wrapping_algorithm, private_der,
                                   p["EncryptedKeyMaterial"])
-    _check_material(key.key_spec, raw)
+    public = await asyncio.to_thread(_check_material, key.key_spec, raw)
     material_id = wrapping.imported_material_id(key.key_id, raw)
     lifecycle.check_same_material(key, material_id)
-    public = b"" if SPECS[key.key_spec].family in ("symmetric", "hmac") else \
-        asymmetric.public_der(asymmetric.load_private(raw))
     material = svc.keyring.seal(key.key_id, raw, public, material_id=material_id)
     call.emit(key_stream(key.key_id),
               [ev.KeyMaterialImported(key.key_id, material, model, valid_to)])

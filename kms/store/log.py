@@ -129,12 +129,21 @@ class EventLog:
         for fn in self._subscribers:
             fn(batch)
 
+    @property
+    def writable(self) -> bool:
+        return self._writer is not None and not self._writer.done()
+
     async def close(self) -> None:
-        if self._writer is not None:
-            await self._queue.put(None)
-            await self._writer
+        try:
+            if self._writer is not None:
+                if not self._writer.done():
+                    await self._queue.put(None)
+                await self._writer
+        except Exception:  # the writer already failed; what matters now is closing
+            pass
+        finally:
             self._writer = None
-        await self._close()
+            await self._close()
 
     def version(self, stream: str) -> int:
         return self._heads.get(stream, 0)
@@ -143,7 +152,7 @@ class EventLog:
     async def append(self, appends: Iterable[Append], at_ms: int,
                      vault: Iterable[VaultChange] = ()) -> list[ev.Envelope]:
         """Append atomically; return once durable. Raises ConflictingWrite if a stream moved."""
-        if self._writer is None or self._writer.done():
+        if not self.writable:
             raise KMSInternalException("The event log is not accepting writes.")
         fut: asyncio.Future[list[ev.Envelope]] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending(tuple(appends), at_ms, fut, vault=tuple(vault)))
@@ -195,6 +204,27 @@ class EventLog:
                     )
             raise
 
+    def _rows_for(self, pending: _Pending, heads: dict[str, int], seq: int, prev: bytes,
+                  ) -> tuple[list[_Row], list[ev.Envelope], dict[str, int], int, bytes]:
+        """Rows and envelopes of one pending append, continuing the chain from seq/prev."""
+        heads = dict(heads)
+        rows: list[_Row] = []
+        envs: list[ev.Envelope] = []
+        for a in pending.appends:
+            for event in a.events:
+                seq += 1
+                version = heads.get(a.stream, 0) + 1
+                heads[a.stream] = version
+                body = ev.encode(event)
+                h = row_hash(prev, seq, a.stream, version, event.type_name, self.region,
+                             seq, pending.at_ms, body)
+                rows.append((seq, a.stream, version, event.type_name, self.region, seq,
+                             pending.at_ms, body, prev, h))
+                prev = h
+                envs.append(ev.Envelope(seq, a.stream, version, self.region, seq,
+                                        pending.at_ms, event))
+        return rows, envs, heads, seq, prev
+
     async def _commit_batch(self, batch: list[_Pending]) -> None:
         heads = dict(self._heads)
         seq, prev = self.last_seq, self._last_hash
@@ -208,20 +238,15 @@ class EventLog:
             if conflict:
                 pending.future.set_exception(ConflictingWrite("stream moved; decide again"))
                 continue
-            envs: list[ev.Envelope] = []
-            for a in pending.appends:
-                for event in a.events:
-                    seq += 1
-                    version = heads.get(a.stream, 0) + 1
-                    heads[a.stream] = version
-                    body = ev.encode(event)
-                    h = row_hash(prev, seq, a.stream, version, event.type_name, self.region,
-                                 seq, pending.at_ms, body)
-                    rows.append((seq, a.stream, version, event.type_name, self.region, seq,
-                                 pending.at_ms, body, prev, h))
-                    prev = h
-                    envs.append(ev.Envelope(seq, a.stream, version, self.region, seq,
-                                            pending.at_ms, event))
+            try:  # a row that cannot be encoded fails its own call, never the batch
+                rows_of, envs, p_heads, p_seq, p_prev = self._rows_for(pending, heads, seq, prev)
+            except (ValueError, TypeError, OverflowError, struct.error):
+                pending.future.set_exception(
+                    KMSInternalException("The request could not be recorded.")
+                )
+                continue
+            rows.extend(rows_of)
+            heads, seq, prev = p_heads, p_seq, p_prev
             accepted.append((pending, envs))
         if not accepted:
             return
@@ -253,6 +278,8 @@ class EventLog:
 
     async def reset(self) -> None:
         """Drop every row (``--dev`` only); subscribers then see an empty replay."""
+        if not self.writable:
+            raise KMSInternalException("The event log is not accepting writes.")
         fut: asyncio.Future[list[ev.Envelope]] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Pending((), 0, fut, wipe=True))
         await fut
