@@ -13,6 +13,7 @@ entry crypto-shreds every sealed material of that key the log still holds.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import hashlib
 import struct
@@ -75,7 +76,7 @@ def row_hash(prev: bytes, seq: int, stream: str, version: int, type_name: str,
     ).digest()
 
 
-class EventLog:
+class EventLog(abc.ABC):
     """Shared core: heads, hash chain, the writer task. Subclasses persist rows."""
 
     def __init__(self, region: str) -> None:
@@ -298,20 +299,24 @@ class EventLog:
         pending.future.set_result([])
 
     # -- storage hooks ------------------------------------------------------------------------
+    @abc.abstractmethod
     async def _load(self) -> tuple[list[_Row], dict[str, bytes]]:
-        raise NotImplementedError
+        """Open the store; return every row in seq order and the vault."""
 
+    @abc.abstractmethod
     async def _persist(self, rows: list[_Row], vault: list[VaultChange]) -> None:
-        raise NotImplementedError
+        """Write one batch atomically and durably."""
 
+    @abc.abstractmethod
     async def _wipe(self) -> None:
-        raise NotImplementedError
+        """Delete every row and vault entry."""
 
     async def _close(self) -> None:
         return None
 
+    @abc.abstractmethod
     async def read_rows(self, after_seq: int, limit: int) -> list[_Row]:
-        raise NotImplementedError
+        """Rows after ``after_seq``, in order (for consumers of the log)."""
 
 
 class MemoryLog(EventLog):

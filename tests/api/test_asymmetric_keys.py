@@ -176,23 +176,6 @@ def flipped(data: bytes, index: int | None = None) -> bytes:
 
 # -- module fixtures: one reset, one key per (spec, usage) ------------------------------------
 @pytest.fixture(scope="module")
-def node(dev_server: ServerProcess) -> ServerProcess:
-    dev_server.reset()
-    return dev_server
-
-
-@pytest.fixture(scope="module")
-def client(node: ServerProcess) -> Any:
-    return client_for(node.url)
-
-
-@pytest.fixture(scope="module")
-def raw(node: ServerProcess) -> Any:
-    """botocore's client-side validation off, so the server's own checks are reached."""
-    return client_for(node.url, validate=False)
-
-
-@pytest.fixture(scope="module")
 def keys(client: Any) -> dict[tuple[str, str], dict[str, Any]]:
     """CreateKey's KeyMetadata for every (spec, usage) pair, created once, in parallel."""
     def create(pair: tuple[str, str]) -> dict[str, Any]:

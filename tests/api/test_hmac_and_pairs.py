@@ -18,9 +18,7 @@ from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-from tests.conftest import client_for
 from tests.support.expect import refused
-from tests.support.server import ServerProcess
 
 # key spec -> (its one MAC algorithm, MAC length in bytes, hashlib name)
 HMAC_SPECS = {"HMAC_224": ("HMAC_SHA_224", 28, "sha224"),
@@ -52,23 +50,6 @@ def spki(key: Any) -> bytes:
 
 
 # -- module fixtures: one reset, keys created once ----------------------------------------------
-@pytest.fixture(scope="module")
-def node(dev_server: ServerProcess) -> ServerProcess:
-    dev_server.reset()
-    return dev_server
-
-
-@pytest.fixture(scope="module")
-def client(node: ServerProcess) -> Any:
-    return client_for(node.url)
-
-
-@pytest.fixture(scope="module")
-def raw(node: ServerProcess) -> Any:
-    """botocore's client-side validation off, so the server's own checks are reached."""
-    return client_for(node.url, validate=False)
-
-
 @pytest.fixture(scope="module")
 def hmac_keys(client: Any) -> dict[str, dict[str, Any]]:
     return {spec: client.create_key(KeySpec=spec, KeyUsage="GENERATE_VERIFY_MAC",
