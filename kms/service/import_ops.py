@@ -15,7 +15,11 @@ from typing import Any
 from kms.crypto import asymmetric, mac, wrapping
 from kms.domain import events as ev
 from kms.domain import lifecycle
-from kms.domain.errors import IncorrectKeyMaterialException, InvalidImportTokenException
+from kms.domain.errors import (
+    IncorrectKeyMaterialException,
+    InvalidImportTokenException,
+    UnsupportedOperationException,
+)
 from kms.domain.key import check_state
 from kms.domain.specs import SPECS
 from kms.service.core import Call, Service, operation
@@ -64,6 +68,11 @@ def _check_material(key_spec: str, raw: bytes) -> bytes:
 async def import_key_material(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
     key = svc.managed_key(call, p["KeyId"])
     lifecycle.check_external(key)
+    if p.get("ImportType") == "NEW_KEY_MATERIAL" and key.imported_material_id:
+        raise UnsupportedOperationException(
+            f"{key.arn} already has key material; importing new material for on-demand "
+            "rotation is not supported by this service."
+        )
     token = p["ImportToken"]
     if len(token) != 32:
         raise InvalidImportTokenException("The import token is not valid for this KMS key.")

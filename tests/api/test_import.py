@@ -415,3 +415,13 @@ def test_imported_hmac_material_macs_like_offline_hmac(kms: Any) -> None:
     assert got["Mac"] == expected
     assert kms.verify_mac(KeyId=md["KeyId"], Message=message, Mac=expected,
                           MacAlgorithm="HMAC_SHA_256")["MacValid"] is True
+
+
+def test_new_key_material_for_a_key_that_has_material_is_refused_clearly(kms: Any) -> None:
+    key_id = new_external(kms)["KeyId"]
+    import_material(kms, key_id, os.urandom(32))
+    params = kms.get_parameters_for_import(KeyId=key_id, WrappingAlgorithm="RSAES_OAEP_SHA_256",
+                                           WrappingKeySpec="RSA_2048")
+    refused(kms.import_key_material, "UnsupportedOperationException", KeyId=key_id,
+            ImportToken=params["ImportToken"], EncryptedKeyMaterial=b"\x00" * 256,
+            ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE", ImportType="NEW_KEY_MATERIAL")
