@@ -17,7 +17,6 @@ from kms.domain.errors import (
     ExpiredImportTokenException,
     IncorrectKeyMaterialException,
     InvalidImportTokenException,
-    KMSInvalidStateException,
     LimitExceededException,
     UnsupportedOperationException,
     ValidationException,
@@ -193,8 +192,3 @@ def due(key: Key, now_ms: int) -> Due | None:
             and key.next_rotation_ms <= now_ms):
         return Due(key.key_id, "rotate")
     return None
-
-
-def check_not_pending_deletion(key: Key) -> None:
-    if key.state is KeyState.PENDING_DELETION:
-        raise KMSInvalidStateException(f"{key.arn} is pending deletion.")
