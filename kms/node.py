@@ -31,7 +31,7 @@ class Node:
                  event_log: EventLog | None = None) -> None:
         self.config = config
         data_dir = Path(config.data_dir)
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # sealed material inside
         if clock is None:
             clock = PersistentClock(data_dir / DEV_CLOCK_FILE) if config.dev else Clock()
         self.clock = clock
