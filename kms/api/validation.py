@@ -47,14 +47,19 @@ def _camel(name: str) -> str:
     return name[:1].lower() + name[1:]
 
 
-def _show(value: object) -> str:
-    """A value as AWS (Java toString) shows it, cut to a readable length."""
-    if isinstance(value, bool):
+def _show(value: object, depth: int = 0) -> str:
+    """A value as AWS (Java toString) shows it, cut to a readable length (and depth:
+    a hostile body may nest far deeper than anything worth echoing)."""
+    if depth > 8 and isinstance(value, list | dict):
+        text = "[...]" if isinstance(value, list) else "{...}"
+    elif isinstance(value, bool):
         text = "true" if value else "false"
     elif isinstance(value, list):
-        text = "[" + ", ".join(_show(v) for v in value) + "]"
+        text = "[" + ", ".join(_show(v, depth + 1) for v in value[:_SHOWN_MAX]) + "]"
     elif isinstance(value, dict):
-        text = "{" + ", ".join(f"{_show(k)}={_show(v)}" for k, v in value.items()) + "}"
+        items = list(value.items())[:_SHOWN_MAX]
+        text = "{" + ", ".join(f"{_show(k, depth + 1)}={_show(v, depth + 1)}"
+                               for k, v in items) + "}"
     else:
         text = str(value)
     return text if len(text) <= _SHOWN_MAX else text[:_SHOWN_MAX] + "..."

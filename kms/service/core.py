@@ -29,8 +29,10 @@ from kms.domain.errors import (
     NotFoundException,
     UnsupportedOperationException,
 )
-from kms.domain.ids import AWS_ALIAS_PREFIX, KeyRef, alias_arn, key_arn, parse_key_ref
+from kms.domain.ids import AWS_ALIAS_PREFIX, KeyRef, alias_arn, parse_key_ref
 from kms.domain.key import Key, check_state
+from kms.domain.key import apply as apply_key
+from kms.domain.key import created as created_key
 from kms.domain.specs import SYMMETRIC
 from kms.service import authz
 from kms.store.log import AUDIT_STREAM, Append, EventLog, VaultChange
@@ -66,6 +68,7 @@ class Call:
     appends: list[Append] = field(default_factory=list)
     additional: dict[str, Any] = field(default_factory=dict)
     vault: list[VaultChange] = field(default_factory=list)
+    staged: dict[str, Key] = field(default_factory=dict)  # AWS managed keys born with this call
 
     def emit(self, stream: str, events: list[ev.Event]) -> None:
         if events:
@@ -169,14 +172,16 @@ class Service:
     def resolve(self, call: Call, raw: str, *, allow_alias: bool) -> Key:
         """Find the key a KeyId parameter names; record its stream version and ARN."""
         ref = parse_key_ref(raw, self.region, self.account, allow_alias=allow_alias)
-        key = self._lookup(ref)
+        key = self._lookup(ref, call)
         stream = key_stream(key.key_id)
         call.seen.setdefault(stream, self.log.version(stream))
         if key.arn not in call.resources:
             call.resources.append(key.arn)
         return key
 
-    def _lookup(self, ref: KeyRef) -> Key:
+    def _lookup(self, ref: KeyRef, call: Call) -> Key:
+        if ref.alias is not None and ref.alias in call.staged:
+            return call.staged[ref.alias]
         if ref.alias is not None:
             alias = self.state.aliases.get(ref.alias)
             if alias is None:
@@ -214,10 +219,11 @@ class Service:
                    request_id: str) -> dict[str, Any] | None:
         op = OPERATIONS[operation_name]
         started = time.perf_counter()
-        if operation_name in USES_AWS_MANAGED_KEYS and caller.account == self.account:
-            await self._ensure_aws_managed(params)
+        managed = operation_name in USES_AWS_MANAGED_KEYS and caller.account == self.account
         for _ in range(MAX_DECISION_ATTEMPTS):
             c = Call(request_id, operation_name, caller, self.clock.now_ms(), params)
+            if managed:
+                self._stage_aws_managed(c, params)
             try:
                 if "Recipient" in params:
                     raise UnsupportedOperationException(
@@ -243,8 +249,10 @@ class Service:
         await self._record(c, op.read_only, err)
         raise err
 
-    async def _ensure_aws_managed(self, params: dict[str, Any]) -> None:
-        """``alias/aws/<service>`` names an AWS managed key that exists from its first use."""
+    def _stage_aws_managed(self, c: Call, params: dict[str, Any]) -> None:
+        """``alias/aws/<service>`` names an AWS managed key that exists from its first use.
+        A missing one is created as part of this call: its events go in with the call's,
+        so a call that is refused leaves no key behind."""
         for member in ("KeyId", "DestinationKeyId"):
             raw = params.get(member)
             if not isinstance(raw, str) or AWS_ALIAS_PREFIX not in raw:
@@ -254,14 +262,12 @@ class Service:
             except KMSError:
                 continue
             name = ref.alias
-            if name is None or name in self.state.aliases:
+            if name is None or name in self.state.aliases or name in c.staged:
                 continue
             service = name[len(AWS_ALIAS_PREFIX):]
             if service not in AWS_MANAGED_SERVICES:
                 continue
             key_id = str(uuid.uuid4())
-            c = Call(str(uuid.uuid4()), "CreateKey", AWS_INTERNAL, self.clock.now_ms(),
-                     {"aliasName": name})
             self.new_kek(c, key_id)
             created = ev.KeyCreated(
                 key_id=key_id, account=self.account, region=self.region,
@@ -270,17 +276,13 @@ class Service:
                 key_spec=SYMMETRIC, key_usage="ENCRYPT_DECRYPT", origin="AWS_KMS",
                 key_manager="AWS", multi_region=False,
                 policy=aws_managed_policy(self.account, service, self.region), tags=(),
-                material=await self.new_material(c, key_id, SYMMETRIC),
+                material=self.keyring.seal(key_id, symmetric.new_material()),
             )
-            c.emit(key_stream(key_id), [created, ev.KeyRotationEnabled(
-                key_id, 365, c.at_ms + 365 * 86_400_000)])
+            rotation = ev.KeyRotationEnabled(key_id, 365, c.at_ms + 365 * 86_400_000)
+            c.emit(key_stream(key_id), [created, rotation])
             c.seen[name] = self.log.version(name)
             c.emit(name, [ev.AliasCreated(name, key_id)])
-            c.resources.append(key_arn(self.region, self.account, key_id))
-            try:
-                await self._record(c, False, None, event_type="AwsServiceEvent")
-            except ConflictingWrite:
-                pass  # another call created it first
+            c.staged[name] = apply_key(created_key(created, c.at_ms), rotation, c.at_ms)
 
     async def record_rejected(self, operation_name: str, params: dict[str, Any], caller: Caller,
                               request_id: str, error: KMSError) -> None:
@@ -318,7 +320,7 @@ class Service:
             params=audit_params(c.params),
             resources=tuple(c.resources),
             error_code=error.code if error else "",
-            error_message=error.message if error else "",
+            error_message=printable(error.message) if error else "",
             additional=c.additional,
             event_type=event_type,
         )
