@@ -9,6 +9,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ def not_found(key_id: str) -> str:
 def vault_rows(data_dir: Path) -> set[str]:
     """The key ids with a wrapped key-encryption key in the node's SQLite vault."""
     uri = f"file:{data_dir / 'events.sqlite3'}?mode=ro"
-    with sqlite3.connect(uri, uri=True) as db:
+    with closing(sqlite3.connect(uri, uri=True)) as db:
         return {row[0] for row in db.execute("SELECT key_id FROM vault")}
 
 

@@ -15,6 +15,7 @@ import random
 import sqlite3
 import time
 from collections import Counter
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,7 +191,7 @@ async def verify(node: ServerProcess, ledger: Ledger) -> Verdict:
 
 def audit_log(db_path: Path) -> tuple[int, int, int, bool, int]:
     """(rows, version gaps, seq gaps, hash chain ok, streams with two KeyCreated)."""
-    with sqlite3.connect(db_path) as db:
+    with closing(sqlite3.connect(db_path)) as db:
         rows = db.execute("SELECT seq, stream, version, type, origin_region, origin_seq, at_ms, "
                           "body, prev_hash, hash FROM events ORDER BY seq").fetchall()
     versions: dict[str, list[int]] = {}

@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,9 @@ def ok(url: str, operation: str, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_rows(db_path: Path) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(db_path) as db:
+    # closing(): sqlite3's own context manager only commits, and a connection left to the
+    # garbage collector removes its -wal/-shm files whenever it is collected (mid-copy).
+    with closing(sqlite3.connect(db_path)) as db:
         return db.execute(f"SELECT {COLUMNS} FROM events ORDER BY seq").fetchall()
 
 
