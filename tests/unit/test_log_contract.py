@@ -7,6 +7,8 @@ joins the suite by adding one class; every log a test opens is closed by the fix
 
 from __future__ import annotations
 
+import abc
+
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -43,7 +45,7 @@ class Recorder:
         return [e for call in self.calls if call is not None for e in call]
 
 
-class Backend:
+class Backend(abc.ABC):
     """Opens a fresh log, or reopens one over the same stored rows."""
 
     name = ""
@@ -51,8 +53,9 @@ class Backend:
     def __init__(self) -> None:
         self.opened: list[EventLog] = []
 
+    @abc.abstractmethod
     def _new(self, previous: EventLog | None) -> EventLog:
-        raise NotImplementedError
+        """A log over fresh storage, or over ``previous``'s stored rows."""
 
     async def open(self, previous: EventLog | None = None,
                    subscriber: Recorder | None = None) -> EventLog:
@@ -63,9 +66,9 @@ class Backend:
         await log.open()
         return log
 
+    @abc.abstractmethod
     def tamper(self, log: EventLog, seq: int) -> None:
         """Flip one byte of the stored body of row ``seq`` (the log must be closed)."""
-        raise NotImplementedError
 
     async def close_all(self) -> None:
         for log in self.opened:
