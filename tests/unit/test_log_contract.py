@@ -8,7 +8,6 @@ joins the suite by adding one class; every log a test opens is closed by the fix
 from __future__ import annotations
 
 import abc
-
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
