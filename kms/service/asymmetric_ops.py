@@ -35,14 +35,19 @@ def _is_rsa(key: Key) -> bool:
     return SPECS[key.key_spec].family == "rsa"
 
 
-@operation("Sign", read_only=True)
-async def sign(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
-    key = svc.key_for(call, p["KeyId"], "Sign", allow_alias=True)
-    require_usage(key, SIGN_VERIFY, "Sign")
+def _signing(svc: Service, call: Call, p: dict[str, Any]) -> tuple[Key, str, str, Any]:
+    """What Sign and Verify share: the key, its checks, and its private key object."""
+    key = svc.key_for(call, p["KeyId"], call.operation, allow_alias=True)
+    require_usage(key, SIGN_VERIFY, call.operation)
     algorithm, message_type = p["SigningAlgorithm"], p.get("MessageType", "RAW")
     asymmetric.check_message(key.key_spec, algorithm, p["Message"], message_type)
     dry_run(p)
-    private = svc.private_key(key, _material(key))
+    return key, algorithm, message_type, svc.private_key(key, _material(key))
+
+
+@operation("Sign", read_only=True)
+async def sign(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
+    key, algorithm, message_type, private = _signing(svc, call, p)
     args = (private, key.key_spec, algorithm, p["Message"], message_type)
     signature = (await asyncio.to_thread(asymmetric.sign, *args) if _is_rsa(key)
                  else asymmetric.sign(*args))
@@ -51,13 +56,8 @@ async def sign(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
 
 @operation("Verify", read_only=True)
 async def verify(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
-    key = svc.key_for(call, p["KeyId"], "Verify", allow_alias=True)
-    require_usage(key, SIGN_VERIFY, "Verify")
-    algorithm, message_type = p["SigningAlgorithm"], p.get("MessageType", "RAW")
-    asymmetric.check_message(key.key_spec, algorithm, p["Message"], message_type)
-    dry_run(p)
-    public = svc.private_key(key, _material(key)).public_key()
-    asymmetric.verify(public, key.key_spec, algorithm, p["Message"], message_type,
+    key, algorithm, message_type, private = _signing(svc, call, p)
+    asymmetric.verify(private.public_key(), key.key_spec, algorithm, p["Message"], message_type,
                       p["Signature"])
     return {"KeyId": key.arn, "SignatureValid": True, "SigningAlgorithm": algorithm}
 

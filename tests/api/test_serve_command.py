@@ -8,7 +8,6 @@ import os
 import stat
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -30,22 +29,8 @@ class CommandNode(ServerProcess):
         super().__init__(data_dir, dev=False, port=port, env=env)
         self.argv = argv
 
-    def start(self, timeout: float = 20.0) -> CommandNode:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kms.cli", "serve", *self.argv], stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, text=True, env={**os.environ, **(self.env or {})})
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"node exited with {self.proc.returncode}")
-            try:
-                if self.health().get("status") == "ok":
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("node did not become healthy")
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "kms.cli", "serve", *self.argv]
 
 
 def serve(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

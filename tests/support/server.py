@@ -39,15 +39,17 @@ class ServerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20.0) -> ServerProcess:
+    def command(self) -> list[str]:
+        """The ``kms serve`` command line this node runs."""
         args = [sys.executable, "-m", "kms.cli", "serve", "--host", "127.0.0.1",
                 "--port", str(self.port), "--region", self.region,
                 "--data-dir", str(self.data_dir), "--log-format", "json", *self.extra]
-        if self.dev:
-            args.append("--dev")
+        return [*args, "--dev"] if self.dev else args
+
+    def start(self, timeout: float = 20.0) -> ServerProcess:
         env = {**os.environ, **(self.env or {})}
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     text=True, env=env)
+        self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
