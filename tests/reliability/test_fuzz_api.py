@@ -55,7 +55,7 @@ COMMON_ERRORS = frozenset({
 })
 MODELED_ERRORS = {name: frozenset(e["shape"] for e in op.get("errors", ()))
                   for name, op in MODEL["operations"].items()}
-EXAMPLES_PER_OPERATION = 12  # x 54 operations
+EXAMPLES_PER_OPERATION = 12  # x every operation of the model
 RANDOM_BODY_EXAMPLES = 60
 MUTATION_EXAMPLES = 150
 CT = "application/x-amz-json-1.1"
