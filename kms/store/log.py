@@ -30,7 +30,8 @@ AUDIT_STREAM = "audit"
 GENESIS = b"\x00" * 32
 MAX_BATCH = 1024
 
-# Called with committed state events in order; with None when the log was wiped.
+# Called with committed state events (or, for audit subscribers, audit facts) in order;
+# with None when the log was wiped.
 Subscriber = Callable[[Sequence[ev.Envelope] | None], None]
 
 
@@ -85,6 +86,7 @@ class EventLog(abc.ABC):
         self._last_hash = GENESIS
         self._heads: dict[str, int] = {}
         self._subscribers: list[Subscriber] = []
+        self._audit_subscribers: list[Subscriber] = []
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self.vault: dict[str, bytes] = {}  # key id -> wrapped KEK, as committed
@@ -92,7 +94,13 @@ class EventLog(abc.ABC):
 
     # -- lifecycle ----------------------------------------------------------------------------
     def subscribe(self, fn: Subscriber) -> None:
+        """``fn`` gets the committed state events: all of them at replay, then each batch's."""
         self._subscribers.append(fn)
+
+    def subscribe_audit(self, fn: Subscriber) -> None:
+        """``fn`` gets the committed audit facts (stream ``audit``), decoded, in seq order:
+        all of them at replay, then each batch's; None when the log is wiped."""
+        self._audit_subscribers.append(fn)
 
     async def open(self) -> None:
         """Replay stored rows (verifying the chain) to subscribers, then start the writer.
@@ -106,6 +114,7 @@ class EventLog(abc.ABC):
 
     async def _replay(self) -> None:
         batch: list[ev.Envelope] = []
+        audit: list[ev.Envelope] = []
         prev = GENESIS
         rows, vault = await self._load()
         self.vault.clear()  # the keyring holds this very dict
@@ -118,17 +127,17 @@ class EventLog(abc.ABC):
             prev = h
             self.last_seq = seq
             self._heads[stream] = version
-            if stream == AUDIT_STREAM:
-                continue
             try:
                 event = ev.decode(type_name, body)
             except Exception as exc:  # a row that hashes right but will not decode
                 raise LogCorrupted(f"undecodable event at seq {seq}: {exc}") from exc
-            batch.append(ev.Envelope(seq, stream, version, origin_region, origin_seq, at_ms,
-                                     event))
+            (audit if stream == AUDIT_STREAM else batch).append(
+                ev.Envelope(seq, stream, version, origin_region, origin_seq, at_ms, event))
         self._last_hash = prev
         for fn in self._subscribers:
             fn(batch)
+        for fn in self._audit_subscribers:
+            fn(audit)
 
     @property
     def writable(self) -> bool:
@@ -273,6 +282,11 @@ class EventLog(abc.ABC):
         if state_envs:
             for fn in self._subscribers:
                 fn(state_envs)
+        if self._audit_subscribers:
+            audit_envs = [e for e in committed if e.stream == AUDIT_STREAM]
+            if audit_envs:
+                for fn in self._audit_subscribers:
+                    fn(audit_envs)
         for pending, envs in accepted:
             if not pending.future.done():
                 pending.future.set_result(envs)
@@ -294,7 +308,7 @@ class EventLog(abc.ABC):
         self._heads.clear()
         self.vault.clear()
         self.last_seq, self._last_hash = 0, GENESIS
-        for fn in self._subscribers:
+        for fn in (*self._subscribers, *self._audit_subscribers):
             fn(None)
         pending.future.set_result([])
 

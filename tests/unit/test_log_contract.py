@@ -57,10 +57,13 @@ class Backend(abc.ABC):
         """A log over fresh storage, or over ``previous``'s stored rows."""
 
     async def open(self, previous: EventLog | None = None,
-                   subscriber: Recorder | None = None) -> EventLog:
+                   subscriber: Recorder | None = None,
+                   audit_subscriber: Recorder | None = None) -> EventLog:
         log = self._new(previous)
         if subscriber is not None:
             log.subscribe(subscriber)
+        if audit_subscriber is not None:
+            log.subscribe_audit(audit_subscriber)
         self.opened.append(log)
         await log.open()
         return log
@@ -68,6 +71,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def tamper(self, log: EventLog, seq: int) -> None:
         """Flip one byte of the stored body of row ``seq`` (the log must be closed)."""
+
+    @abc.abstractmethod
+    def replace_rows(self, log: EventLog, rows: Sequence[tuple]) -> None:  # type: ignore[type-arg]
+        """Store exactly ``rows`` in place of the log's rows (the log must be closed)."""
 
     async def close_all(self) -> None:
         for log in self.opened:
@@ -91,6 +98,15 @@ class SqliteBackend(Backend):
             (body,) = db.execute("SELECT body FROM events WHERE seq = ?", (seq,)).fetchone()
             flipped = bytes([body[0] ^ 0x01]) + body[1:]
             db.execute("UPDATE events SET body = ? WHERE seq = ?", (flipped, seq))
+        db.close()
+
+    def replace_rows(self, log: EventLog, rows: Sequence[tuple]) -> None:  # type: ignore[type-arg]
+        import sqlite3
+
+        with sqlite3.connect(self.path) as db:
+            db.execute("DELETE FROM events")
+            db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+        db.close()
 
 
 class MemoryBackend(Backend):
@@ -109,6 +125,10 @@ class MemoryBackend(Backend):
         row = list(log.rows[i])
         row[7] = bytes([row[7][0] ^ 0x01]) + row[7][1:]
         log.rows[i] = tuple(row)  # type: ignore[assignment]
+
+    def replace_rows(self, log: EventLog, rows: Sequence[tuple]) -> None:  # type: ignore[type-arg]
+        assert isinstance(log, MemoryLog)
+        log.rows[:] = [tuple(r) for r in rows]  # type: ignore[misc]
 
 
 @pytest.fixture(params=["sqlite", "memory"])
@@ -131,6 +151,21 @@ def audit(n: int) -> ev.ApiCallRecorded:
     return ev.ApiCallRecorded(request_id=f"r{n}", operation="EnableKey", principal_arn="p",
                               account="111122223333", access_key_id="AK", source_ip="",
                               user_agent="", read_only=False)
+
+
+def rechained(rows: Sequence[tuple], seq: int, body: bytes) -> list[tuple]:  # type: ignore[type-arg]
+    """``rows`` with row ``seq``'s body replaced and every hash recomputed: a chain that
+    verifies but holds a body that does not decode."""
+    out: list[tuple] = []  # type: ignore[type-arg]
+    prev = GENESIS
+    for row in rows:
+        r = list(row)
+        if r[0] == seq:
+            r[7] = body
+        r[8] = prev
+        r[9] = prev = row_hash(prev, *r[:8])
+        out.append(tuple(r))
+    return out
 
 
 def chain_ok(rows: Sequence[tuple]) -> bool:  # type: ignore[type-arg]
@@ -274,3 +309,43 @@ async def test_a_closed_log_refuses_appends(backend: Backend) -> None:
     await log.close()
     with pytest.raises(KMSInternalException):
         await log.append([Append("key/a", (enabled("a"),), 0)], at_ms=1)
+
+
+async def test_audit_subscribers_get_audit_facts_at_replay_after_commits_and_on_wipe(
+        backend: Backend) -> None:
+    state, facts = Recorder(), Recorder()
+    log = await backend.open(subscriber=state, audit_subscriber=facts)
+    assert facts.calls == [[]]  # an empty replay
+    first = await log.append([Append("key/a", (enabled("a"),), 0),
+                              Append(AUDIT_STREAM, (audit(1), audit(2)))], at_ms=1)
+    await log.append([Append("key/a", (described("a", "x"),), 1)], at_ms=2)  # no audit fact
+    results = await asyncio.gather(*(log.append([Append(AUDIT_STREAM, (audit(n),))], at_ms=n)
+                                     for n in range(3, 8)))
+    committed = [e for envs in [first, *results] for e in envs if e.stream == AUDIT_STREAM]
+    assert facts.envelopes == committed
+    assert all(call for call in facts.calls[1:])  # never called with an empty batch
+    assert [e.event.request_id for e in facts.envelopes] == [f"r{n}" for n in range(1, 8)]
+    assert all(isinstance(e.event, ev.ApiCallRecorded) for e in facts.envelopes)
+    assert [e.seq for e in facts.envelopes] == sorted(e.seq for e in facts.envelopes)
+    assert all(e.stream != AUDIT_STREAM for e in state.envelopes)  # plain ones: state only
+    await log.close()
+
+    replayed_state, replayed = Recorder(), Recorder()
+    again = await backend.open(log, subscriber=replayed_state, audit_subscriber=replayed)
+    assert replayed.calls == [committed]  # one replay batch, equal envelope for envelope
+    assert replayed_state.calls == [state.envelopes]
+    await again.reset()
+    assert replayed.calls[-1] is None
+
+
+async def test_an_audit_row_that_will_not_decode_is_refused_at_open(backend: Backend) -> None:
+    log = await backend.open()
+    await log.append([Append("key/a", (enabled("a"),), 0), Append(AUDIT_STREAM, (audit(1),))],
+                     at_ms=1)
+    rows = await log.read_rows(0, 100)
+    await log.close()
+    backend.replace_rows(log, rechained(rows, 2, b"\xc1not msgpack"))
+    facts = Recorder()
+    with pytest.raises(LogCorrupted, match="seq 2"):
+        await backend.open(log, audit_subscriber=facts)
+    assert facts.calls == []
