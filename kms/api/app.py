@@ -211,11 +211,16 @@ async def health(request: web.Request) -> web.Response:
     node = request.app[NODE]
     if not node.serving:
         return web.json_response({"status": "starting", "region": node.config.region}, status=503)
-    if not node.log.writable:  # the log refuses writes: nothing can be answered
-        return web.json_response({"status": "failed", "region": node.config.region}, status=503)
-    return web.json_response(
-        {"status": "ok", "region": node.config.region, "log_seq": node.log.last_seq}
-    )
+    log_ = node.log
+    doc: dict[str, object] = {"region": node.config.region, "log_seq": log_.last_seq,
+                              "failed_commits": log_.failed_commits}
+    if log_.last_error is not None:
+        doc |= {"last_error": log_.last_error, "last_error_at_ms": log_.last_error_at_ms}
+    if not log_.writable:  # the writer stopped: nothing can be answered until a restart
+        return web.json_response({"status": "failed", **doc}, status=503)
+    if log_.degraded:  # the last commit failed; the writer tries the next one anew
+        return web.json_response({"status": "degraded", **doc}, status=503)
+    return web.json_response({"status": "ok", **doc})
 
 
 async def dev_reset(request: web.Request) -> web.Response:

@@ -9,6 +9,9 @@ covers the previous hash, so a corrupted row is found at open and never served.
 Beside the log sits the key vault: one wrapped key-encryption key per KMS key,
 written in the same transaction as the events that need it. Dropping a vault
 entry crypto-shreds every sealed material of that key the log still holds.
+
+A commit that fails for a transient reason (the database locked, the disk full)
+fails only its own calls; the writer keeps serving. Any other failure stops it.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ from __future__ import annotations
 import abc
 import asyncio
 import hashlib
+import sqlite3
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiosqlite
+import structlog
 
 from kms.domain import events as ev
 from kms.domain.errors import ConflictingWrite, KMSInternalException
@@ -29,6 +34,10 @@ from kms.domain.errors import ConflictingWrite, KMSInternalException
 AUDIT_STREAM = "audit"
 GENESIS = b"\x00" * 32
 MAX_BATCH = 1024
+BUSY_TIMEOUT_MS = 2000  # a brief external lock is waited out, a long one fails the batch
+COMMIT_FAILED = "The event log could not commit; try again."
+
+log = structlog.get_logger("kms.store")
 
 # Called with committed state events (or, for audit subscribers, audit facts) in order;
 # with None when the log was wiped.
@@ -36,7 +45,8 @@ Subscriber = Callable[[Sequence[ev.Envelope] | None], None]
 
 
 class LogCorrupted(Exception):
-    """A stored row does not match the hash chain or cannot be decoded."""
+    """A stored row does not match the hash chain or cannot be decoded, or the store
+    can no longer be trusted to match the in-memory heads (the writer stops)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +101,12 @@ class EventLog(abc.ABC):
         self._writer: asyncio.Task[None] | None = None
         self.vault: dict[str, bytes] = {}  # key id -> wrapped KEK, as committed
         self.batches = 0  # commits made; batching figures for benchmarks
+        # The writer's condition, for /_kms/health: commits that failed (cumulative), the
+        # last failure's error text and batch time, and whether the last commit failed.
+        self.failed_commits = 0
+        self.last_error: str | None = None
+        self.last_error_at_ms: int | None = None
+        self.degraded = False
 
     # -- lifecycle ----------------------------------------------------------------------------
     def subscribe(self, fn: Subscriber) -> None:
@@ -264,13 +280,16 @@ class EventLog(abc.ABC):
         try:
             await self._persist(rows, vault)
         except Exception as exc:
+            transient = await self._rolled_back(exc)
+            self._note_failure(exc, transient, accepted, len(rows))
             for pending, _ in accepted:
                 if not pending.future.done():
-                    pending.future.set_exception(
-                        KMSInternalException("The event log could not commit.")
-                    )
+                    pending.future.set_exception(KMSInternalException(COMMIT_FAILED))
+            if transient:  # nothing of the batch is stored; the next batch is tried anew
+                return
             raise LogCorrupted("commit failed; refusing further writes") from exc
         self.batches += 1
+        self.degraded = False
         self._heads, self.last_seq, self._last_hash = heads, seq, prev
         for v in vault:
             if v.wrapped is None:
@@ -290,6 +309,32 @@ class EventLog(abc.ABC):
         for pending, envs in accepted:
             if not pending.future.done():
                 pending.future.set_result(envs)
+
+    async def _rolled_back(self, exc: Exception) -> bool:
+        """Whether a failed commit was transient and left the store exactly as the
+        in-memory heads say (so the chain continues from them). Anything else stops
+        the writer: fail closed rather than serve from a store that may have moved."""
+        if not self._transient(exc):
+            return False
+        try:
+            tail = await self._tail()
+        except Exception:  # cannot read the tail now (the same fault, say): rely on the
+            return True    # UNIQUE(seq) backstop, which refuses the next batch if it moved
+        return tail == (self.last_seq, self._last_hash)
+
+    def _note_failure(self, exc: Exception, transient: bool,
+                      accepted: list[tuple[_Pending, list[ev.Envelope]]], n_rows: int) -> None:
+        self.failed_commits += 1
+        self.degraded = True
+        self.last_error = str(exc) or type(exc).__name__
+        self.last_error_at_ms = max(p.at_ms for p, _ in accepted)
+        request_ids = [e.event.request_id for _, envs in accepted for e in envs
+                       if isinstance(e.event, ev.ApiCallRecorded)]
+        log.error("event_log_commit_failed", error=self.last_error,
+                  error_type=type(exc).__name__, transient=transient,
+                  writer="serving" if transient else "stopped", batch_calls=len(accepted),
+                  batch_rows=n_rows, failed_commits=self.failed_commits,
+                  request_ids=request_ids[:20])
 
     async def reset(self) -> None:
         """Drop every row (``--dev`` only); subscribers then see an empty replay."""
@@ -325,6 +370,14 @@ class EventLog(abc.ABC):
     async def _wipe(self) -> None:
         """Delete every row and vault entry."""
 
+    @abc.abstractmethod
+    async def _tail(self) -> tuple[int, bytes]:
+        """The stored last seq and hash (0 and GENESIS when empty)."""
+
+    def _transient(self, exc: Exception) -> bool:
+        """Whether a failed ``_persist`` is worth retrying with the next batch."""
+        return False
+
     async def _close(self) -> None:
         return None
 
@@ -356,6 +409,9 @@ class MemoryLog(EventLog):
         self.rows.clear()
         self.stored_vault.clear()
 
+    async def _tail(self) -> tuple[int, bytes]:
+        return (self.rows[-1][0], self.rows[-1][9]) if self.rows else (0, GENESIS)
+
     async def read_rows(self, after_seq: int, limit: int) -> list[_Row]:
         return [r for r in self.rows if r[0] > after_seq][:limit]
 
@@ -380,6 +436,9 @@ CREATE TABLE IF NOT EXISTS vault (
     wrapped BLOB NOT NULL
 );
 """
+# SQLite's primary result codes that a later attempt may get past: a lock held by
+# another connection, a full disk, an I/O error. Each rolls the transaction back.
+_TRANSIENT_CODES = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR")
 _COLUMNS = "seq, stream, version, type, origin_region, origin_seq, at_ms, body, prev_hash, hash"
 
 
@@ -390,6 +449,7 @@ class SqliteLog(EventLog):
         super().__init__(region)
         self.path = path
         self._db: aiosqlite.Connection | None = None
+        self._checkpoint_owed = False  # a shred whose WAL frames are not yet truncated
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -401,6 +461,7 @@ class SqliteLog(EventLog):
         await self.db.execute("PRAGMA journal_mode=WAL")
         await self.db.execute("PRAGMA secure_delete=ON")  # a dropped KEK is overwritten
         await self.db.execute("PRAGMA synchronous=FULL")
+        await self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         async with self.db.execute("PRAGMA synchronous") as cur:
             row = await cur.fetchone()
         if row is None or row[0] != 2:
@@ -431,18 +492,53 @@ class SqliteLog(EventLog):
             for v in vault:
                 if v.wrapped is None:
                     conn.execute("DELETE FROM vault WHERE key_id = ?", (v.key_id,))
+                    self._checkpoint_owed = True
                 else:
                     conn.execute("INSERT OR REPLACE INTO vault VALUES (?, ?)",
                                  (v.key_id, v.wrapped))
             conn.commit()
-        except BaseException:
-            conn.rollback()
+        except BaseException as exc:
+            try:
+                conn.rollback()
+            except sqlite3.Error as again:
+                raise LogCorrupted(f"rollback failed: {again}") from exc
+            if conn.in_transaction:  # never let the next batch join a half-written one
+                raise LogCorrupted("a failed transaction is still open") from exc
             raise
+        if self._checkpoint_owed:
+            self._checkpoint(conn)
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        """Copy the WAL into the main file and truncate it, so the frames that held a
+        shredded KEK are gone (secure_delete has zeroed it in the page itself). The
+        commit is already durable: a checkpoint that cannot finish now (a reader holds
+        an old snapshot) is owed and tried again after the next commit."""
+        try:
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            log.warning("wal_checkpoint_failed", error=str(exc))
+            return
+        if busy:
+            log.warning("wal_checkpoint_incomplete", reason="a reader holds the WAL")
+            return
+        self._checkpoint_owed = False
+
+    def _transient(self, exc: Exception) -> bool:
+        name = getattr(exc, "sqlite_errorname", "")
+        return isinstance(exc, sqlite3.OperationalError) and name.startswith(_TRANSIENT_CODES)
+
+    async def _tail(self) -> tuple[int, bytes]:
+        async with self.db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
+                                   ) as cur:
+            row = await cur.fetchone()
+        return (int(row[0]), bytes(row[1])) if row is not None else (0, GENESIS)
 
     async def _wipe(self) -> None:
         await self.db.execute("DELETE FROM events")
         await self.db.execute("DELETE FROM vault")
         await self.db.commit()
+        self._checkpoint_owed = True
+        await self.db._execute(self._checkpoint, self.db._conn)
 
     async def _close(self) -> None:
         if self._db is not None:
