@@ -2,7 +2,8 @@
 
 Rules: a wrong JSON type fails fast with SerializationException; constraint failures are all
 collected, in member order, into one ValidationException worded as AWS words it. Blobs -> bytes,
-timestamps -> epoch floats, unknown members dropped, sensitive and blob values never echoed."""
+timestamps -> epoch floats, unknown members dropped; an offending value is echoed whole, except
+sensitive and blob values, which never are; enum sets are listed in AWS's order where known."""
 
 from __future__ import annotations
 
@@ -23,7 +24,14 @@ from kms.domain.errors import (
 # `errors`; raises SerializationException at once for a value of the wrong JSON type.
 Check = Callable[[object, str, list[str]], object]
 
-_SHOWN_MAX = 100
+# Enum sets in the order AWS lists them in its messages, where a recorded answer shows that
+# it differs from the model's order (keyed by the model's set, so a set that grows falls back
+# to the model's order rather than to a stale list).
+_AWS_ENUM_ORDER: dict[frozenset[str], tuple[str, ...]] = {
+    frozenset(order): order for order in (
+        ("HMAC_SHA_384", "HMAC_SHA_256", "HMAC_SHA_224", "HMAC_SHA_512"),  # macAlgorithm
+    )
+}
 _INT_RANGE = {"integer": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 _JSON_TYPE = {str: "string", int: "number", float: "number", bool: "boolean",
               list: "array", dict: "object", type(None): "null"}
@@ -48,21 +56,19 @@ def _camel(name: str) -> str:
 
 
 def _show(value: object, depth: int = 0) -> str:
-    """A value as AWS (Java toString) shows it, cut to a readable length (and depth:
-    a hostile body may nest far deeper than anything worth echoing)."""
+    """A value as AWS (Java toString) shows it, whole: AWS repeats even a 129-character tag
+    key in full. Only nesting is bounded (a hostile body may nest far deeper than anything
+    worth echoing); the body-size limit bounds the rest."""
     if depth > 8 and isinstance(value, list | dict):
-        text = "[...]" if isinstance(value, list) else "{...}"
-    elif isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, list):
-        text = "[" + ", ".join(_show(v, depth + 1) for v in value[:_SHOWN_MAX]) + "]"
-    elif isinstance(value, dict):
-        items = list(value.items())[:_SHOWN_MAX]
-        text = "{" + ", ".join(f"{_show(k, depth + 1)}={_show(v, depth + 1)}"
-                               for k, v in items) + "}"
-    else:
-        text = str(value)
-    return text if len(text) <= _SHOWN_MAX else text[:_SHOWN_MAX] + "..."
+        return "[...]" if isinstance(value, list) else "{...}"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_show(v, depth + 1) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_show(k, depth + 1)}={_show(v, depth + 1)}"
+                               for k, v in value.items()) + "}"
+    return str(value)
 
 
 def _wrong_type(path: str, expected: str, value: object) -> SerializationException:
@@ -160,7 +166,8 @@ class RequestModel:
         regex = _pattern(shape["pattern"]) if "pattern" in shape else None
         regex_rule = f"satisfy regular expression pattern: {shape.get('pattern')}"
         enum = frozenset(shape.get("enum", ()))
-        enum_rule = "satisfy enum value set: [" + ", ".join(shape.get("enum", ())) + "]"
+        listed = _AWS_ENUM_ORDER.get(enum, tuple(shape.get("enum", ())))
+        enum_rule = "satisfy enum value set: [" + ", ".join(listed) + "]"
 
         def check(value: object, path: str, errors: list[str]) -> object:
             if type(value) is not str:

@@ -94,4 +94,5 @@ class KeyUnavailableException(KMSError):
     status = 500
 
 
-DRY_RUN_MESSAGE = "The request would have succeeded, but the DryRun parameter was specified."
+# As AWS answers it (recorded responses); the API Reference words it differently.
+DRY_RUN_MESSAGE = "The request would have succeeded, but the DryRun option is set."

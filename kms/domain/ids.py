@@ -102,3 +102,12 @@ def check_alias_name(name: str) -> AliasName:
             "constraint: Member must satisfy regular expression pattern: ^[a-zA-Z0-9:/_-]+$"
         )
     return AliasName(name)
+
+
+def check_new_alias_name(name: str) -> AliasName:
+    """CreateAlias/UpdateAlias: the model's pattern allows ':', but AWS refuses it in a name
+    it would create or point (its guide: letters, digits, '/', '_' and '-' only)."""
+    checked = check_alias_name(name)
+    if ":" in checked:
+        raise ValidationException(f"{checked} contains invalid characters for an alias")
+    return checked

@@ -197,16 +197,18 @@ def update_description(key: Key, description: str) -> list[ev.Event]:
 
 
 def check_tags(tags: ev.Tags, existing: ev.Tags = ()) -> None:
-    """Tag rules shared by CreateKey and TagResource."""
-    seen: set[str] = set()
-    for k, _ in tags:
-        if k.startswith("aws:"):
-            raise TagException("Tags beginning with aws: are reserved.")
-        if k in seen:
-            raise TagException(f"Duplicate tag key '{k}' in the request.")
-        seen.add(k)
-    if len(seen | {k for k, _ in existing}) > MAX_TAGS:
-        raise LimitExceededException(f"A KMS key can have at most {MAX_TAGS} tags.")
+    """Tag rules shared by CreateKey and TagResource, in AWS's order and words: duplicates,
+    then the request's count, then the reserved prefix (any case), then the key's total."""
+    keys = {k for k, _ in tags}
+    if len(keys) < len(tags):
+        raise TagException("Duplicate tag keys")
+    if len(tags) > MAX_TAGS:
+        raise TagException("Too many tags")
+    for k in keys:
+        if k.lower().startswith("aws:"):
+            raise TagException("Tags beginning with aws: are reserved")
+    if len(keys | {k for k, _ in existing}) > MAX_TAGS:
+        raise LimitExceededException("Too many tags")  # TagResource's quota error (model)
 
 
 def tag(key: Key, tags: ev.Tags) -> list[ev.Event]:
@@ -218,8 +220,8 @@ def tag(key: Key, tags: ev.Tags) -> list[ev.Event]:
 def untag(key: Key, tag_keys: tuple[str, ...]) -> list[ev.Event]:
     check_state("UntagResource", key)
     for k in tag_keys:
-        if k.startswith("aws:"):
-            raise TagException("Tags beginning with aws: are reserved.")
+        if k.lower().startswith("aws:"):
+            raise TagException("Tags beginning with aws: are reserved")
     present = {k for k, _ in key.tags}
     to_remove = tuple(k for k in tag_keys if k in present)
     return [ev.KeyUntagged(key.key_id, to_remove)] if to_remove else []

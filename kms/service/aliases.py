@@ -1,7 +1,8 @@
 """Alias operations: CreateAlias, UpdateAlias, DeleteAlias, ListAliases.
 
 Rules: an alias is its own stream; TargetKeyId takes a key id or key ARN only;
-the alias rules themselves live in kms.domain.alias.
+the alias rules themselves live in kms.domain.alias. ListAliases also shows AWS's
+predefined ``alias/aws/<service>`` names, without a target until their key exists.
 """
 
 from __future__ import annotations
@@ -9,9 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 from kms.domain import alias as aliases
-from kms.domain.ids import ALIAS_PREFIX, check_alias_name
+from kms.domain.alias import Alias
+from kms.domain.ids import (
+    ALIAS_PREFIX,
+    AWS_ALIAS_PREFIX,
+    alias_arn,
+    check_alias_name,
+    check_new_alias_name,
+)
 from kms.service import authz
-from kms.service.core import Call, Service, operation
+from kms.service.core import AWS_MANAGED_SERVICES, Call, Service, operation
 from kms.service.paging import page
 from kms.service.views import alias_entry
 from kms.store.state import alias_stream
@@ -25,7 +33,7 @@ def _seen_alias(svc: Service, call: Call, name: str) -> str:
 
 @operation("CreateAlias", read_only=False)
 async def create_alias(svc: Service, call: Call, p: dict[str, Any]) -> None:
-    name = check_alias_name(p["AliasName"])
+    name = check_new_alias_name(p["AliasName"])
     stream = _seen_alias(svc, call, name)
     key = svc.resolve(call, p["TargetKeyId"], allow_alias=False)
     authz.authorize(call.caller, "CreateAlias", key)
@@ -36,7 +44,7 @@ async def create_alias(svc: Service, call: Call, p: dict[str, Any]) -> None:
 
 @operation("UpdateAlias", read_only=False)
 async def update_alias(svc: Service, call: Call, p: dict[str, Any]) -> None:
-    name = check_alias_name(p["AliasName"])
+    name = check_new_alias_name(p["AliasName"])
     stream = _seen_alias(svc, call, name)
     new = svc.resolve(call, p["TargetKeyId"], allow_alias=False)
     authz.authorize(call.caller, "UpdateAlias", new)
@@ -60,15 +68,27 @@ async def delete_alias(svc: Service, call: Call, p: dict[str, Any]) -> None:
     call.emit(stream, aliases.delete(current, name, svc.region, svc.account))
 
 
+# AWS lists these in every account before their AWS managed key exists (API Reference).
+PREDEFINED_ALIASES = frozenset(AWS_ALIAS_PREFIX + service for service in AWS_MANAGED_SERVICES)
+
+
 @operation("ListAliases", read_only=True)
 async def list_aliases(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
     authz.authorize(call.caller, "ListAliases", None, account=svc.account)
+    items: list[tuple[str, Alias | None]]
     if "KeyId" in p:
         key = svc.resolve(call, p["KeyId"], allow_alias=False)
-        items = svc.state.aliases_of(key.key_id)
+        items = sorted(((a.name, a) for a in svc.state.aliases_of(key.key_id)),
+                       key=lambda i: i[0])
     else:
-        items = list(svc.state.aliases.values())
-    items.sort(key=lambda a: a.name)
-    chunk, tail = page(items, p, lambda a: a.name, default=50, maximum=100,
+        named = svc.state.aliases
+        items = [(n, named.get(n)) for n in sorted(named.keys() | PREDEFINED_ALIASES)]
+    chunk, tail = page(items, p, lambda i: i[0], default=50, maximum=100,
                        valid=lambda m: m.startswith(ALIAS_PREFIX))
-    return {"Aliases": [alias_entry(a, svc.region, svc.account) for a in chunk], **tail}
+    return {"Aliases": [_entry(svc, name, a) for name, a in chunk], **tail}
+
+
+def _entry(svc: Service, name: str, alias: Alias | None) -> dict[str, Any]:
+    if alias is None:  # predefined, not yet used: AWS shows the name and ARN only
+        return {"AliasName": name, "AliasArn": alias_arn(svc.region, svc.account, name)}
+    return alias_entry(alias, svc.region, svc.account)

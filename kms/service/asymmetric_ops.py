@@ -12,7 +12,7 @@ import asyncio
 from typing import Any
 
 from kms.crypto import asymmetric, mac
-from kms.domain.errors import InvalidKeyUsageException
+from kms.domain.errors import InvalidKeyUsageException, ValidationException
 from kms.domain.key import Key
 from kms.domain.specs import (
     ALGORITHM_FIELD,
@@ -84,8 +84,11 @@ async def derive_shared_secret(svc: Service, call: Call, p: dict[str, Any]) -> d
     require_usage(key, KEY_AGREEMENT, "DeriveSharedSecret")
     asymmetric.check_key_agreement_algorithm(key.key_spec, p["KeyAgreementAlgorithm"])
     dry_run(p)
-    secret = asymmetric.derive_shared_secret(svc.private_key(key, _material(key)), key.key_spec,
-                                             p["PublicKey"])
+    try:
+        secret = asymmetric.derive_shared_secret(svc.private_key(key, _material(key)),
+                                                 key.key_spec, p["PublicKey"])
+    except ValidationException:
+        raise ValidationException("") from None  # AWS: an invalid PublicKey, empty message
     return {"KeyId": key.arn, "SharedSecret": secret, "KeyAgreementAlgorithm": "ECDH",
             "KeyOrigin": key.origin}
 

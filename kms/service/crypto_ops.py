@@ -23,6 +23,7 @@ from kms.domain.errors import (
     InvalidKeyUsageException,
     ValidationException,
 )
+from kms.domain.ids import is_key_id
 from kms.domain.key import Key
 from kms.domain.specs import ENCRYPT_DECRYPT, SYMMETRIC
 from kms.service import authz
@@ -84,6 +85,11 @@ async def open_ciphertext(svc: Service, call: Call, p: dict[str, Any], *, key_pa
     if named is not None:
         key = svc.key_for(call, named, action, allow_alias=True, state_rule=call.operation)
         if key.key_spec != SYMMETRIC:
+            # A symmetric ciphertext names its own key: naming another one is
+            # IncorrectKeyException, before this key's usage is looked at (as AWS does,
+            # even for an HMAC or signing key). Anything else is this key's ciphertext.
+            if ciphertext is not None and _names_another_key(ciphertext, key):
+                raise IncorrectKeyException(INCORRECT_KEY)
             return await _open_rsa(svc, call, p, key, ciphertext, context_param,
                                    algorithm_param)
         parsed = blobfmt.parse(ciphertext) if ciphertext is not None else None
@@ -107,6 +113,14 @@ async def open_ciphertext(svc: Service, call: Call, p: dict[str, Any], *, key_pa
     dry_run(p)
     plaintext = symmetric.decrypt(raw, parsed, p.get(context_param))
     return key, plaintext, material.material_id, SYMMETRIC
+
+
+def _names_another_key(ciphertext: bytes, key: Key) -> bool:
+    try:
+        parsed = blobfmt.parse(ciphertext)
+    except InvalidCiphertextException:
+        return False
+    return is_key_id(parsed.key_id) and parsed.key_id != key.key_id
 
 
 def _rsa_algorithm(key: Key, p: dict[str, Any], context_param: str, algorithm_param: str,

@@ -63,7 +63,10 @@ def _spec_and_usage(p: dict[str, Any]) -> tuple[str, str]:
             "CustomerMasterKeySpec is deprecated."
         )
     spec_name = p.get("KeySpec") or p.get("CustomerMasterKeySpec") or SYMMETRIC
-    spec = SPECS[spec_name]
+    spec = SPECS.get(spec_name)
+    if spec is None:  # in the model's enum, but not in this service's spec table
+        raise UnsupportedOperationException(f"KeySpec {spec_name} is not supported by this "
+                                            "service yet.")
     usage = p.get("KeyUsage") or spec.default_usage
     if usage is None:
         raise ValidationException(
@@ -71,7 +74,7 @@ def _spec_and_usage(p: dict[str, Any]) -> tuple[str, str]:
             "encryption keys."
         )
     if usage not in spec.usages:
-        raise ValidationException(f"KeyUsage {usage} is not compatible with KeySpec {spec_name}.")
+        raise ValidationException(f"KeyUsage {usage} is not compatible with KeySpec {spec_name}")
     return spec_name, usage
 
 

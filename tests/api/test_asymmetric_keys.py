@@ -818,7 +818,7 @@ def test_pending_import_and_pending_deletion_keys_are_invalid_state(client: Any)
 
 def test_dry_run_stops_before_the_cryptography(
         client: Any, keys: dict[tuple[str, str], dict[str, Any]]) -> None:
-    dry = "The request would have succeeded, but the DryRun parameter was specified."
+    dry = "The request would have succeeded, but the DryRun option is set."
     signer = keys[("ECC_NIST_P384", SIGN)]["KeyId"]
     refused(client.sign, "DryRunOperationException", dry, KeyId=signer, Message=MESSAGE,
             SigningAlgorithm="ECDSA_SHA_384", DryRun=True)

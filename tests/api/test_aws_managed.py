@@ -26,7 +26,9 @@ def managed(kms: Any, alias: str = "alias/aws/s3") -> dict[str, Any]:
 
 
 def aliases(kms: Any) -> dict[str, str]:
-    return {a["AliasName"]: a.get("TargetKeyId", "") for a in kms.list_aliases()["Aliases"]}
+    """Aliases that point at a key (predefined alias/aws/* names are listed without one)."""
+    return {a["AliasName"]: a["TargetKeyId"] for a in kms.list_aliases()["Aliases"]
+            if "TargetKeyId" in a}
 
 
 def denied(call: Callable[[], Any], action: str, arn: str | None = None) -> None:

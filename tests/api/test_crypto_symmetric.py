@@ -17,7 +17,7 @@ MATERIAL_ID = re.compile(r"[0-9a-f]{64}")
 INCORRECT_KEY = (
     "The key ID in the request does not identify a CMK that can perform this operation."
 )
-DRY_RUN = "The request would have succeeded, but the DryRun parameter was specified."
+DRY_RUN = "The request would have succeeded, but the DryRun option is set."
 
 
 def invalid_ciphertext(call: Any, **params: Any) -> None:

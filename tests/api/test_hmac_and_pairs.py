@@ -215,7 +215,7 @@ def test_mac_message_bounds_are_checked_by_the_server(
 def test_mac_dry_run_stops_before_the_mac(
         client: Any, hmac_keys: dict[str, dict[str, Any]]) -> None:
     kid = hmac_keys["HMAC_384"]["KeyId"]
-    dry = "The request would have succeeded, but the DryRun parameter was specified."
+    dry = "The request would have succeeded, but the DryRun option is set."
     refused(client.generate_mac, "DryRunOperationException", dry, KeyId=kid, Message=MESSAGE,
             MacAlgorithm="HMAC_SHA_384", DryRun=True)
     refused(client.verify_mac, "DryRunOperationException", dry, KeyId=kid, Message=MESSAGE,
@@ -403,6 +403,6 @@ def test_data_key_pair_with_a_disabled_wrapping_key_is_disabled(client: Any) -> 
 
 def test_data_key_pair_dry_run(client: Any, symmetric: dict[str, Any]) -> None:
     refused(client.generate_data_key_pair, "DryRunOperationException",
-            "The request would have succeeded, but the DryRun parameter was specified.",
+            "The request would have succeeded, but the DryRun option is set.",
             KeyId=symmetric["KeyId"], KeyPairSpec="RSA_2048", DryRun=True)
 

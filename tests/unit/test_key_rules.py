@@ -74,10 +74,27 @@ def test_tags_merge_overwrite_and_untag() -> None:
 
 
 def test_tag_rules() -> None:
+    # AWS's words and order: duplicates, the request's count, the reserved prefix (any
+    # case), then the key's total (TagResource's LimitExceededException).
     k = make_key()
-    with pytest.raises(TagException):
-        keys.tag(k, (("aws:x", "1"),))
-    with pytest.raises(TagException):
-        keys.tag(k, (("a", "1"), ("a", "2")))
-    with pytest.raises(LimitExceededException):
-        keys.tag(k, tuple((f"k{i}", "v") for i in range(51)))
+    for bad, message in [
+        ((("aws:x", "1"),), "Tags beginning with aws: are reserved"),
+        ((("AWS:x", "1"),), "Tags beginning with aws: are reserved"),
+        ((("Aws:x", "1"),), "Tags beginning with aws: are reserved"),
+        ((("a", "1"), ("a", "2")), "Duplicate tag keys"),
+        ((("aws:a", "1"), ("aws:a", "2")), "Duplicate tag keys"),
+        (tuple((f"k{i}", "v") for i in range(51)), "Too many tags"),
+        ((*((f"k{i}", "v") for i in range(50)), ("aws:x", "v")), "Too many tags"),
+    ]:
+        with pytest.raises(TagException) as caught:
+            keys.tag(k, bad)
+        assert caught.value.message == message, bad
+    with pytest.raises(TagException) as caught:
+        keys.untag(k, ("AWS:createdBy",))
+    assert caught.value.message == "Tags beginning with aws: are reserved"
+    assert keys.tag(k, (("awsx", "1"), ("my-aws:", "2")))  # only the prefix is reserved
+    full = dataclasses.replace(k, tags=tuple((f"k{i}", "v") for i in range(50)))
+    with pytest.raises(LimitExceededException) as limit:
+        keys.tag(full, (("one-more", "v"),))
+    assert limit.value.message == "Too many tags"
+    assert keys.tag(full, (("k0", "overwritten"),))  # overwriting stays within 50

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kms.api.validation import RequestModel, load_botocore_model
+from kms.api.validation import RequestModel, _show, load_botocore_model
 from kms.domain.errors import SerializationException, ValidationException
 
 KEY_ARN = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
@@ -101,6 +101,43 @@ def test_enum_violation_lists_the_model_values(model: RequestModel) -> None:
     assert enum[0] == "RSA_2048" and "SYMMETRIC_DEFAULT" in enum
 
 
+def test_enum_sets_are_listed_in_aws_order_where_it_differs_from_the_model(
+        model: RequestModel) -> None:
+    assert load_botocore_model()["shapes"]["MacAlgorithmSpec"]["enum"] == [
+        "HMAC_SHA_224", "HMAC_SHA_256", "HMAC_SHA_384", "HMAC_SHA_512"]
+    body = {"KeyId": "k", "Message": b64(b"m"), "MacAlgorithm": "HMAC_SHA_1"}
+    assert validation_message(model, "GenerateMac", body) == (
+        "1 validation error detected: Value 'HMAC_SHA_1' at 'macAlgorithm' failed to satisfy "
+        "constraint: Member must satisfy enum value set: "
+        "[HMAC_SHA_384, HMAC_SHA_256, HMAC_SHA_224, HMAC_SHA_512]")
+
+
+def test_an_enum_set_that_differs_from_the_recorded_one_keeps_the_model_order() -> None:
+    model = load_botocore_model()
+    grown = {**model, "shapes": {**model["shapes"], "MacAlgorithmSpec": {
+        "type": "string", "enum": ["HMAC_SHA_224", "HMAC_SHA_256", "HMAC_SHA_384",
+                                   "HMAC_SHA_512", "HMAC_SHA3_256"]}}}
+    body = {"KeyId": "k", "Message": b64(b"m"), "MacAlgorithm": "X"}
+    assert validation_message(RequestModel(grown), "GenerateMac", body).endswith(
+        "[HMAC_SHA_224, HMAC_SHA_256, HMAC_SHA_384, HMAC_SHA_512, HMAC_SHA3_256]")
+
+
+def test_long_values_are_echoed_whole_and_deep_nesting_is_bounded(
+        model: RequestModel) -> None:
+    key_id = "x" * 2049
+    assert validation_message(model, "DescribeKey", {"KeyId": key_id}) == (
+        f"1 validation error detected: Value '{key_id}' at 'keyId' failed to satisfy "
+        "constraint: Member must have length less than or equal to 2048")
+    tokens = [f"token-{i}" for i in range(150)]
+    message = validation_message(model, "Encrypt", {"KeyId": "k", "Plaintext": b64(b"p"),
+                                                    "GrantTokens": tokens})
+    assert f"Value '[{', '.join(tokens)}]' at 'grantTokens'" in message
+    deep: object = "x" * 300
+    for _ in range(50):
+        deep = [deep]
+    assert _show(deep) == "[" * 9 + "[...]" + "]" * 9  # nesting is cut at a fixed depth
+
+
 def test_two_errors_use_the_plural_in_member_order(model: RequestModel) -> None:
     message = validation_message(model, "CreateAlias", {"AliasName": "bad name!",
                                                         "TargetKeyId": ""})
@@ -119,7 +156,7 @@ def test_nested_tag_paths(model: RequestModel) -> None:
                      {"TagValue": "x"}]}
     assert validation_message(model, "CreateKey", body) == (
         "2 validation errors detected: "
-        f"Value '{'k' * 100}...' at 'tags.2.member.tagKey' failed to satisfy constraint: "
+        f"Value '{'k' * 129}' at 'tags.2.member.tagKey' failed to satisfy constraint: "
         "Member must have length less than or equal to 128; "
         "Value null at 'tags.3.member.tagKey' failed to satisfy constraint: "
         "Member must not be null")
