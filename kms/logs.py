@@ -1,7 +1,8 @@
 """structlog set-up: one event per line, JSON in production, key=value on a terminal.
 
 Rules: callers never pass plaintext, data keys, secrets or key material; the
-request id goes on every request line.
+request id goes on every request line. JSON lines carry epoch seconds (``ts``, cheap on
+the per-request line); console lines start with a local ``YYYY-MM-DD HH:MM:SS`` time.
 """
 
 from __future__ import annotations
@@ -31,10 +32,14 @@ def configure(fmt: str = "auto", level: int = logging.INFO) -> None:
         ) if console
         else structlog.processors.JSONRenderer()
     )
+    stamp: structlog.types.Processor = (
+        structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=False) if console
+        else _timestamp
+    )
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
-            _timestamp,
+            stamp,
             structlog.processors.format_exc_info,
             renderer,
         ],

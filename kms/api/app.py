@@ -1,8 +1,9 @@
 """The HTTP face of a node: AWS JSON 1.1 on ``POST /``, plus ``/_kms/*`` endpoints.
 
 Rules: every answer is JSON (errors as ``{"__type", "message"}``, never an HTML
-page or a traceback); every call that names an operation, refused or not, leaves
-an audit fact before the answer; one log line per request, with its request id.
+page or a traceback); a body is strict UTF-8 before it is JSON; every call that names
+an operation, refused or not, even a 500, leaves an audit fact before the answer, or
+fails closed; one log line per request: request id, principal, keys, error.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from kms.domain.errors import (
     UnsupportedOperationException,
 )
 from kms.node import Node
-from kms.service.core import OPERATIONS, Caller
+from kms.service.core import OPERATIONS, Caller, printable
 
 log = structlog.get_logger("kms.api")
 
@@ -37,6 +38,8 @@ NODE = web.AppKey("node", Node)
 TARGET_PREFIX = "TrentService."
 MAX_CLOCK_ADVANCE = 100 * 365 * 86400.0
 JSON_TYPES = ("application/x-amz-json-1.1", "application/x-amz-json-1.0", "application/json")
+REQUEST_ID = web.RequestKey("request_id", str)
+AUDITED = web.RequestKey("audited", bool)  # the request's audit fact is written (or tried)
 _CREDENTIAL = re.compile(r"Credential=([A-Za-z0-9]+)/")
 _MODEL = RequestModel()
 
@@ -99,6 +102,16 @@ class PayloadTooLarge(SerializationException):
     status = 413
 
 
+class HTTPRefusal(KMSError):
+    """What aiohttp refused (no route, wrong method, ...), in AWS's JSON shape."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.code = ("UnknownOperationException" if status in (404, 405)
+                     else "SerializationException")
+
+
 class Gateway:
     """Authenticates, parses, dispatches and answers one ``POST /`` at a time."""
 
@@ -113,7 +126,7 @@ class Gateway:
     def caller(self, request: web.Request, body: bytes) -> Caller:
         ip = request.remote or ""
         agent = request.headers.get("User-Agent", "")
-        if self.dev:
+        if self.dev:  # any credential, session token or not, acts as the account root
             m = _CREDENTIAL.search(request.headers.get("Authorization", ""))
             return Caller(f"arn:aws:iam::{self.account}:root", self.account,
                           m.group(1) if m else "", ip, agent)
@@ -125,86 +138,114 @@ class Gateway:
 
     async def handle(self, request: web.Request) -> web.Response:
         request_id = self.request_id()
+        request[REQUEST_ID] = request_id
         started = time.perf_counter()
         target = request.headers.get("X-Amz-Target", "")
         operation = target[len(TARGET_PREFIX):] if target.startswith(TARGET_PREFIX) else ""
-        anonymous = Caller("anonymous", "", "", request.remote or "",
-                           request.headers.get("User-Agent", ""))
-        caller = anonymous
+        caller = anonymous(request)
         try:
             try:
                 body = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 raise PayloadTooLarge("The request body is too large.") from None
             caller = self.caller(request, body)
-            if operation not in _MODEL.operations:
-                raise UnknownOperationException(
-                    f"Unknown operation {target!r}." if target else "Missing X-Amz-Target."
-                )
-            ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
-            if ctype not in JSON_TYPES:
-                raise SerializationException(
-                    "Content-Type must be application/x-amz-json-1.1."
-                )
-            try:
-                doc = json.loads(body) if body.strip() else {}
-                if b"\\ud" in body.lower() and not _encodable(doc):
-                    raise ValueError("lone surrogate")
-            except (ValueError, RecursionError):  # deep nesting is malformed input, not a fault
-                raise SerializationException("The request body is not valid JSON.") from None
-            params = _MODEL.parse(operation, doc)
-            if operation not in OPERATIONS:
-                raise UnsupportedOperationException(
-                    f"{operation} is not supported by this service yet."
-                )
-        except KMSError as err:
+            params = parse_request(request, operation, target, body)
+        except Exception as exc:
+            err = exc if isinstance(exc, KMSError) else internal_error(exc, request_id)
             if operation or target:
-                audited = await self._audit_rejection(operation or target, caller, request_id,
-                                                      err)
-                if not audited:  # fail closed: no audit, no answer
-                    err = KMSInternalException("The request could not be recorded.")
-            return self._answer(error_response(err, request_id), request_id, operation,
-                                started, err)
+                err = await self.node.service.record_rejected(operation or target, {}, caller,
+                                                              request_id, err)
+                request[AUDITED] = True
+            return answer(error_response(err, request_id), request_id, operation, started,
+                          caller, err)
+        request[AUDITED] = True  # the service records every call it is handed, even a failing one
+        resolved: list[str] = []
         try:
-            result = await self.node.service.call(operation, params, caller, request_id)
-        except KMSError as err:
-            return self._answer(error_response(err, request_id), request_id, operation,
-                                started, err)
-        return self._answer(json_response(result, request_id), request_id, operation, started)
+            result = await self.node.service.call(operation, params, caller, request_id,
+                                                  resolved)
+            response = json_response(result, request_id)
+        except Exception as exc:
+            err = exc if isinstance(exc, KMSError) else internal_error(exc, request_id)
+            return answer(error_response(err, request_id), request_id, operation, started,
+                          caller, err, resolved)
+        return answer(response, request_id, operation, started, caller, None, resolved)
 
-    async def _audit_rejection(self, operation: str, caller: Caller, request_id: str,
-                               err: KMSError) -> bool:
-        try:
-            await self.node.service.record_rejected(operation, {}, caller, request_id, err)
-        except KMSError:
-            log.error("audit_failed", request_id=request_id)
-            return False
-        return True
 
-    def _answer(self, response: web.Response, request_id: str, operation: str, started: float,
-                err: KMSError | None = None) -> web.Response:
-        log.info("request", request_id=request_id, op=operation or "-", status=response.status,
-                 ms=round((time.perf_counter() - started) * 1000, 2),
-                 **({"error": err.code} if err else {}))
-        return response
+def anonymous(request: web.Request) -> Caller:
+    """Who a request is before (or without) authentication."""
+    return Caller("anonymous", "", "", request.remote or "", request.headers.get("User-Agent", ""))
+
+
+def parse_request(request: web.Request, operation: str, target: str,
+                  body: bytes) -> dict[str, Any]:
+    """The operation's parameters, or the protocol error AWS answers with. The body is
+    strict UTF-8 (no surrogates, overlong or truncated sequences) before it is JSON."""
+    if operation not in _MODEL.operations:
+        raise UnknownOperationException(
+            f"Unknown operation {target!r}." if target else "Missing X-Amz-Target."
+        )
+    ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if ctype not in JSON_TYPES:
+        raise SerializationException("Content-Type must be application/x-amz-json-1.1.")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SerializationException("The request body is not valid UTF-8.") from None
+    try:
+        doc = json.loads(text) if body.strip() else {}
+        if "\\ud" in text.lower() and not _encodable(doc):
+            raise ValueError("lone surrogate")
+    except (ValueError, RecursionError):  # deep nesting is malformed input, not a fault
+        raise SerializationException("The request body is not valid JSON.") from None
+    params = _MODEL.parse(operation, doc)
+    if operation not in OPERATIONS:
+        raise UnsupportedOperationException(f"{operation} is not supported by this service yet.")
+    return params
+
+
+def internal_error(exc: BaseException, request_id: str) -> KMSInternalException:
+    """Anything unexpected: a log line with the traceback, a scrubbed answer."""
+    log.error("unhandled", request_id=request_id, exc_info=exc)
+    return KMSInternalException("An internal error occurred. Try again later.")
+
+
+def answer(response: web.Response, request_id: str, operation: str, started: float,
+           caller: Caller, err: KMSError | None = None,
+           resolved: list[str] | None = None) -> web.Response:
+    """The request's one log line (warning for a 5xx), then the response."""
+    fields: dict[str, Any] = {}
+    if resolved:
+        fields["key_id"] = ",".join(resolved)
+    if err is not None:  # the message is echoed to the client already, so safe to log
+        fields["error"], fields["message"] = err.code, printable(err.message)
+    emit = log.warning if response.status >= 500 else log.info
+    emit("request", request_id=request_id, op=printable(operation) or "-",
+         status=response.status, ms=round((time.perf_counter() - started) * 1000, 2),
+         principal=caller.principal_arn, **fields)
+    return response
 
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Whatever goes wrong outside an operation still answers AWS-style JSON."""
+    """Whatever goes wrong outside an operation still answers AWS-style JSON; a call that
+    names an operation still leaves its audit fact (fail closed if it cannot)."""
     try:
         return await handler(request)
     except web.HTTPException as exc:
-        request_id = str(uuid.uuid4())
-        code = "UnknownOperationException" if exc.status == 404 else "SerializationException"
-        if exc.status == 405:
-            code = "UnknownOperationException"
-        return json_response({"__type": code, "message": exc.reason}, request_id, exc.status)
-    except Exception:
-        request_id = str(uuid.uuid4())
-        log.exception("unhandled", request_id=request_id, path=request.path)
-        err = KMSInternalException("An internal error occurred. Try again later.")
-        return error_response(err, request_id)
+        request_id = request.get(REQUEST_ID) or str(uuid.uuid4())
+        err: KMSError = HTTPRefusal(exc.status, exc.reason)
+    except Exception as exc:
+        request_id = request.get(REQUEST_ID) or str(uuid.uuid4())
+        err = internal_error(exc, request_id)
+    target = request.headers.get("X-Amz-Target", "")
+    if (request.method == "POST" and request.path == "/" and target
+            and not request.get(AUDITED)):
+        err = await request.app[NODE].service.record_rejected(
+            target[len(TARGET_PREFIX):] if target.startswith(TARGET_PREFIX) else target, {},
+            anonymous(request), request_id, err)
+        return answer(error_response(err, request_id), request_id, target, time.perf_counter(),
+                      anonymous(request), err)
+    return error_response(err, request_id)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -224,7 +265,9 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def dev_reset(request: web.Request) -> web.Response:
-    await request.app[NODE].reset()
+    node = request.app[NODE]
+    log.info("dev_reset", log_seq=node.log.last_seq)  # what the wipe is about to drop
+    await node.reset()
     return web.json_response({"status": "reset"})
 
 

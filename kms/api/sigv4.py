@@ -131,8 +131,12 @@ class SigV4Verifier:
     """Checks SigV4 Authorization headers against ``secrets`` for one region and service."""
 
     def __init__(self, secrets: Callable[[str], str | None], region: str, service: str = "kms",
-                 now: Callable[[], float] = time.time, max_skew_seconds: int = 300) -> None:
+                 now: Callable[[], float] = time.time, max_skew_seconds: int = 300,
+                 session_tokens: Callable[[str], str | None] = lambda _: None) -> None:
+        """``session_tokens`` gives the token a temporary credential was issued with, None
+        for a long-term one (the default: this node issues no session credentials)."""
         self._secrets, self._region, self._service = secrets, region, service
+        self._session_tokens = session_tokens
         self._now, self._skew = now, max_skew_seconds
         self._keys: dict[tuple[str, str, str, str], bytes] = {}
         self._scopes: dict[str, _Scope] = {}  # validated "... Signature=" prefix -> its parts
@@ -179,8 +183,10 @@ class SigV4Verifier:
         if "host" not in names:
             raise IncompleteSignatureException(
                 "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.")
-        if region != self._region:
-            raise InvalidSignatureException("Credential should be scoped to a valid region. ")
+        if region != self._region:  # AWS's words, then which region this node serves
+            raise InvalidSignatureException(
+                f"Credential should be scoped to a valid region. This node serves "
+                f"{self._region}, not '{region[:40]}'.")
         if service != self._service:
             raise InvalidSignatureException(
                 f"Credential should be scoped to correct service: '{self._service}'. ")
@@ -219,6 +225,14 @@ class SigV4Verifier:
                 f"{_iso(now + skew)} ({_iso(now)} + {window})")
         return amz_date
 
+    def _token_matches(self, access_key: str, token: str | None) -> bool:
+        """A long-term key takes no X-Amz-Security-Token (AWS refuses one); a session key
+        needs its own."""
+        expected = self._session_tokens(access_key)
+        if expected is None or token is None:
+            return expected is None and token is None
+        return hmac.compare_digest(expected.encode(), token.strip().encode("utf-8", "replace"))
+
     def verify(self, method: str, raw_path: str, query_string: str,
                headers: Mapping[str, str], body: bytes) -> str:
         """Return the access key id of a correctly signed request, or raise one of the errors."""
@@ -237,7 +251,8 @@ class SigV4Verifier:
         access_key, scope_date, scope_line, names, signed_line = scope
         amz_date = self._check_time(date_value.strip(), scope_date)  # type: ignore[union-attr]
         secret = self._secrets(access_key)
-        if secret is None:
+        if secret is None or not self._token_matches(access_key,
+                                                     headers.get("x-amz-security-token")):
             raise UnrecognizedClientException(
                 "The security token included in the request is invalid.")
 

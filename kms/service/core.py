@@ -216,15 +216,17 @@ class Service:
 
     # -- the pipeline -----------------------------------------------------------------------
     async def call(self, operation_name: str, params: dict[str, Any], caller: Caller,
-                   request_id: str) -> dict[str, Any] | None:
+                   request_id: str, resolved: list[str] | None = None) -> dict[str, Any] | None:
+        """Decide and record one call. ``resolved`` (if given) receives the ARNs of the keys
+        the call resolved, answered or refused, for the request's log line."""
         op = OPERATIONS[operation_name]
         started = time.perf_counter()
         managed = operation_name in USES_AWS_MANAGED_KEYS and caller.account == self.account
         for _ in range(MAX_DECISION_ATTEMPTS):
             c = Call(request_id, operation_name, caller, self.clock.now_ms(), params)
-            if managed:
-                self._stage_aws_managed(c, params)
             try:
+                if managed:
+                    self._stage_aws_managed(c, params)
                 if "Recipient" in params:
                     raise UnsupportedOperationException(
                         "Recipient (attested delivery to an enclave) is not supported by this "
@@ -232,22 +234,58 @@ class Service:
                     )
                 result = await op.handler(self, c, params)
             except KMSError as exc:
-                await self._record(c, op.read_only, exc)
-                raise
+                _resolved(resolved, c)
+                raise await self._refused(c, op.read_only, exc) from None
             except Exception:
                 log.exception("handler_failed", request_id=request_id, operation=operation_name)
+                _resolved(resolved, c)
                 err = KMSInternalException("An internal error occurred. Try again later.")
-                await self._record(c, op.read_only, err)
-                raise err from None
+                raise await self._refused(c, op.read_only, err) from None
             try:
-                await self._record(c, op.read_only, None)
+                failed = await self._settle(c, op.read_only, None)
             except ConflictingWrite:
                 continue
+            _resolved(resolved, c)
+            if failed is not None:
+                raise failed from None
             log.debug("decided", request_id=request_id, ms=(time.perf_counter() - started) * 1e3)
             return result
+        _resolved(resolved, c)
         err = KMSInternalException("The request conflicted with concurrent changes; retry it.")
-        await self._record(c, op.read_only, err)
-        raise err
+        raise await self._refused(c, op.read_only, err) from None
+
+    async def _refused(self, c: Call, read_only: bool, error: KMSError) -> KMSError:
+        """Record a refused call; the error to answer with (``error`` unless unrecorded)."""
+        return await self._settle(c, read_only, error) or error
+
+    async def _settle(self, c: Call, read_only: bool, error: KMSError | None) -> KMSError | None:
+        """Record the call's fact and return the error to answer with (None: success).
+
+        Fails closed: if the fact cannot be written, a bare one (no parameters, no state
+        events) is tried, so the answer is still audited; if that fails too, the answer is
+        a KMSInternalException and a log line. ConflictingWrite propagates (decide again)."""
+        try:
+            await self._record(c, read_only, error)
+            return error
+        except ConflictingWrite:
+            raise
+        except Exception as exc:
+            log.error("audit_failed", request_id=c.request_id, op=printable(c.operation[:128]),
+                      reason=_reason(exc))
+            cause = exc
+        answer = error or KMSInternalException("The request could not be recorded.")
+        bare = Call(c.request_id, c.operation, c.caller, c.at_ms, {},
+                    resources=list(c.resources))
+        try:
+            await self._record(bare, read_only, answer)
+            return answer
+        except Exception as exc:
+            log.error("audit_failed", request_id=c.request_id, op=printable(c.operation[:128]),
+                      reason=_reason(exc), bare=True)
+            cause = exc
+        if isinstance(cause, KMSInternalException):  # the log's own words (not writable, ...)
+            return cause
+        return KMSInternalException("The request could not be recorded.")
 
     def _stage_aws_managed(self, c: Call, params: dict[str, Any]) -> None:
         """``alias/aws/<service>`` names an AWS managed key that exists from its first use.
@@ -285,11 +323,13 @@ class Service:
             c.staged[name] = apply_key(created_key(created, c.at_ms), rotation, c.at_ms)
 
     async def record_rejected(self, operation_name: str, params: dict[str, Any], caller: Caller,
-                              request_id: str, error: KMSError) -> None:
-        """Audit a call refused before it reached a handler (validation, authentication)."""
+                              request_id: str, error: KMSError) -> KMSError:
+        """Audit a call refused before it reached a handler (validation, authentication).
+        Returns the error to answer with: ``error``, or a KMSInternalException if no audit
+        fact could be written (fail closed)."""
         op = OPERATIONS.get(operation_name)
         c = Call(request_id, operation_name[:128], caller, self.clock.now_ms(), params)
-        await self._record(c, op.read_only if op else True, error)
+        return await self._refused(c, op.read_only if op else True, error)
 
     async def service_event(self, name: str, key: Key,
                             decide: Callable[[Call, Key], None]) -> bool:
@@ -333,6 +373,18 @@ class Service:
             guards = [Append(s, (), v) for s, v in c.seen.items() if s not in written]
             appends = [*c.appends, *guards, Append(AUDIT_STREAM, (fact,))]
         await self.log.append(appends, c.at_ms, () if error else c.vault)
+
+
+def _resolved(out: list[str] | None, c: Call) -> None:
+    if out is not None:
+        out[:] = c.resources
+
+
+def _reason(exc: BaseException) -> str:
+    """Why an audit write failed, for the log: the log's own (safe) message, or the type."""
+    if isinstance(exc, KMSError):
+        return f"{exc.code}: {exc.message}"
+    return type(exc).__name__
 
 
 def printable(text: str) -> str:

@@ -61,7 +61,7 @@ def test_a_refused_call_naming_an_aws_alias_creates_nothing(kms: Any, raw_kms: A
     refused(kms.list_aliases, "NotFoundException", KeyId="alias/aws/s3")
     refused(kms.describe_key, "NotFoundException", KeyId="alias/aws/not-a-service")
     assert kms.list_keys()["Keys"] == []
-    assert kms.list_aliases()["Aliases"] == []
+    assert all("TargetKeyId" not in a for a in kms.list_aliases()["Aliases"])  # none used
 
 
 def test_recipient_is_refused_rather_than_answered_in_clear(kms: Any) -> None:

@@ -191,7 +191,7 @@ def test_every_answer_has_its_own_request_id(kms: Any) -> None:
 # -- Health and the audit log ---------------------------------------------------------------
 def test_health_shape(server: Any) -> None:
     health = server.health()
-    assert set(health) == {"status", "region", "log_seq"}
+    assert {"status", "region", "log_seq"} <= set(health)  # the writer's state may follow
     assert health["status"] == "ok"
     assert health["region"] == "us-east-1"
     assert health["log_seq"] == 0  # a freshly reset node

@@ -14,7 +14,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from tests.conftest import client_for
@@ -146,7 +148,24 @@ def test_wrong_secret_unknown_key_and_wrong_region_are_refused(
     west = client_for(node.url, region="us-west-2", access_key=ak, secret=sk)
     code, status, message = error_of(west.list_keys)
     assert (code, status) == ("InvalidSignatureException", 400)
-    assert "region" in message
+    assert message == ("Credential should be scoped to a valid region. "
+                       "This node serves us-east-1, not 'us-west-2'.")
+
+
+def test_a_session_token_on_a_credential_without_a_session_is_refused(
+        node: ServerProcess, kms: Any, cred: dict[str, str]) -> None:
+    keys = kms.list_keys()["Keys"]
+    seq = node.health()["log_seq"]
+    with_token = boto3.client(
+        "kms", endpoint_url=node.url, region_name=REGION,
+        aws_access_key_id=cred["access_key_id"], aws_secret_access_key=cred["secret_access_key"],
+        aws_session_token="x", config=Config(retries={"max_attempts": 1}))
+    code, status, message = error_of(with_token.create_key, Description="with a token")
+    assert (code, status, message) == (
+        "UnrecognizedClientException", 400,
+        "The security token included in the request is invalid.")
+    assert node.health()["log_seq"] == seq + 1  # its audit fact, and nothing else
+    assert kms.list_keys()["Keys"] == keys
 
 
 def test_hand_signed_requests(node: ServerProcess, cred: dict[str, str]) -> None:

@@ -87,12 +87,32 @@ def test_plain_dict_headers_are_looked_up_case_insensitively() -> None:
     assert check(req) == AK
 
 
+TOKEN = "FQoGZXIvYXdzEXAMPLETOKEN"
+
+
+def session_verifier(now: float = NOW) -> SigV4Verifier:
+    """A verifier whose one credential is a session credential issued with TOKEN."""
+    return SigV4Verifier({AK: SK}.get, "us-east-1", now=lambda: now,
+                         session_tokens={AK: TOKEN}.get)
+
+
 def test_session_token_is_signed_like_any_header() -> None:
-    req = sign(token="FQoGZXIvYXdzEXAMPLETOKEN")
+    req = sign(token=TOKEN)
     assert "x-amz-security-token" in req.headers["Authorization"]
-    assert check(req) == AK
+    assert check(req, session_verifier()) == AK
     req.headers["X-Amz-Security-Token"] = "tampered"
-    fails(req, InvalidSignatureException, MISMATCH)
+    fails(req, UnrecognizedClientException,
+          "The security token included in the request is invalid.", session_verifier())
+
+
+def test_a_session_token_on_a_long_term_credential_is_refused() -> None:
+    fails(sign(token=TOKEN), UnrecognizedClientException,
+          "The security token included in the request is invalid.")
+
+
+def test_a_session_credential_without_its_token_is_refused() -> None:
+    fails(sign(), UnrecognizedClientException,
+          "The security token included in the request is invalid.", session_verifier())
 
 
 def test_query_string_and_encoded_path_are_canonicalized() -> None:
@@ -151,7 +171,7 @@ def test_request_from_a_real_boto3_client() -> None:
     wire = CIMultiDict((k, v.decode() if isinstance(v, bytes) else v)
                        for k, v in request.headers.items())
     wire["Host"] = parts.netloc
-    real_clock = SigV4Verifier({AK: SK}.get, "us-east-1")
+    real_clock = SigV4Verifier({AK: SK}.get, "us-east-1", session_tokens={AK: "tok"}.get)
     assert real_clock.verify("POST", parts.path or "/", parts.query, wire, request.body) == AK
 
 
@@ -226,7 +246,8 @@ def test_unknown_access_key() -> None:
 
 def test_wrong_region() -> None:
     fails(sign(region="us-west-2"), InvalidSignatureException,
-          "Credential should be scoped to a valid region. ")
+          "Credential should be scoped to a valid region. "
+          "This node serves us-east-1, not 'us-west-2'.")
 
 
 def test_wrong_service() -> None:

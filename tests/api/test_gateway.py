@@ -1,0 +1,185 @@
+"""The gateway as a user and an operator meet it: bodies are strict UTF-8 (refused ones are
+audited and change nothing), dev mode takes any session token, and each request leaves one
+log line with its principal, keys and error; console lines carry readable timestamps."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from tests.api.test_hostile_input import log_seq, post
+from tests.support.server import ServerProcess
+
+
+class LoggedServer(ServerProcess):
+    """A node whose log lines (stderr) go to a file, read once it has stopped."""
+
+    def __init__(self, data_dir: Path, log_path: Path, **kwargs: Any) -> None:
+        super().__init__(data_dir, **kwargs)
+        self.log_path = log_path
+
+    def start(self, timeout: float = 20.0) -> LoggedServer:
+        with self.log_path.open("w") as sink:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=sink,
+                                         text=True, env={**os.environ, **(self.env or {})})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"node exited with {self.proc.returncode}")
+            try:
+                with urllib.request.urlopen(self.url + "/_kms/health", timeout=1) as r:
+                    if json.load(r).get("status") == "ok":
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.05)  # polling the health condition, as ServerProcess does
+        self.stop()
+        raise RuntimeError("node did not become healthy")
+
+    def lines(self) -> list[str]:
+        return self.log_path.read_text().splitlines()
+
+    def json_lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.lines() if line.startswith("{")]
+
+
+# -- strict UTF-8 -------------------------------------------------------------------------------
+def test_raw_surrogate_bytes_are_refused_audited_and_change_nothing(server: ServerProcess,
+                                                                    kms: Any) -> None:
+    keys = kms.list_keys()["Keys"]
+    before = log_seq(server)
+    status, doc = post(server, "CreateKey", b'{"Description": "a\xed\xa0\x80b"}')
+    assert (status, doc["__type"]) == (400, "SerializationException")
+    assert doc["message"] == "The request body is not valid UTF-8."
+    assert log_seq(server) == before + 1  # its audit fact, and nothing else
+    assert kms.list_keys()["Keys"] == keys
+    assert server.health()["status"] == "ok"
+
+
+@pytest.mark.parametrize("raw", [
+    b"\xed\xbf\xbf",      # a low surrogate
+    b"\xc0\xaf",          # overlong '/'
+    b"\xe0\x80\xaf",      # overlong, three bytes
+    b"\xe2\x82",          # truncated sequence
+    b"\xf8\x88\x80\x80\x80",  # five-byte form
+])
+def test_every_kind_of_invalid_utf8_is_a_serialization_error(server: ServerProcess, kms: Any,
+                                                             raw: bytes) -> None:
+    key = kms.create_key()["KeyMetadata"]["KeyId"]
+    before = log_seq(server)
+    body = b'{"KeyId": "' + key.encode() + b'", "Description": "x' + raw + b'"}'
+    status, doc = post(server, "UpdateKeyDescription", body)
+    assert (status, doc["__type"]) == (400, "SerializationException")
+    assert log_seq(server) == before + 1
+    assert kms.describe_key(KeyId=key)["KeyMetadata"]["Description"] == ""
+
+
+def test_valid_multibyte_utf8_is_accepted(server: ServerProcess, kms: Any) -> None:
+    status, doc = post(server, "CreateKey", '{"Description": "café 鍵 🔑"}'.encode())
+    assert status == 200
+    assert doc["KeyMetadata"]["Description"] == "café 鍵 🔑"
+
+
+# -- session tokens in dev mode -----------------------------------------------------------------
+def test_dev_mode_accepts_a_session_token(server: ServerProcess) -> None:
+    client = boto3.client("kms", endpoint_url=server.url, region_name="us-east-1",
+                          aws_access_key_id="ASIAEXAMPLE", aws_secret_access_key="s",
+                          aws_session_token="anything")
+    assert client.list_keys()["Keys"] == []
+
+
+# -- request log lines --------------------------------------------------------------------------
+@pytest.fixture
+def logged(tmp_path: Path) -> Any:
+    node = LoggedServer(tmp_path / "d", tmp_path / "node.log").start()
+    yield node
+    node.stop()
+
+
+def client(node: ServerProcess) -> Any:
+    return boto3.client("kms", endpoint_url=node.url, region_name="us-east-1",
+                        aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret")
+
+
+def request_line(node: LoggedServer, request_id: str) -> dict[str, Any]:
+    [line] = [d for d in node.json_lines()
+              if d.get("event") == "request" and d.get("request_id") == request_id]
+    return line
+
+
+def test_request_lines_carry_principal_key_and_error(logged: LoggedServer) -> None:
+    kms = client(logged)
+    created = kms.create_key(Description="logged")
+    arn = created["KeyMetadata"]["Arn"]
+    blob = kms.encrypt(KeyId=arn, Plaintext=b"secret words",
+                       EncryptionContext={"a": "b"})["CiphertextBlob"]
+    with pytest.raises(ClientError) as info:
+        kms.decrypt(CiphertextBlob=blob, EncryptionContext={"a": "other"})
+    assert info.value.response["Error"]["Code"] == "InvalidCiphertextException"
+    with pytest.raises(ClientError) as missing:
+        kms.describe_key(KeyId="alias/none")
+    logged.stop()
+
+    line = request_line(logged, created["ResponseMetadata"]["RequestId"])
+    assert line["op"] == "CreateKey" and line["status"] == 200 and line["level"] == "info"
+    assert line["principal"] == "arn:aws:iam::111122223333:root"
+    assert line["key_id"] == arn
+    assert "error" not in line
+
+    line = request_line(logged, info.value.response["ResponseMetadata"]["RequestId"])
+    assert line["op"] == "Decrypt" and line["status"] == 400 and line["level"] == "info"
+    assert line["error"] == "InvalidCiphertextException"
+    assert line["message"] == ""  # AWS sends this one without a message
+    assert line["key_id"] == arn and line["principal"].endswith(":root")
+
+    line = request_line(logged, missing.value.response["ResponseMetadata"]["RequestId"])
+    assert line["error"] == "NotFoundException"
+    assert line["message"] == missing.value.response["Error"]["Message"]
+    assert "alias/none" in line["message"]
+
+    text = logged.log_path.read_text()
+    assert "secret words" not in text and "c2VjcmV0IHdvcmRz" not in text  # no plaintext
+    assert str(blob) not in text
+
+
+def test_a_refused_request_logs_its_principal_and_error(logged: LoggedServer) -> None:
+    status, doc = post(logged, "CreateKey", b'{"Description": "\xed\xa0\x80"}')
+    assert status == 400
+    logged.stop()
+    [line] = [d for d in logged.json_lines() if d.get("event") == "request"]
+    assert line["op"] == "CreateKey" and line["error"] == "SerializationException"
+    assert line["message"] == doc["message"]
+    assert line["principal"] == "arn:aws:iam::111122223333:root"
+
+
+def test_dev_reset_writes_a_log_line(logged: LoggedServer) -> None:
+    kms = client(logged)
+    kms.create_key()
+    seq = logged.health()["log_seq"]
+    logged.reset()
+    assert logged.health()["log_seq"] == 0
+    logged.stop()
+    [line] = [d for d in logged.json_lines() if d.get("event") == "dev_reset"]
+    assert line["log_seq"] == seq and line["level"] == "info"
+
+
+def test_console_log_lines_have_readable_timestamps(tmp_path: Path) -> None:
+    node = LoggedServer(tmp_path / "d", tmp_path / "node.log",
+                        extra=["--log-format", "console"]).start()
+    client(node).list_keys()
+    node.stop()
+    lines = node.lines()
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", lines[0]), lines[0]
+    [request] = [line for line in lines if " request " in line]
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", request)
+    assert "op=ListKeys" in request and "principal=arn:aws:iam::111122223333:root" in request
