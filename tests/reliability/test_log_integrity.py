@@ -326,3 +326,31 @@ def test_a_torn_wal_tail_recovers_to_a_prefix_of_the_acknowledged_history(
     assert kept[1:] == sorted(kept[1:]), "a later cut must never keep less"
     assert kept[-1] < len(ops) and kept[1] == 0, "the cuts should actually tear something"
     print(f"\ntorn tails recovered {whole}/{len(cases) - 1}")
+
+
+# -- (c) shredding leaves no copy in the files ------------------------------------------------
+def test_a_shredded_kek_is_in_neither_the_main_file_nor_the_wal(tmp_path: Path) -> None:
+    """After the deletion date the key's wrapped KEK is dropped with secure_delete on, and
+    the WAL is checkpointed and truncated, so no byte of it survives in any of the files."""
+    data_dir = tmp_path / "data"
+    node = ServerProcess(data_dir).start()
+    try:
+        doomed = ok(node.url, "CreateKey", {})["KeyMetadata"]["KeyId"]
+        survivor = ok(node.url, "CreateKey", {})["KeyMetadata"]["KeyId"]
+        uri = f"file:{data_dir / LOG_FILE}?mode=ro"
+        with closing(sqlite3.connect(uri, uri=True)) as db:
+            wrapped = {k: bytes(w) for k, w in db.execute("SELECT key_id, wrapped FROM vault")}
+        assert len(wrapped[doomed]) >= 32
+        ok(node.url, "ScheduleKeyDeletion", {"KeyId": doomed, "PendingWindowInDays": 7})
+        node.post("/_kms/clock", {"advance_seconds": 7 * 86_400 + 1})
+        status, doc = call(node.url, "DescribeKey", {"KeyId": doomed})
+        assert (status, doc["__type"]) == (400, "NotFoundException")
+
+        files = {p.name: p.read_bytes() for p in data_dir.glob(LOG_FILE + "*")}
+        assert LOG_FILE in files
+        for name, content in files.items():
+            assert wrapped[doomed] not in content, f"the shredded KEK is still in {name}"
+        # the survivor's KEK is still stored (so the search above would have found one)
+        assert any(wrapped[survivor] in content for content in files.values())
+    finally:
+        node.stop()
