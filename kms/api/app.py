@@ -151,7 +151,7 @@ class Gateway:
             caller = self.caller(request, body)
             params = parse_request(request, operation, target, body)
         except Exception as exc:
-            err = exc if isinstance(exc, KMSError) else internal_error(exc, request_id)
+            err = as_error(exc, request_id)
             if operation or target:
                 err = await self.node.service.record_rejected(operation or target, {}, caller,
                                                               request_id, err)
@@ -165,7 +165,7 @@ class Gateway:
                                                   resolved)
             response = json_response(result, request_id)
         except Exception as exc:
-            err = exc if isinstance(exc, KMSError) else internal_error(exc, request_id)
+            err = as_error(exc, request_id)
             return answer(error_response(err, request_id), request_id, operation, started,
                           caller, err, resolved)
         return answer(response, request_id, operation, started, caller, None, resolved)
@@ -203,8 +203,13 @@ def parse_request(request: web.Request, operation: str, target: str,
     return params
 
 
-def internal_error(exc: BaseException, request_id: str) -> KMSInternalException:
-    """Anything unexpected: a log line with the traceback, a scrubbed answer."""
+def as_error(exc: Exception, request_id: str) -> KMSError:
+    """The answerable error for whatever was raised; anything unexpected becomes a
+    KMSInternalException with a scrubbed message and a log line with the traceback."""
+    if isinstance(exc, KMSError):
+        return exc
+    if isinstance(exc, web.HTTPException):
+        return HTTPRefusal(exc.status, exc.reason)
     log.error("unhandled", request_id=request_id, exc_info=exc)
     return KMSInternalException("An internal error occurred. Try again later.")
 
@@ -231,12 +236,9 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     names an operation still leaves its audit fact (fail closed if it cannot)."""
     try:
         return await handler(request)
-    except web.HTTPException as exc:
-        request_id = request.get(REQUEST_ID) or str(uuid.uuid4())
-        err: KMSError = HTTPRefusal(exc.status, exc.reason)
     except Exception as exc:
         request_id = request.get(REQUEST_ID) or str(uuid.uuid4())
-        err = internal_error(exc, request_id)
+        err = as_error(exc, request_id)
     target = request.headers.get("X-Amz-Target", "")
     if (request.method == "POST" and request.path == "/" and target
             and not request.get(AUDITED)):

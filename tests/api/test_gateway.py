@@ -7,14 +7,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import time
 import urllib.request
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from tests.api.test_hostile_input import log_seq, post
@@ -160,6 +163,35 @@ def test_a_refused_request_logs_its_principal_and_error(logged: LoggedServer) ->
     assert line["op"] == "CreateKey" and line["error"] == "SerializationException"
     assert line["message"] == doc["message"]
     assert line["principal"] == "arn:aws:iam::111122223333:root"
+
+
+def test_an_unrecordable_call_fails_closed_with_a_warning_line(logged: LoggedServer) -> None:
+    kms = boto3.client("kms", endpoint_url=logged.url, region_name="us-east-1",
+                       aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret",
+                       config=Config(retries={"total_max_attempts": 1}))
+    # Another process holds the write lock past the node's busy timeout: nothing, not even
+    # the call's audit fact, can be written, so the call is answered 500 (fail closed).
+    with closing(sqlite3.connect(logged.data_dir / "events.sqlite3",
+                                 isolation_level=None)) as other:
+        other.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(ClientError) as info:
+            kms.create_key(Description="never written")
+        other.execute("ROLLBACK")
+    response = info.value.response
+    assert response["Error"]["Code"] == "KMSInternalException"
+    assert response["ResponseMetadata"]["HTTPStatusCode"] == 500
+    assert kms.list_keys()["Keys"] == []
+    logged.stop()
+
+    request_id = response["ResponseMetadata"]["RequestId"]
+    line = request_line(logged, request_id)
+    assert line["level"] == "warning" and line["status"] == 500
+    assert line["error"] == "KMSInternalException"
+    assert line["message"] == response["Error"]["Message"]
+    failed = [d for d in logged.json_lines()
+              if d.get("event") == "audit_failed" and d.get("request_id") == request_id]
+    assert failed and all(d["level"] == "error" and d["op"] == "CreateKey" for d in failed)
+    assert "never written" not in logged.log_path.read_text()
 
 
 def test_dev_reset_writes_a_log_line(logged: LoggedServer) -> None:
