@@ -13,10 +13,12 @@ import asyncio
 
 import structlog
 
+from kms.crypto.keyring import vault_ids_of
 from kms.domain import events as ev
 from kms.domain import lifecycle
 from kms.domain.key import Key
 from kms.service.core import Call, Service
+from kms.service.import_ops import destroy_material
 from kms.store.log import VaultChange
 from kms.store.state import alias_stream, key_stream
 
@@ -60,11 +62,13 @@ class Scheduler:
                 stream = alias_stream(alias.name)
                 call.seen[stream] = svc.log.version(stream)
                 call.emit(stream, [ev.AliasDeleted(alias.name)])
-            call.vault.append(VaultChange(k.key_id, None))  # crypto-shredding
+            # Crypto-shredding: the key's KEK and its imported materials' KEKs. The keyring
+            # drops its cached copies when the commit reaches it (Keyring.committed).
+            for vault_id in vault_ids_of(k.key_id, svc.log.vault):
+                call.vault.append(VaultChange(vault_id, None))
 
         ok = await svc.service_event("DeleteKey", key, decide)
         if ok:
-            svc.keyring.forget(key.key_id)
             log.info("key_deleted", key_id=key.key_id)
         return ok
 
@@ -84,7 +88,10 @@ class Scheduler:
 
     async def _expire(self, key: Key) -> bool:
         def decide(call: Call, k: Key) -> None:
-            call.emit(key_stream(k.key_id), [ev.KeyMaterialDeleted(k.key_id, expired=True)])
+            expiring = k.next_expiry()
+            if expiring is not None:  # destroyed like DeleteImportedKeyMaterial destroys it
+                call.additional["keyMaterialId"] = expiring.material_id
+                destroy_material(self.service, call, k, expiring.material_id, expired=True)
 
         return await self.service.service_event("DeleteExpiredKeyMaterial", key, decide)
 

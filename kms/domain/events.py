@@ -20,11 +20,13 @@ Tags = tuple[tuple[str, str], ...]
 
 @dataclass(frozen=True, slots=True)
 class Material:
-    """One version of a key's material, sealed under the region's root key."""
+    """One version of a key's material, sealed under a key-encryption key of the vault."""
 
     material_id: str  # 64 hex characters (KeyMaterialId)
     sealed: bytes
     public_key: bytes = b""  # DER SubjectPublicKeyInfo for asymmetric keys
+    vault_id: str = ""  # the vault entry of its KEK: "" is the key's own; imported
+    #                     material has its own ("<key id>/<material id>")
 
 
 class Event:
@@ -134,18 +136,25 @@ class ImportParametersIssued(Event):
 
 @dataclass(frozen=True, slots=True)
 class KeyMaterialImported(Event):
+    """Material imported (or imported again). ``pending``: NEW_KEY_MATERIAL for a key that
+    already has material, waiting in PENDING_ROTATION for RotateKeyOnDemand."""
+
     key_id: str
     material: Material
     expiration_model: str
     valid_to_ms: int  # 0 when the material does not expire
+    description: str = ""  # KeyMaterialDescription ("" keeps the one it had)
+    pending: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class KeyMaterialDeleted(Event):
-    """DeleteImportedKeyMaterial, or expiry (``expired=True``): the key needs an import."""
+    """DeleteImportedKeyMaterial, or expiry (``expired=True``), of one material (its vault
+    entry goes in the same transaction). ``material_id`` "" (older logs): all of them."""
 
     key_id: str
     expired: bool
+    material_id: str = ""
 
 
 # -- aliases --------------------------------------------------------------------------------

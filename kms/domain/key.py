@@ -29,6 +29,18 @@ class Rotation:
     rotation_type: str  # AUTOMATIC | ON_DEMAND
 
 
+@dataclass(frozen=True, slots=True)
+class ImportedMaterial:
+    """What an EXTERNAL key knows of one material associated with it (ListKeyRotations)."""
+
+    material_id: str
+    imported: bool  # False: deleted or expired; the key waits for the same bytes again
+    expiration_model: str
+    valid_to_ms: int  # 0 when it does not expire
+    description: str = ""
+    pending: bool = False  # PENDING_ROTATION: not permanently associated yet
+
+
 class KeyState(Enum):
     CREATING = "Creating"
     ENABLED = "Enabled"
@@ -62,10 +74,10 @@ class Key:
     next_rotation_ms: int = 0
     deletion_ms: int = 0
     pending_window_days: int = 0
-    expiration_model: str = ""  # imported material only
-    valid_to_ms: int = 0
-    imported_material_id: str = ""  # the one material an EXTERNAL key may ever hold
     import_parameters: tuple[ev.ImportParametersIssued, ...] = ()
+    # Which material encrypts; kept while an EXTERNAL key waits for that material again.
+    current_material_id: str = ""
+    imports: tuple[ImportedMaterial, ...] = ()  # EXTERNAL keys: every associated material
 
     @property
     def rotation_enabled(self) -> bool:
@@ -73,13 +85,57 @@ class Key:
 
     @property
     def current_material(self) -> ev.Material | None:
-        return self.materials[-1] if self.materials else None
+        """The material that encrypts, if it is present."""
+        return self.material(self.current_material_id) if self.current_material_id else None
 
     def material(self, material_id: str) -> ev.Material | None:
+        """A present material (``materials``: usable ones, in association order)."""
         for m in self.materials:
             if m.material_id == material_id:
                 return m
         return None
+
+    def imported(self, material_id: str) -> ImportedMaterial | None:
+        for i in self.imports:
+            if i.material_id == material_id:
+                return i
+        return None
+
+    @property
+    def pending_material(self) -> ImportedMaterial | None:
+        """Imported material waiting in PENDING_ROTATION, if any."""
+        for i in self.imports:
+            if i.pending:
+                return i
+        return None
+
+    @property
+    def has_all_material(self) -> bool:
+        """Every material permanently associated with the key is present."""
+        return bool(self.current_material_id) and all(
+            i.imported for i in self.imports if not i.pending)
+
+    @property
+    def expiration_model(self) -> str:
+        """The key's ExpirationModel: "" unless some permanent material is imported."""
+        present = [i for i in self.imports if i.imported and not i.pending]
+        if not present:
+            return ""
+        if any(i.expiration_model == "KEY_MATERIAL_EXPIRES" for i in present):
+            return "KEY_MATERIAL_EXPIRES"
+        return "KEY_MATERIAL_DOES_NOT_EXPIRE"
+
+    @property
+    def valid_to_ms(self) -> int:
+        """The earliest expiry of the permanent imported material (0: none expires)."""
+        times = [i.valid_to_ms for i in self.imports
+                 if i.imported and not i.pending and i.valid_to_ms]
+        return min(times) if times else 0
+
+    def next_expiry(self) -> ImportedMaterial | None:
+        """The present imported material (pending included) that expires first."""
+        expiring = [i for i in self.imports if i.imported and i.valid_to_ms]
+        return min(expiring, key=lambda i: i.valid_to_ms) if expiring else None
 
 
 # -- the key-state x operation table --------------------------------------------------------
@@ -249,6 +305,7 @@ def created(e: ev.KeyCreated, at_ms: int) -> Key:
         tags=e.tags,
         state=state,
         materials=(e.material,) if e.material is not None else (),
+        current_material_id=e.material.material_id if e.material is not None else "",
     )
 
 
@@ -267,27 +324,28 @@ def apply(key: Key, event: ev.Event, at_ms: int = 0) -> Key:
         case ev.KeyRotationDisabled():
             return replace(key, rotation_period_days=0, next_rotation_ms=0)
         case ev.KeyRotated(material=m, rotation_type=t, next_rotation_ms=n):
-            return replace(key, materials=(*key.materials, m), next_rotation_ms=n,
+            # Imported material was already present (PENDING_ROTATION): it becomes current.
+            present = key.material(m.material_id) is not None
+            imports = tuple(dataclasses.replace(i, pending=False)
+                            if i.material_id == m.material_id else i for i in key.imports)
+            return replace(key, materials=key.materials if present else (*key.materials, m),
+                           next_rotation_ms=n, current_material_id=m.material_id,
+                           imports=imports,
                            rotations=(*key.rotations, Rotation(m.material_id, at_ms, t)))
         case ev.KeyDeletionScheduled(window_days=w, deletion_ms=d):
             return replace(key, state=KeyState.PENDING_DELETION, deletion_ms=d,
                            pending_window_days=w)
         case ev.KeyDeletionCancelled():
             # A key with no usable material goes back to waiting for its import.
-            back = KeyState.DISABLED if key.materials else KeyState.PENDING_IMPORT
+            back = KeyState.DISABLED if key.has_all_material else KeyState.PENDING_IMPORT
             return replace(key, state=back, deletion_ms=0, pending_window_days=0)
         case ev.ImportParametersIssued():
             live = tuple(p for p in key.import_parameters if p.valid_to_ms > at_ms)
             return replace(key, import_parameters=(*live, event)[-MAX_IMPORT_PARAMETERS:])
-        case ev.KeyMaterialImported(material=m, expiration_model=em, valid_to_ms=vt):
-            imported: KeyState = (KeyState.ENABLED if key.state is KeyState.PENDING_IMPORT
-                                  else key.state)
-            return replace(key, materials=(m,), expiration_model=em, valid_to_ms=vt,
-                           state=imported, imported_material_id=m.material_id)
+        case ev.KeyMaterialImported():
+            return _imported(key, event)
         case ev.KeyMaterialDeleted():
-            emptied: KeyState = (key.state if key.state is KeyState.PENDING_DELETION
-                                 else KeyState.PENDING_IMPORT)
-            return replace(key, materials=(), expiration_model="", valid_to_ms=0, state=emptied)
+            return _material_deleted(key, event)
         case ev.KeyEnabled():
             return replace(key, state=KeyState.ENABLED)
         case ev.KeyDisabled():
@@ -299,3 +357,45 @@ def apply(key: Key, event: ev.Event, at_ms: int = 0) -> Key:
         case ev.KeyUntagged(tag_keys=gone):
             return replace(key, tags=tuple((k, v) for k, v in key.tags if k not in gone))
     return key
+
+
+def _imported(key: Key, e: ev.KeyMaterialImported) -> Key:
+    m = e.material
+    old = key.imported(m.material_id)
+    entry = ImportedMaterial(
+        m.material_id, True, e.expiration_model, e.valid_to_ms,
+        e.description or (old.description if old else ""),
+        old.pending if old else e.pending,
+    )
+    if old is None:
+        imports = (*key.imports, entry)
+    else:
+        imports = tuple(entry if i.material_id == m.material_id else i for i in key.imports)
+    order = [i.material_id for i in imports]
+    present = {x.material_id: x for x in key.materials if x.material_id != m.material_id}
+    present[m.material_id] = m
+    # Materials of AWS_KMS-era keys (no import entry) keep their place in front.
+    materials = tuple([x for x in key.materials if x.material_id not in order]
+                      + [present[i] for i in order if i in present])
+    current = key.current_material_id or ("" if entry.pending else m.material_id)
+    changed = dataclasses.replace(key, materials=materials, imports=imports,
+                                  current_material_id=current)
+    if key.state is KeyState.PENDING_IMPORT and changed.has_all_material:
+        changed = dataclasses.replace(changed, state=KeyState.ENABLED)
+    return changed
+
+
+def _material_deleted(key: Key, e: ev.KeyMaterialDeleted) -> Key:
+    gone = {e.material_id} if e.material_id else {i.material_id for i in key.imports}
+    if not key.imports:  # a key that only ever had one material (older logs)
+        gone = {m.material_id for m in key.materials}
+    pending_gone = {i.material_id for i in key.imports if i.pending and i.material_id in gone}
+    imports = tuple(
+        dataclasses.replace(i, imported=False) if i.material_id in gone else i
+        for i in key.imports if i.material_id not in pending_gone
+    )
+    materials = tuple(m for m in key.materials if m.material_id not in gone)
+    changed = dataclasses.replace(key, materials=materials, imports=imports)
+    if gone - pending_gone and key.state is not KeyState.PENDING_DELETION:
+        changed = dataclasses.replace(changed, state=KeyState.PENDING_IMPORT)
+    return changed

@@ -2,8 +2,9 @@
 scheduler finds due.
 
 Rules: pure; the current time arrives as ``now_ms``; new material arrives sealed.
-Only symmetric AWS_KMS keys rotate; the on-demand quota is 25 per key (the API
-reference's figure; guide versions say 10 or 50); deletion waits 7-30 days.
+Symmetric AWS_KMS keys rotate automatically and on demand; symmetric EXTERNAL keys on
+demand only, to material imported as NEW_KEY_MATERIAL; the on-demand quota is 25 per key
+(the API reference's figure; guide versions say 10 or 50); deletion waits 7-30 days.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from kms.domain.errors import (
     ExpiredImportTokenException,
     IncorrectKeyMaterialException,
     InvalidImportTokenException,
+    KMSInvalidStateException,
     LimitExceededException,
+    NotFoundException,
     UnsupportedOperationException,
     ValidationException,
 )
@@ -81,18 +84,34 @@ def disable_rotation(key: Key) -> list[ev.Event]:
     return [ev.KeyRotationDisabled(key.key_id)] if key.rotation_enabled else []
 
 
-def check_on_demand(key: Key, now_ms: int) -> None:
-    check_rotatable(key)
+def check_on_demand(key: Key, now_ms: int) -> ev.Material | None:
+    """RotateKeyOnDemand's checks, in AWS's order: key state, then spec (an empty
+    message), then, for imported material, the material waiting in PENDING_ROTATION
+    (returned: it becomes current), then who manages the key and the quotas."""
     check_state("RotateKeyOnDemand", key)
+    if key.key_spec != SYMMETRIC:
+        raise UnsupportedOperationException("")
+    pending: ev.Material | None = None
+    if key.origin == "EXTERNAL":
+        waiting = key.pending_material
+        pending = key.material(waiting.material_id) if waiting else None
+        if pending is None:
+            raise KMSInvalidStateException(
+                f"No available key material pending rotation for the key: {key.arn}."
+            )
+    elif key.origin != "AWS_KMS":
+        raise _not_for_origin(key)
     _managed_by_aws(key, "RotateKeyOnDemand")
     if sum(1 for r in key.rotations if r.rotation_type == "ON_DEMAND") >= MAX_ON_DEMAND_ROTATIONS:
         raise LimitExceededException(
-            f"{key.arn} has reached the limit of {MAX_ON_DEMAND_ROTATIONS} on-demand rotations."
+            "The on-demand rotations limit has been reached for the given keyId. No more "
+            f"on-demand rotations can be performed for this key: {key.arn}"
         )
     if key.rotation_enabled and key.next_rotation_ms - now_ms < CONFLICT_WINDOW_MS:
         raise ConflictException(
             f"{key.arn} has an automatic rotation due within 20 minutes; try again later."
         )
+    return pending
 
 
 def rotated(key: Key, material: ev.Material, rotation_type: str, now_ms: int) -> ev.KeyRotated:
@@ -159,21 +178,78 @@ def check_import(key: Key, params: ev.ImportParametersIssued, now_ms: int,
     return model, 0
 
 
-def check_same_material(key: Key, material_id: str) -> None:
-    """A key takes one material for life: re-import of the same bytes only."""
-    if key.imported_material_id and key.imported_material_id != material_id:
+@dataclass(frozen=True, slots=True)
+class ImportDecision:
+    pending: bool  # NEW_KEY_MATERIAL for a key that has material: PENDING_ROTATION
+    description: str
+
+
+def decide_import(key: Key, material_id: str, import_type: str | None,
+                  named_material_id: str | None, description: str | None) -> ImportDecision:
+    """ImportType's rules. NEW_KEY_MATERIAL is the default for a key that never had
+    material, EXISTING_KEY_MATERIAL afterwards; asymmetric and HMAC keys take one
+    material for life and no ImportType at all."""
+    symmetric = key.key_spec == SYMMETRIC
+    if not symmetric and (import_type is not None or named_material_id is not None
+                          or description is not None):
+        raise UnsupportedOperationException(
+            "ImportType, KeyMaterialId and KeyMaterialDescription are only valid for "
+            "symmetric encryption keys."
+        )
+    kind = import_type or ("EXISTING_KEY_MATERIAL" if key.imports else "NEW_KEY_MATERIAL")
+    if kind == "NEW_KEY_MATERIAL" and named_material_id is not None:
+        raise ValidationException(
+            "You cannot specify a key material ID with ImportType set to NEW_KEY_MATERIAL."
+        )
+    known = key.imported(material_id)
+    if kind == "EXISTING_KEY_MATERIAL":
+        if known is None or (named_material_id is not None
+                             and named_material_id != material_id):
+            raise IncorrectKeyMaterialException(
+                "The key material you are importing is not the same as the key material "
+                "previously imported into this KMS key."
+            )
+        return ImportDecision(False, description or "")
+    if not key.imports:  # the first material: current and permanent
+        return ImportDecision(False, description or "")
+    if not symmetric:
         raise IncorrectKeyMaterialException(
             "The key material you are importing is not the same as the key material "
             "previously imported into this KMS key."
         )
+    waiting = key.pending_material
+    if waiting is not None:
+        raise KMSInvalidStateException(
+            f"New key material (id: {material_id}) cannot be imported into KMS key "
+            f"{key.key_id}, because another key material (id: {waiting.material_id}) is "
+            "pending rotation."
+        )
+    if known is not None:
+        raise IncorrectKeyMaterialException(
+            f"Key material (id: {material_id}) is already associated with KMS key "
+            f"{key.key_id}; import it with ImportType EXISTING_KEY_MATERIAL."
+        )
+    return ImportDecision(True, description or "")
 
 
-def delete_imported(key: Key) -> list[ev.Event]:
+def material_to_delete(key: Key, material_id: str | None) -> str:
+    """DeleteImportedKeyMaterial's target: the named material, or the current one."""
     check_external(key)
     check_state("DeleteImportedKeyMaterial", key)
-    if not key.materials:
+    if material_id is None:
+        return key.current_material_id
+    if key.imported(material_id) is None:
+        raise NotFoundException(
+            f"Key material (id: {material_id}) is not associated with KMS key {key.key_id}."
+        )
+    return material_id
+
+
+def delete_imported(key: Key, material_id: str, *, expired: bool = False) -> list[ev.Event]:
+    """The deletion event, or nothing if that material is not present."""
+    if not material_id or key.material(material_id) is None:
         return []
-    return [ev.KeyMaterialDeleted(key.key_id, expired=False)]
+    return [ev.KeyMaterialDeleted(key.key_id, expired=expired, material_id=material_id)]
 
 
 # -- what falls due -------------------------------------------------------------------------
@@ -186,7 +262,8 @@ class Due:
 def due(key: Key, now_ms: int) -> Due | None:
     if key.state is KeyState.PENDING_DELETION and key.deletion_ms <= now_ms:
         return Due(key.key_id, "delete")
-    if key.valid_to_ms and key.valid_to_ms <= now_ms and key.materials:
+    expiring = key.next_expiry()
+    if expiring is not None and expiring.valid_to_ms <= now_ms:
         return Due(key.key_id, "expire")
     if (key.state is KeyState.ENABLED and key.rotation_enabled
             and key.next_rotation_ms <= now_ms):

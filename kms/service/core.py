@@ -144,24 +144,39 @@ class Service:
         self.clock = clock
         self.state = State()
         log_.subscribe(self.state)
+        log_.subscribe(keyring.committed)  # deletions drop their cached material
         self.supported_specs = frozenset({SYMMETRIC, *mac.HMAC_SPECS, *asymmetric.SUPPORTED_SPECS})
 
-    def new_kek(self, call: Call, key_id: str) -> None:
-        """Every new key gets its own key-encryption key, vaulted with the call."""
-        call.vault.append(VaultChange(key_id, self.keyring.new_kek(key_id)))
+    def new_kek(self, call: Call, key_id: str) -> bytes:
+        """Every new key gets its own key-encryption key, vaulted with the call. Until the
+        call commits, its wrapped form in ``call.vault`` is its only copy: a refused or
+        dry-run call leaves nothing behind, in the vault or in the keyring."""
+        wrapped = self.keyring.new_kek(key_id)
+        call.vault.append(VaultChange(key_id, wrapped))
+        return wrapped
+
+    @staticmethod
+    def _staged_kek(call: Call, key_id: str) -> bytes | None:
+        for change in reversed(call.vault):
+            if change.key_id == key_id:
+                return change.wrapped
+        return None
 
     @staticmethod
     def symmetric_material() -> bytes:
         return symmetric.new_material()
 
     async def new_material(self, call: Call, key_id: str, key_spec: str) -> ev.Material:
-        """Generate and seal the first material of a new key (RSA in a worker thread)."""
+        """Generate and seal the first material of a new key (RSA in a worker thread),
+        under the KEK ``new_kek`` staged in this call."""
+        wrapped = self._staged_kek(call, key_id)
         if key_spec == SYMMETRIC:
-            return self.keyring.seal(key_id, symmetric.new_material())
-        if key_spec in mac.HMAC_SPECS:
-            return self.keyring.seal(key_id, mac.new_hmac_key(key_spec))
-        private, public = await asyncio.to_thread(asymmetric.generate, key_spec)
-        return self.keyring.seal(key_id, private, public)
+            raw, public = symmetric.new_material(), b""
+        elif key_spec in mac.HMAC_SPECS:
+            raw, public = mac.new_hmac_key(key_spec), b""
+        else:
+            raw, public = await asyncio.to_thread(asymmetric.generate, key_spec)
+        return self.keyring.seal(key_id, raw, public, wrapped_kek=wrapped)
 
     def private_key(self, key: Key, material: ev.Material) -> Any:
         """The parsed private key of an asymmetric material, cached by the keyring."""
@@ -290,7 +305,14 @@ class Service:
     def _stage_aws_managed(self, c: Call, params: dict[str, Any]) -> None:
         """``alias/aws/<service>`` names an AWS managed key that exists from its first use.
         A missing one is created as part of this call: its events go in with the call's,
-        so a call that is refused leaves no key behind."""
+        so a call that is refused leaves no key behind, and its KEK lives only with the
+        call (``Keyring.uncommitted``): never in the keyring's caches."""
+        try:
+            self._stage_each(c, params)
+        finally:
+            self.keyring.uncommitted({v.key_id: v.wrapped for v in c.vault if v.wrapped})
+
+    def _stage_each(self, c: Call, params: dict[str, Any]) -> None:
         for member in ("KeyId", "DestinationKeyId"):
             raw = params.get(member)
             if not isinstance(raw, str) or AWS_ALIAS_PREFIX not in raw:
@@ -306,7 +328,7 @@ class Service:
             if service not in AWS_MANAGED_SERVICES:
                 continue
             key_id = str(uuid.uuid4())
-            self.new_kek(c, key_id)
+            wrapped = self.new_kek(c, key_id)
             created = ev.KeyCreated(
                 key_id=key_id, account=self.account, region=self.region,
                 description=f"Default key that protects my {service.upper()} resources when "
@@ -314,7 +336,8 @@ class Service:
                 key_spec=SYMMETRIC, key_usage="ENCRYPT_DECRYPT", origin="AWS_KMS",
                 key_manager="AWS", multi_region=False,
                 policy=aws_managed_policy(self.account, service, self.region), tags=(),
-                material=self.keyring.seal(key_id, symmetric.new_material()),
+                material=self.keyring.seal(key_id, symmetric.new_material(),
+                                           wrapped_kek=wrapped),
             )
             rotation = ev.KeyRotationEnabled(key_id, 365, c.at_ms + 365 * 86_400_000)
             c.emit(key_stream(key_id), [created, rotation])

@@ -3,7 +3,9 @@ ImportKeyMaterial, DeleteImportedKeyMaterial.
 
 Rules: a wrapping private key is sealed like any material and lives 24 hours;
 the imported bytes are checked against the key spec before anything is stored;
-a key takes one material for life (re-import of the same bytes only).
+each imported material is sealed under its own vault entry, destroyed with it.
+Asymmetric and HMAC keys take one material for life; symmetric keys take more
+with ImportType NEW_KEY_MATERIAL, for RotateKeyOnDemand (kms.domain.lifecycle).
 """
 
 from __future__ import annotations
@@ -13,17 +15,15 @@ import os
 from typing import Any
 
 from kms.crypto import asymmetric, mac, wrapping
+from kms.crypto.keyring import material_vault_id
 from kms.domain import events as ev
 from kms.domain import lifecycle
-from kms.domain.errors import (
-    IncorrectKeyMaterialException,
-    InvalidImportTokenException,
-    UnsupportedOperationException,
-)
-from kms.domain.key import check_state
+from kms.domain.errors import IncorrectKeyMaterialException, InvalidImportTokenException
+from kms.domain.key import Key, check_state
 from kms.domain.specs import SPECS
 from kms.service.core import Call, Service, operation
 from kms.service.views import seconds
+from kms.store.log import VaultChange
 from kms.store.state import key_stream
 
 
@@ -68,11 +68,6 @@ def _check_material(key_spec: str, raw: bytes) -> bytes:
 async def import_key_material(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
     key = svc.managed_key(call, p["KeyId"])
     lifecycle.check_external(key)
-    if p.get("ImportType") == "NEW_KEY_MATERIAL" and key.imported_material_id:
-        raise UnsupportedOperationException(
-            f"{key.arn} already has key material; importing new material for on-demand "
-            "rotation is not supported by this service."
-        )
     token = p["ImportToken"]
     if len(token) != 32:
         raise InvalidImportTokenException("The import token is not valid for this KMS key.")
@@ -86,20 +81,50 @@ async def import_key_material(svc: Service, call: Call, p: dict[str, Any]) -> di
                                   p["EncryptedKeyMaterial"])
     public = await asyncio.to_thread(_check_material, key.key_spec, raw)
     material_id = wrapping.imported_material_id(key.key_id, raw)
-    lifecycle.check_same_material(key, material_id)
-    material = svc.keyring.seal(key.key_id, raw, public, material_id=material_id)
+    decision = lifecycle.decide_import(key, material_id, p.get("ImportType"),
+                                       p.get("KeyMaterialId"), p.get("KeyMaterialDescription"))
+    material = _seal_imported(svc, call, key.key_id, material_id, raw, public,
+                              present=key.material(material_id) is not None)
     call.emit(key_stream(key.key_id),
-              [ev.KeyMaterialImported(key.key_id, material, model, valid_to)])
+              [ev.KeyMaterialImported(key.key_id, material, model, valid_to,
+                                      decision.description, decision.pending)])
     call.additional["keyMaterialId"] = material_id
     return {"KeyId": key.arn, "KeyMaterialId": material_id}
+
+
+def _seal_imported(svc: Service, call: Call, key_id: str, material_id: str, raw: bytes,
+                   public: bytes, *, present: bool) -> ev.Material:
+    """Imported material is sealed under a KEK of its own, so that deleting it destroys
+    that vault entry and with it every sealed copy in the log. Material imported again
+    while present keeps its entry; material imported after its deletion gets a new one."""
+    vault_id = material_vault_id(key_id, material_id)
+    if present and vault_id in svc.log.vault:
+        return svc.keyring.seal(key_id, raw, public, material_id=material_id,
+                                vault_id=vault_id)
+    wrapped = svc.keyring.new_kek(vault_id)
+    call.vault.append(VaultChange(vault_id, wrapped))
+    return svc.keyring.seal(key_id, raw, public, material_id=material_id, vault_id=vault_id,
+                            wrapped_kek=wrapped)
 
 
 @operation("DeleteImportedKeyMaterial", read_only=False)
 async def delete_imported_key_material(svc: Service, call: Call,
                                        p: dict[str, Any]) -> dict[str, Any]:
     key = svc.managed_key(call, p["KeyId"])
-    call.emit(key_stream(key.key_id), lifecycle.delete_imported(key))
+    material_id = lifecycle.material_to_delete(key, p.get("KeyMaterialId"))
+    destroy_material(svc, call, key, material_id)
     out: dict[str, Any] = {"KeyId": key.arn}
-    if key.current_material is not None:
-        out["KeyMaterialId"] = key.current_material.material_id
+    if material_id:
+        out["KeyMaterialId"] = material_id
     return out
+
+
+def destroy_material(svc: Service, call: Call, key: Key, material_id: str, *,
+                     expired: bool = False) -> None:
+    """Delete one imported material: the event and, in the same transaction, its vault
+    entry (crypto-shredding every sealed copy; the keyring drops its caches on commit)."""
+    events = lifecycle.delete_imported(key, material_id, expired=expired)
+    call.emit(key_stream(key.key_id), events)
+    material = key.material(material_id) if events else None
+    if material is not None and material.vault_id:
+        call.vault.append(VaultChange(material.vault_id, None))

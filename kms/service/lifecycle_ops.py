@@ -3,7 +3,8 @@ GetKeyRotationStatus, RotateKeyOnDemand, ListKeyRotations, ScheduleKeyDeletion,
 CancelKeyDeletion.
 
 Rules: every rule lives in kms.domain.lifecycle; on-demand rotation completes
-within the call (OnDemandRotationStartDate is therefore never shown).
+within the call (OnDemandRotationStartDate is therefore never shown); an imported
+key rotates to the material it holds in PENDING_ROTATION.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from kms.domain import lifecycle
-from kms.domain.key import KeyState
+from kms.domain.key import Key, KeyState
 from kms.domain.specs import SYMMETRIC
 from kms.service.core import Call, Service, operation
 from kms.service.paging import page
@@ -47,8 +48,9 @@ async def get_key_rotation_status(svc: Service, call: Call, p: dict[str, Any]) -
 @operation("RotateKeyOnDemand", read_only=False)
 async def rotate_key_on_demand(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
     key = svc.managed_key(call, p["KeyId"])
-    lifecycle.check_on_demand(key, call.at_ms)
-    material = svc.keyring.seal(key.key_id, svc.symmetric_material())
+    pending = lifecycle.check_on_demand(key, call.at_ms)
+    # Imported keys rotate to the material waiting in PENDING_ROTATION; others to new.
+    material = pending or svc.keyring.seal(key.key_id, svc.symmetric_material())
     call.emit(key_stream(key.key_id),
               [lifecycle.rotated(key, material, "ON_DEMAND", call.at_ms)])
     call.additional["keyMaterialId"] = material.material_id
@@ -60,24 +62,15 @@ async def list_key_rotations(svc: Service, call: Call, p: dict[str, Any]) -> dic
     key = svc.key_for(call, p["KeyId"], "ListKeyRotations", allow_alias=False)
     if key.key_spec != SYMMETRIC:
         lifecycle.check_rotatable(key)
-    current = key.current_material.material_id if key.current_material else ""
+    everything = p.get("IncludeKeyMaterial") == "ALL_KEY_MATERIAL"
     rotated = {r.material_id: r for r in key.rotations}
     entries: list[dict[str, Any]] = []
-    for position, m in enumerate(key.materials):
-        r = rotated.get(m.material_id)
-        if r is None and p.get("IncludeKeyMaterial") != "ALL_KEY_MATERIAL":
+    for position, material_id in enumerate(_material_ids(key)):
+        r = rotated.get(material_id)
+        if r is None and not everything:
             continue
-        entry: dict[str, Any] = {
-            "KeyId": key.arn,
-            "KeyMaterialId": m.material_id,
-            "KeyMaterialState": "CURRENT" if m.material_id == current else "NON_CURRENT",
-            "_position": f"{position:08d}",
-        }
-        if key.origin == "EXTERNAL":
-            entry["ImportState"] = "IMPORTED"
-            entry["ExpirationModel"] = key.expiration_model
-            if key.valid_to_ms:
-                entry["ValidTo"] = seconds(key.valid_to_ms)
+        entry = _rotation_entry(key, material_id)
+        entry["_position"] = f"{position:08d}"
         if r is not None:
             entry["RotationDate"] = seconds(r.at_ms)
             entry["RotationType"] = r.rotation_type
@@ -86,6 +79,35 @@ async def list_key_rotations(svc: Service, call: Call, p: dict[str, Any]) -> dic
                        valid=lambda m: len(m) == 8 and m.isdigit())
     return {"Rotations": [{k: v for k, v in e.items() if k != "_position"} for e in chunk],
             **tail}
+
+
+def _material_ids(key: Key) -> list[str]:
+    """Every material of the key in the order it was associated: generated ones, then
+    (EXTERNAL keys) each import, present or not, the one pending rotation last."""
+    if key.origin != "EXTERNAL":
+        return [m.material_id for m in key.materials]
+    settled = [i.material_id for i in key.imports if not i.pending]
+    return settled + [i.material_id for i in key.imports if i.pending]
+
+
+def _rotation_entry(key: Key, material_id: str) -> dict[str, Any]:
+    entry: dict[str, Any] = {"KeyId": key.arn, "KeyMaterialId": material_id}
+    imported = key.imported(material_id)
+    if imported is not None and imported.pending:
+        entry["KeyMaterialState"] = "PENDING_ROTATION"
+    elif material_id == key.current_material_id:
+        entry["KeyMaterialState"] = "CURRENT"
+    else:
+        entry["KeyMaterialState"] = "NON_CURRENT"
+    if imported is not None:
+        if imported.description:
+            entry["KeyMaterialDescription"] = imported.description
+        entry["ImportState"] = "IMPORTED" if imported.imported else "PENDING_IMPORT"
+        if imported.imported:
+            entry["ExpirationModel"] = imported.expiration_model
+            if imported.valid_to_ms:
+                entry["ValidTo"] = seconds(imported.valid_to_ms)
+    return entry
 
 
 @operation("ScheduleKeyDeletion", read_only=False)

@@ -43,9 +43,9 @@ def key_metadata(key: Key) -> dict[str, Any]:
             "PrimaryKey": {"Arn": key.arn, "Region": key.region},
             "ReplicaKeys": [],
         }
-    current = key.current_material
-    if key.key_spec == SYMMETRIC and current is not None:
-        md["CurrentKeyMaterialId"] = current.material_id
+    # Shown for symmetric keys, and kept while an imported key waits for its material.
+    if key.key_spec == SYMMETRIC and key.current_material_id:
+        md["CurrentKeyMaterialId"] = key.current_material_id
     if key.state is KeyState.PENDING_DELETION:
         md["DeletionDate"] = seconds(key.deletion_ms)
     if key.origin == "EXTERNAL" and key.expiration_model:

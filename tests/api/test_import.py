@@ -283,7 +283,9 @@ def test_deleting_imported_material_and_importing_it_again(kms: Any) -> None:
     assert response["KeyId"] == arn
     described = kms.describe_key(KeyId=key_id)["KeyMetadata"]
     assert described["KeyState"] == "PendingImport" and described["Enabled"] is False
-    assert "CurrentKeyMaterialId" not in described
+    assert described["CurrentKeyMaterialId"] == material_id  # AWS keeps showing it
+    assert "ExpirationModel" not in described
+    assert response["KeyMaterialId"] == material_id
     refused(kms.encrypt, "KMSInvalidStateException", pending_import(arn), KeyId=key_id,
             Plaintext=b"x")
     refused(kms.decrypt, "KMSInvalidStateException", pending_import(arn), CiphertextBlob=blob)
@@ -417,11 +419,170 @@ def test_imported_hmac_material_macs_like_offline_hmac(kms: Any) -> None:
                           MacAlgorithm="HMAC_SHA_256")["MacValid"] is True
 
 
-def test_new_key_material_for_a_key_that_has_material_is_refused_clearly(kms: Any) -> None:
+# -- ImportType NEW_KEY_MATERIAL and on-demand rotation of imported material ----------------
+def entries(kms: Any, key_id: str, everything: bool = True) -> list[dict[str, Any]]:
+    params = {"IncludeKeyMaterial": "ALL_KEY_MATERIAL"} if everything else {}
+    out: list[dict[str, Any]] = kms.list_key_rotations(KeyId=key_id, **params)["Rotations"]
+    return out
+
+
+def current_id(kms: Any, key_id: str) -> str:
+    return str(kms.describe_key(KeyId=key_id)["KeyMetadata"]["CurrentKeyMaterialId"])
+
+
+def test_new_key_material_rotates_on_demand_and_every_material_still_decrypts(
+        kms: Any, server: Any) -> None:
+    md = new_external(kms)
+    key_id, arn = md["KeyId"], md["Arn"]
+    first = import_material(kms, key_id, os.urandom(32),
+                            KeyMaterialDescription="first")["KeyMaterialId"]
+    old_blob = kms.encrypt(KeyId=key_id, Plaintext=b"old")["CiphertextBlob"]
+    assert entries(kms, key_id, everything=False) == []
+    assert entries(kms, key_id) == [{
+        "KeyId": arn, "KeyMaterialId": first, "KeyMaterialDescription": "first",
+        "ImportState": "IMPORTED", "KeyMaterialState": "CURRENT",
+        "ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE"}]
+
+    valid_to = advance(server, 0) + 30 * DAY
+    second = import_material(kms, key_id, os.urandom(32), ImportType="NEW_KEY_MATERIAL",
+                             ExpirationModel="KEY_MATERIAL_EXPIRES", ValidTo=valid_to,
+                             KeyMaterialDescription="second")["KeyMaterialId"]
+
+    assert second != first
+    assert current_id(kms, key_id) == first  # pending until RotateKeyOnDemand
+    blob = kms.encrypt(KeyId=key_id, Plaintext=b"x")["CiphertextBlob"]
+    assert kms.decrypt(CiphertextBlob=blob)["KeyMaterialId"] == first
+    pending = entries(kms, key_id)[1]
+    assert pending["KeyMaterialId"] == second
+    assert pending["KeyMaterialState"] == "PENDING_ROTATION"
+    assert pending["ImportState"] == "IMPORTED"
+    assert pending["KeyMaterialDescription"] == "second"
+    assert pending["ValidTo"].timestamp() == pytest.approx(valid_to, abs=1)
+    assert "RotationDate" not in pending and "RotationType" not in pending
+    assert entries(kms, key_id, everything=False) == []
+
+    assert kms.rotate_key_on_demand(KeyId=key_id)["KeyId"] == arn
+
+    assert current_id(kms, key_id) == second
+    new_blob = kms.encrypt(KeyId=key_id, Plaintext=b"new")["CiphertextBlob"]
+    assert kms.decrypt(CiphertextBlob=new_blob)["KeyMaterialId"] == second
+    opened = kms.decrypt(CiphertextBlob=old_blob)
+    assert (opened["Plaintext"], opened["KeyMaterialId"]) == (b"old", first)
+    [rotation] = entries(kms, key_id, everything=False)
+    assert rotation["KeyMaterialId"] == second and rotation["KeyMaterialState"] == "CURRENT"
+    assert rotation["RotationType"] == "ON_DEMAND" and "RotationDate" in rotation
+    listed = entries(kms, key_id)
+    assert [(e["KeyMaterialId"], e["KeyMaterialState"]) for e in listed] == [
+        (first, "NON_CURRENT"), (second, "CURRENT")]
+    described = kms.describe_key(KeyId=key_id)["KeyMetadata"]
+    assert described["ExpirationModel"] == "KEY_MATERIAL_EXPIRES"
+    assert described["ValidTo"].timestamp() == pytest.approx(valid_to, abs=1)
+
+
+def test_rotate_on_demand_needs_material_pending_rotation(kms: Any) -> None:
+    md = new_external(kms)
+    import_material(kms, md["KeyId"], os.urandom(32))
+
+    refused(kms.rotate_key_on_demand, "KMSInvalidStateException",
+            f"No available key material pending rotation for the key: {md['Arn']}.",
+            KeyId=md["KeyId"])
+    assert len(entries(kms, md["KeyId"])) == 1
+
+
+def test_only_one_material_may_wait_for_rotation(kms: Any) -> None:
     key_id = new_external(kms)["KeyId"]
     import_material(kms, key_id, os.urandom(32))
-    params = kms.get_parameters_for_import(KeyId=key_id, WrappingAlgorithm="RSAES_OAEP_SHA_256",
-                                           WrappingKeySpec="RSA_2048")
-    refused(kms.import_key_material, "UnsupportedOperationException", KeyId=key_id,
-            ImportToken=params["ImportToken"], EncryptedKeyMaterial=b"\x00" * 256,
-            ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE", ImportType="NEW_KEY_MATERIAL")
+    pending = import_material(kms, key_id, os.urandom(32),
+                              ImportType="NEW_KEY_MATERIAL")["KeyMaterialId"]
+    third = os.urandom(32)
+
+    message = refused(kms.import_key_material, "KMSInvalidStateException",
+                      **_import_request(kms, key_id, third, ImportType="NEW_KEY_MATERIAL"))
+
+    third_id = re.search(r"New key material \(id: ([0-9a-f]{64})\)", message)
+    assert third_id is not None
+    assert message == (f"New key material (id: {third_id.group(1)}) cannot be imported into "
+                       f"KMS key {key_id}, because another key material (id: {pending}) is "
+                       "pending rotation.")
+    assert len(entries(kms, key_id)) == 2
+
+    # Pending material is not permanently associated: it may be deleted and replaced.
+    gone = kms.delete_imported_key_material(KeyId=key_id, KeyMaterialId=pending)
+    assert gone["KeyMaterialId"] == pending
+    assert state_of(kms, key_id) == "Enabled"
+    assert [e["KeyMaterialState"] for e in entries(kms, key_id)] == ["CURRENT"]
+    replaced = import_material(kms, key_id, third, ImportType="NEW_KEY_MATERIAL")
+    assert replaced["KeyMaterialId"] == third_id.group(1)
+    kms.rotate_key_on_demand(KeyId=key_id)
+    assert current_id(kms, key_id) == third_id.group(1)
+
+
+def _import_request(kms: Any, key_id: str, material: bytes, **params: Any) -> dict[str, Any]:
+    got = kms.get_parameters_for_import(KeyId=key_id, WrappingAlgorithm="RSAES_OAEP_SHA_256",
+                                        WrappingKeySpec="RSA_2048")
+    params.setdefault("ExpirationModel", "KEY_MATERIAL_DOES_NOT_EXPIRE")
+    return {"KeyId": key_id, "ImportToken": got["ImportToken"],
+            "EncryptedKeyMaterial": wrap("RSAES_OAEP_SHA_256", got["PublicKey"], material),
+            **params}
+
+
+def test_import_type_rules(raw_kms: Any) -> None:
+    kms = raw_kms
+    key_id = new_external(kms)["KeyId"]
+    material = os.urandom(32)
+    first = import_material(kms, key_id, material)["KeyMaterialId"]
+
+    refused(kms.import_key_material, "ValidationException",
+            "You cannot specify a key material ID with ImportType set to NEW_KEY_MATERIAL.",
+            **_import_request(kms, key_id, os.urandom(32), ImportType="NEW_KEY_MATERIAL",
+                              KeyMaterialId=first))
+    # EXISTING_KEY_MATERIAL (the default once a key has material) takes known bytes only,
+    # and a KeyMaterialId given must be theirs.
+    refused(kms.import_key_material, "IncorrectKeyMaterialException",
+            **_import_request(kms, key_id, os.urandom(32),
+                              ImportType="EXISTING_KEY_MATERIAL"))
+    refused(kms.import_key_material, "IncorrectKeyMaterialException",
+            **_import_request(kms, key_id, material, KeyMaterialId="0" * 64))
+    again = import_material(kms, key_id, material, KeyMaterialId=first,
+                            ImportType="EXISTING_KEY_MATERIAL")
+    assert again["KeyMaterialId"] == first
+    # The same bytes are not new material.
+    refused(kms.import_key_material, "IncorrectKeyMaterialException",
+            **_import_request(kms, key_id, material, ImportType="NEW_KEY_MATERIAL"))
+    assert len(entries(kms, key_id)) == 1
+
+    # Asymmetric and HMAC keys take one material for life and no ImportType.
+    hmac_key = new_external(kms, KeySpec="HMAC_256", KeyUsage="GENERATE_VERIFY_MAC")["KeyId"]
+    refused(kms.import_key_material, "UnsupportedOperationException",
+            **_import_request(kms, hmac_key, os.urandom(32), ImportType="NEW_KEY_MATERIAL"))
+    assert state_of(kms, hmac_key) == "PendingImport"
+
+
+def test_deleting_a_non_current_material_waits_for_it_again(kms: Any) -> None:
+    md = new_external(kms)
+    key_id, arn = md["KeyId"], md["Arn"]
+    old_material = os.urandom(32)
+    first = import_material(kms, key_id, old_material)["KeyMaterialId"]
+    old_blob = kms.encrypt(KeyId=key_id, Plaintext=b"old")["CiphertextBlob"]
+    second = import_material(kms, key_id, os.urandom(32),
+                             ImportType="NEW_KEY_MATERIAL")["KeyMaterialId"]
+    kms.rotate_key_on_demand(KeyId=key_id)
+    new_blob = kms.encrypt(KeyId=key_id, Plaintext=b"new")["CiphertextBlob"]
+
+    kms.delete_imported_key_material(KeyId=key_id, KeyMaterialId=first)
+
+    # Any permanently associated material missing makes the whole key wait for it.
+    assert state_of(kms, key_id) == "PendingImport"
+    assert current_id(kms, key_id) == second
+    assert [(e["KeyMaterialId"], e["ImportState"]) for e in entries(kms, key_id)] == [
+        (first, "PENDING_IMPORT"), (second, "IMPORTED")]
+    refused(kms.decrypt, "KMSInvalidStateException", pending_import(arn), CiphertextBlob=new_blob)
+    refused(kms.import_key_material, "IncorrectKeyMaterialException",
+            **_import_request(kms, key_id, os.urandom(32)))
+
+    import_material(kms, key_id, old_material)  # EXISTING_KEY_MATERIAL by default
+
+    assert state_of(kms, key_id) == "Enabled"
+    assert kms.decrypt(CiphertextBlob=old_blob)["Plaintext"] == b"old"
+    assert kms.decrypt(CiphertextBlob=new_blob)["Plaintext"] == b"new"
+    assert current_id(kms, key_id) == second
