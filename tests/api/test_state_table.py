@@ -200,9 +200,9 @@ OPS: dict[str, Op] = {
 ROW = {name: name.split("(")[0] for name in OPS}
 
 # Appendix B [6]: on an EXTERNAL key (every PendingImport key is one) the rotation
-# operations answer UnsupportedOperationException whatever the state column says.
-ORIGIN_EXTERNAL = {"EnableKeyRotation", "DisableKeyRotation", "GetKeyRotationStatus",
-                   "RotateKeyOnDemand"}
+# operations answer UnsupportedOperationException whatever the state column says;
+# RotateKeyOnDemand, which imported keys now support, checks the state first.
+ORIGIN_EXTERNAL = {"EnableKeyRotation", "DisableKeyRotation", "GetKeyRotationStatus"}
 
 _PHRASE = {KeyState.DISABLED: "is disabled.", KeyState.PENDING_DELETION: "is pending deletion.",
            KeyState.PENDING_IMPORT: "is pending import."}
