@@ -1,4 +1,5 @@
-"""Asymmetric KMS keys: generation, Sign/Verify, RSAES-OAEP, ECDH and data key pairs.
+"""Asymmetric KMS keys: generation, Sign/Verify, RSAES-OAEP, ECDH and data key pairs
+(ML-KEM generation comes from ``kem``, which also does Encapsulate/Decapsulate).
 
 Rules: keys travel as DER (PKCS#8 private, SubjectPublicKeyInfo public); callers load
 them once (load_private / load_public) and pass the objects. Checks run in KMS order:
@@ -15,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
+from kms.crypto import kem
 from kms.domain.errors import (
     InvalidCiphertextException,
     InvalidKeyUsageException,
@@ -54,7 +56,8 @@ _CURVES: dict[str, type[ec.EllipticCurve]] = {
 ED25519_SPEC = "ECC_NIST_EDWARDS25519"
 _ED25519_ALGS = ("ED25519_SHA_512", "ED25519_PH_SHA_512")
 
-SUPPORTED_SPECS: frozenset[str] = frozenset([*_RSA_BITS, *_CURVES, ED25519_SPEC, *_MLDSA])
+SUPPORTED_SPECS: frozenset[str] = frozenset(
+    [*_RSA_BITS, *_CURVES, ED25519_SPEC, *_MLDSA, *kem.SUPPORTED_SPECS])
 # DataKeyPairSpec minus SM2 (China Regions only).
 DATA_KEY_PAIR_SPECS: frozenset[str] = frozenset([*_RSA_BITS, *_CURVES, ED25519_SPEC])
 
@@ -122,6 +125,8 @@ def _new_private(spec: str) -> Any:
         return ed25519.Ed25519PrivateKey.generate()
     if spec in _MLDSA:
         return _MLDSA[spec].generate()
+    if spec in kem.SUPPORTED_SPECS:
+        return kem.new_private(spec)
     raise UnsupportedOperationException(f"Key spec {spec} is not supported.")
 
 
@@ -163,7 +168,8 @@ def spec_of(key: Any) -> str | None:
         return next((s for s, c in _CURVES.items() if isinstance(key.curve, c)), None)
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return ED25519_SPEC
-    return next((s for s, cls in _MLDSA.items() if isinstance(key, cls)), None)
+    mldsa = next((s for s, cls in _MLDSA.items() if isinstance(key, cls)), None)
+    return mldsa or kem.spec_of(key)
 
 
 def matches_spec(der: bytes, key_spec: str) -> bool:

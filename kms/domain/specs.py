@@ -13,6 +13,7 @@ ENCRYPT_DECRYPT = "ENCRYPT_DECRYPT"
 SIGN_VERIFY = "SIGN_VERIFY"
 GENERATE_VERIFY_MAC = "GENERATE_VERIFY_MAC"
 KEY_AGREEMENT = "KEY_AGREEMENT"
+ENCAPSULATE_DECAPSULATE = "ENCAPSULATE_DECAPSULATE"
 
 _RSA_ENC = ("RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256")
 _RSA_SIGN = (
@@ -25,7 +26,7 @@ _RSA_SIGN = (
 class Spec:
     name: str
     usages: dict[str, tuple[str, ...]]  # usage -> algorithms reported for it
-    family: str  # "symmetric" | "rsa" | "ecc" | "hmac" | "ed25519" | "mldsa" | "sm2"
+    family: str  # "symmetric" | "rsa" | "ecc" | "hmac" | "ed25519" | "mldsa" | "mlkem" | "sm2"
     in_cmk_spec: bool = True  # CustomerMasterKeySpec has the same value
 
     @property
@@ -56,6 +57,11 @@ SPECS: dict[str, Spec] = {
             for n in (44, 65, 87)
         ),
         *(
+            Spec(f"ML_KEM_{n}", {ENCAPSULATE_DECAPSULATE: ("ML_KEM",)}, "mlkem",
+                 in_cmk_spec=False)
+            for n in (512, 768, 1024)
+        ),
+        *(
             Spec(f"HMAC_{n}", {GENERATE_VERIFY_MAC: (f"HMAC_SHA_{n}",)}, "hmac")
             for n in (224, 256, 384, 512)
         ),
@@ -70,6 +76,7 @@ ALGORITHM_FIELD = {
     SIGN_VERIFY: "SigningAlgorithms",
     GENERATE_VERIFY_MAC: "MacAlgorithms",
     KEY_AGREEMENT: "KeyAgreementAlgorithms",
+    ENCAPSULATE_DECAPSULATE: "EncapsulationAlgorithms",
 }
 
 

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mlkem, padding, rsa
 
 from kms.crypto import asymmetric as asym
+from kms.crypto import kem
 from kms.domain.errors import (
     InvalidCiphertextException,
     InvalidKeyUsageException,
@@ -27,10 +28,12 @@ SPECS = sorted(asym.SUPPORTED_SPECS)
 RSA_SPECS = ["RSA_2048", "RSA_3072", "RSA_4096"]
 NIST = {"ECC_NIST_P256": ec.SECP256R1(), "ECC_NIST_P384": ec.SECP384R1(),
         "ECC_NIST_P521": ec.SECP521R1()}
-SIGN_PAIRS = [(spec, alg) for spec in SPECS for alg in asym.SIGNING_ALGORITHMS[spec]
+SIGN_PAIRS = [(spec, alg) for spec in SPECS for alg in asym.SIGNING_ALGORITHMS.get(spec, ())
               if alg in asym.SUPPORTED_SIGNING_ALGORITHMS]
 DIGEST_PAIRS = [(s, a) for s, a in SIGN_PAIRS if a.startswith(("RSASSA_", "ECDSA_"))]
 HASHLIB = {"SHA_256": hashlib.sha256, "SHA_384": hashlib.sha384, "SHA_512": hashlib.sha512}
+ML_KEM_PRIVATE = {"ML_KEM_768": mlkem.MLKEM768PrivateKey,
+                  "ML_KEM_1024": mlkem.MLKEM1024PrivateKey}
 HASHES = {"SHA_256": hashes.SHA256, "SHA_384": hashes.SHA384, "SHA_512": hashes.SHA512}
 
 
@@ -99,6 +102,10 @@ def test_generate_gives_pkcs8_and_matching_spki(key: Callable[[str], Key], spec:
         assert priv.curve.name == want
     elif spec == "ECC_NIST_EDWARDS25519":
         assert isinstance(priv, ed25519.Ed25519PrivateKey) and len(k.public_der) == 44
+    elif spec.startswith("ML_KEM_"):
+        assert isinstance(priv, ML_KEM_PRIVATE[spec])
+        assert len(k.private_der) == 86  # PKCS#8 holding the 64-byte seed
+    assert asym.spec_of(priv) == spec
 
 
 def test_sm2_and_non_asymmetric_specs_are_refused() -> None:
@@ -256,6 +263,41 @@ def test_external_mu_and_ml_dsa_message_types(key: Callable[[str], Key]) -> None
         asym.sign(m.private, "ML_DSA_44", "ML_DSA_SHAKE_256", b"\x00" * 63, "EXTERNAL_MU")
     with pytest.raises(UnsupportedOperationException):
         asym.sign(m.private, "ML_DSA_44", "ML_DSA_SHAKE_256", b"\x00" * 64, "EXTERNAL_MU")
+
+
+# -- ML-KEM -----------------------------------------------------------------------------------
+def test_ml_kem_specs_this_build_supports() -> None:
+    assert kem.SUPPORTED_SPECS == {"ML_KEM_768", "ML_KEM_1024"} <= asym.SUPPORTED_SPECS
+    assert "ML_KEM_512" not in asym.SUPPORTED_SPECS  # cryptography has no ML-KEM-512
+    with pytest.raises(UnsupportedOperationException):
+        asym.generate("ML_KEM_512")
+
+
+@pytest.mark.parametrize("spec", sorted(kem.SUPPORTED_SPECS))
+def test_ml_kem_interoperates_with_plain_cryptography(key: Callable[[str], Key],
+                                                      spec: str) -> None:
+    k = key(spec)
+    offline_public = serialization.load_der_public_key(k.public_der)
+    offline_private = serialization.load_der_private_key(k.private_der, None)
+    secret, ciphertext = offline_public.encapsulate()  # type: ignore[union-attr]
+    assert kem.decapsulate(k.private, spec, ciphertext) == secret
+    secret, ciphertext = kem.encapsulate(k.public, spec)
+    assert len(secret) == 32 and len(ciphertext) == kem.CIPHERTEXT_BYTES[spec]
+    assert offline_private.decapsulate(ciphertext) == secret  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("spec", sorted(kem.SUPPORTED_SPECS))
+def test_ml_kem_decapsulate_refuses_only_the_wrong_length(key: Callable[[str], Key],
+                                                          spec: str) -> None:
+    k, size = key(spec), kem.CIPHERTEXT_BYTES[spec]
+    for length in (0, 1, size - 1, size + 1):
+        with pytest.raises(InvalidCiphertextException) as err:
+            kem.decapsulate(k.private, spec, b"\x01" * length)
+        assert err.value.message == ""
+    assert len(kem.decapsulate(k.private, spec, b"\x01" * size)) == 32  # implicit rejection
+    with pytest.raises(InvalidKeyUsageException) as bad:
+        kem.check_algorithm("ECC_NIST_P256", "ML_KEM")
+    assert bad.value.message == "Algorithm ML_KEM is incompatible with key spec ECC_NIST_P256."
 
 
 # -- RSAES-OAEP -------------------------------------------------------------------------------
