@@ -162,6 +162,9 @@ Sign                  ok  dis inv inv inv ok
 Verify                ok  dis inv inv inv ok
 GetPublicKey          ok  dis inv inv inv ok
 DeriveSharedSecret    ok  dis inv inv inv ok
+Encapsulate           ok  dis inv inv inv ok
+Decapsulate           ok  dis inv inv inv ok
+GetKeyLastUsage       ok  ok  ok  ok  ok  ok
 GetKeyPolicy          ok  ok  ok  ok  ok  ok
 PutKeyPolicy          ok  ok  ok  ok  ok  ok
 ListAliases           ok  ok  ok  ok  ok  ok

@@ -5,8 +5,10 @@ from kms.service import (  # noqa: F401  (registration)
     asymmetric_ops,
     crypto_ops,
     import_ops,
+    kem_ops,
     keys,
     lifecycle_ops,
+    usage_ops,
 )
 from kms.service.core import OPERATIONS, Caller, Service
 

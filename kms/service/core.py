@@ -37,6 +37,7 @@ from kms.domain.specs import SYMMETRIC
 from kms.service import authz
 from kms.store.log import AUDIT_STREAM, Append, EventLog, VaultChange
 from kms.store.state import State, key_stream
+from kms.store.usage import KeyUsage
 
 log = structlog.get_logger("kms.service")
 
@@ -145,6 +146,8 @@ class Service:
         self.state = State()
         log_.subscribe(self.state)
         log_.subscribe(keyring.committed)  # deletions drop their cached material
+        self.usage = KeyUsage()
+        log_.subscribe_audit(self.usage)  # GetKeyLastUsage, rebuilt from the log at start
         self.supported_specs = frozenset({SYMMETRIC, *mac.HMAC_SPECS, *asymmetric.SUPPORTED_SPECS})
 
     def new_kek(self, call: Call, key_id: str) -> bytes:

@@ -32,6 +32,7 @@ KINDS = {
     "sign": ("ECC_NIST_P256", "SIGN_VERIFY"),
     "mac": ("HMAC_256", "GENERATE_VERIFY_MAC"),
     "agree": ("ECC_NIST_P256", "KEY_AGREEMENT"),
+    "kem": ("ML_KEM_768", "ENCAPSULATE_DECAPSULATE"),
 }
 
 
@@ -167,6 +168,12 @@ OPS: dict[str, Op] = {
     "GetPublicKey": Op("sign", lambda kms, s: kms.get_public_key(KeyId=s.key_id)),
     "DeriveSharedSecret": Op("agree", lambda kms, s: kms.derive_shared_secret(
         KeyId=s.key_id, KeyAgreementAlgorithm="ECDH", PublicKey=_peer_public_key())),
+    "Encapsulate": Op("kem", lambda kms, s: kms.encapsulate(KeyId=s.key_id,
+                                                            EncapsulationAlgorithm="ML_KEM")),
+    "Decapsulate": Op("kem", lambda kms, s: kms.decapsulate(
+        KeyId=s.key_id, EncapsulationAlgorithm="ML_KEM",
+        SharedSecretCiphertextBlob=os.urandom(1088))),
+    "GetKeyLastUsage": Op("sym", lambda kms, s: kms.get_key_last_usage(KeyId=s.key_id)),
     "ListAliases": Op("sym", lambda kms, s: kms.list_aliases(KeyId=s.key_id), ("alias",)),
     "ListResourceTags": Op("sym", lambda kms, s: kms.list_resource_tags(KeyId=s.key_id)),
     "ReEncrypt": Op("sym", lambda kms, s: kms.re_encrypt(CiphertextBlob=s.blob,
