@@ -2,8 +2,8 @@
 
 Rules: only a successful call (no error code) of a tracked cryptographic operation counts,
 for every key ARN its fact names (ReEncrypt names both of its keys); facts arrive in seq
-order, so the last one folded is the last use. Tracking starts with the log's first fact,
-and starts again after a ``--dev`` wipe.
+order, so the last one folded is the last use; a key's entry goes when it is deleted.
+Tracking starts with the log's first fact, and starts again after a ``--dev`` wipe.
 """
 
 from __future__ import annotations
@@ -45,9 +45,12 @@ class KeyUsage:
             if self.tracking_since_ms is None:
                 self.tracking_since_ms = env.at_ms
             fact = env.event
-            if (isinstance(fact, ev.ApiCallRecorded) and not fact.error_code
-                    and fact.event_type == "AwsApiCall"
-                    and fact.operation in TRACKED_OPERATIONS):
+            if not isinstance(fact, ev.ApiCallRecorded) or fact.error_code:
+                continue
+            if fact.event_type == "AwsServiceEvent" and fact.operation == "DeleteKey":
+                for arn in fact.resources:  # the key is gone; so is its entry
+                    self.last.pop(arn, None)
+            elif fact.event_type == "AwsApiCall" and fact.operation in TRACKED_OPERATIONS:
                 use = LastUse(fact.operation, env.at_ms, fact.request_id, env.seq)
                 for arn in fact.resources:
                     self.last[arn] = use

@@ -13,10 +13,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import mlkem
 
+from tests.api.test_import import wrap
 from tests.support.expect import refused
 
 USAGE = "ENCAPSULATE_DECAPSULATE"
 CIPHERTEXT = {"ML_KEM_768": 1088, "ML_KEM_1024": 1568}
+PRIVATE_TYPE = {"ML_KEM_768": mlkem.MLKEM768PrivateKey, "ML_KEM_1024": mlkem.MLKEM1024PrivateKey}
 PUBLIC_TYPE = {"ML_KEM_768": mlkem.MLKEM768PublicKey, "ML_KEM_1024": mlkem.MLKEM1024PublicKey}
 DRY_RUN = "The request would have succeeded, but the DryRun option is set."
 
@@ -112,6 +114,29 @@ def test_a_secret_encapsulated_in_the_service_decapsulates_to_the_same_secret(
     assert len(made["SharedSecretCiphertextBlob"]) == CIPHERTEXT[spec]
     assert got["SharedSecret"] == made["SharedSecret"]
     assert again["SharedSecret"] != made["SharedSecret"]  # a fresh secret every time
+
+
+@pytest.mark.parametrize("spec", sorted(CIPHERTEXT))
+def test_a_secret_encapsulated_in_the_service_decapsulates_offline(kms: Any, spec: str) -> None:
+    """The reverse direction needs the private key offline: a key pair made with plain
+    `cryptography` and imported (an EXTERNAL key takes any key spec)."""
+    private = PRIVATE_TYPE[spec].generate()
+    md = kms.create_key(KeySpec=spec, KeyUsage=USAGE, Origin="EXTERNAL")["KeyMetadata"]
+    params = kms.get_parameters_for_import(KeyId=md["KeyId"], WrappingKeySpec="RSA_2048",
+                                           WrappingAlgorithm="RSA_AES_KEY_WRAP_SHA_256")
+    pkcs8 = private.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption())
+    kms.import_key_material(KeyId=md["KeyId"], ImportToken=params["ImportToken"],
+                            EncryptedKeyMaterial=wrap("RSA_AES_KEY_WRAP_SHA_256",
+                                                      params["PublicKey"], pkcs8),
+                            ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
+
+    made = kms.encapsulate(KeyId=md["KeyId"], EncapsulationAlgorithm="ML_KEM")
+
+    assert private.decapsulate(made["SharedSecretCiphertextBlob"]) == made["SharedSecret"]
+    public = kms.get_public_key(KeyId=md["KeyId"])["PublicKey"]
+    assert public == private.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def test_encapsulate_and_decapsulate_accept_an_alias(kms: Any) -> None:
