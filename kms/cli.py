@@ -2,24 +2,39 @@
 
 Rules: flags override the ``--config`` TOML file, which overrides the defaults;
 with no configuration at all, a development-ready node starts on 127.0.0.1:8080.
+Start-up is ordered so a mistake costs nothing: validate the configuration, bind the
+port, lock and check the data dir, and only then create anything or print "serving";
+each refusal is one ``kms: error:`` line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
+from importlib import metadata
 from pathlib import Path
 
 from aiohttp import web
 
+import kms
 from kms import logs as kms_logging
 from kms.api.app import create_app
 from kms.config import Config
+from kms.datadir import DataDirRefused, open_data_dir
 from kms.node import Node
+
+
+def version() -> str:
+    try:
+        return metadata.version("kms-selfhosted")
+    except metadata.PackageNotFoundError:  # running from a source tree
+        return kms.__version__
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kms", description="A self-hosted AWS KMS-compatible service")
+    p.add_argument("--version", action="version", version=f"kms {version()}")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="run one region node")
     s.add_argument("--host", help="listen address (default 127.0.0.1)")
@@ -35,6 +50,35 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything else happens (OSError says why not)."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise OSError(f"cannot listen on {where}: {_reason(exc)}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {where}: {_reason(exc)}") from None
+    return sock
+
+
+def _reason(exc: OSError) -> str:
+    text = exc.strerror or str(exc)
+    return text[:1].lower() + text[1:]
+
+
+def fail(message: str) -> int:
+    print(f"kms: error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     overrides = {
@@ -44,14 +88,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = Config.load(args.config, overrides)
     except (OSError, ValueError, TypeError) as exc:  # TOMLDecodeError is a ValueError
-        print(f"kms: error: configuration: {exc}", file=sys.stderr)
-        return 2
+        return fail(f"configuration: {exc}")
+    try:
+        sock = listen(config.host, config.port)
+    except OSError as exc:
+        return fail(str(exc))
+    try:
+        data = open_data_dir(config.data_dir, region=config.region, account_id=config.account_id)
+    except DataDirRefused as exc:
+        sock.close()
+        return fail(str(exc))
     kms_logging.configure(config.log_format)
     try:
-        node = Node(config)
-    except (OSError, ValueError) as exc:  # unreadable data dir, bad KMS_ROOT_KEY or root.key
-        print(f"kms: error: cannot start the node: {exc}", file=sys.stderr)
-        return 2
+        node = Node(config, root_key=data.root_key)
+    except (OSError, ValueError) as exc:  # unreadable data dir or credentials
+        sock.close()
+        return fail(f"cannot start the node: {exc}")
     if node.root_credential is not None and not config.dev:
         c = node.root_credential
         print(
@@ -62,11 +114,12 @@ def main(argv: list[str] | None = None) -> int:
             f"  region                = {config.region}",
             flush=True,
         )
-    print(f"kms: serving region {config.region} on http://{config.host}:{config.port}"
+    host, port = config.host, sock.getsockname()[1]  # port 0: the one the system chose
+    shown = f"[{host}]" if ":" in host else host
+    print(f"kms: serving region {config.region} on http://{shown}:{port}"
           f"{' (dev mode)' if config.dev else ''}", flush=True)
-    web.run_app(create_app(node), host=config.host, port=config.port, print=None,
-                access_log=None, handle_signals=True)
-    return 0
+    web.run_app(create_app(node), sock=sock, print=None, access_log=None, handle_signals=True)
+    return 0  # the data dir lock is released as the process exits
 
 
 if __name__ == "__main__":

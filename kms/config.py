@@ -1,11 +1,14 @@
 """Node configuration: defaults, a TOML file (``--config``), then command-line flags.
 
 Rules: no configuration at all is a working development node; every setting has
-exactly one name, used alike in the TOML ``[node]`` table and on the command line.
+exactly one name, used alike in the TOML ``[node]`` table and on the command line;
+the merged settings are validated (port, region, account id) before anything is bound
+or created.
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -44,7 +47,20 @@ class Config:
                 _check_setting(path, name, value)
             cfg = replace(cfg, **node, principals=tuple(doc.get("principals", ())))
         cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-        return replace(cfg, data_dir=Path(cfg.data_dir), port=int(cfg.port))
+        cfg = replace(cfg, data_dir=Path(cfg.data_dir), port=int(cfg.port))
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Refuse a setting no node could serve under, naming it and the rule it breaks."""
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port {self.port} is out of range (0-65535)")
+        if not _REGION.fullmatch(self.region):
+            raise ValueError(f"region {self.region!r} is not a region name like us-east-1")
+        if not _ACCOUNT.fullmatch(self.account_id):
+            raise ValueError(f"account id {self.account_id!r} is not 12 digits")
+        if self.log_format not in _LOG_FORMATS:
+            raise ValueError(f"log_format must be one of {', '.join(_LOG_FORMATS)}")
 
 
 _SETTING_TYPES: dict[str, type] = {
@@ -52,6 +68,8 @@ _SETTING_TYPES: dict[str, type] = {
     "dev": bool, "log_format": str,
 }
 _LOG_FORMATS = ("auto", "json", "console")
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+", re.ASCII)  # AWS's shape: eu-west-1
+_ACCOUNT = re.compile(r"[0-9]{12}", re.ASCII)
 
 
 def _check_setting(path: Path, name: str, value: Any) -> None:

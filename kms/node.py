@@ -27,8 +27,8 @@ DEV_CLOCK_FILE = "dev-clock.json"
 
 
 class Node:
-    def __init__(self, config: Config, *, clock: Clock | None = None,
-                 event_log: EventLog | None = None) -> None:
+    def __init__(self, config: Config, *, root_key: RootKey | None = None,
+                 clock: Clock | None = None, event_log: EventLog | None = None) -> None:
         self.config = config
         data_dir = Path(config.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # sealed material inside
@@ -36,7 +36,8 @@ class Node:
             clock = PersistentClock(data_dir / DEV_CLOCK_FILE) if config.dev else Clock()
         self.clock = clock
         self.log = event_log or SqliteLog(data_dir / LOG_FILE, config.region)
-        self.keyring = Keyring(RootKey.load_or_create(data_dir), self.log.vault)
+        # ``kms serve`` passes the key kms.datadir verified against the dir's root-check.
+        self.keyring = Keyring(root_key or RootKey.load_or_create(data_dir), self.log.vault)
         self.credentials, self.new_credential = Credentials.load_or_create(
             data_dir, config.account_id
         )

@@ -2,12 +2,15 @@
 
 Rules: material leaves this module only sealed (AES-256-GCM under the region's
 root key, bound to the key id and material id as associated data); the root key
-comes from ``KMS_ROOT_KEY`` or a 0600 file in the data dir, created on first start.
+comes from ``KMS_ROOT_KEY`` or a 0600 file in the data dir, created only when the
+caller says the data dir holds nothing sealed; a check value sealed under it tells
+at start whether it is the key the data dir was sealed with.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import os
 from pathlib import Path
 
@@ -44,20 +47,67 @@ class Sealer:
             raise KMSInternalException("Key material could not be unsealed.") from None
 
 
+class RootKeyMissing(Exception):
+    """No root key is configured and the caller did not allow minting one."""
+
+
 class RootKey(Sealer):
     """The region's root of trust; it only ever seals key-encryption keys."""
 
     @classmethod
-    def load_or_create(cls, data_dir: Path) -> RootKey:
-        env = os.environ.get(ROOT_KEY_ENV)
-        if env:
-            return cls(base64.b64decode(env, validate=True))
+    def load_or_create(cls, data_dir: Path, *, create: bool = True) -> RootKey:
+        """From ``KMS_ROOT_KEY``, else ``root.key``; mint the file only if ``create``.
+        A malformed key raises ValueError saying what is wrong with it."""
+        from_env = cls.from_env()
+        if from_env is not None:
+            return from_env
         path = data_dir / ROOT_KEY_FILE
         if path.exists():
-            return cls(base64.b64decode(path.read_bytes().strip(), validate=True))
+            return cls(_decode(path.read_text(errors="replace"), str(path)))
+        if not create:
+            raise RootKeyMissing(f"neither {ROOT_KEY_ENV} is set nor {path} exists")
         key = os.urandom(32)
         create_secret_file(path, base64.b64encode(key) + b"\n")
         return cls(key)
+
+    @classmethod
+    def from_env(cls) -> RootKey | None:
+        """The key in ``KMS_ROOT_KEY`` if set (ValueError if malformed), else None."""
+        env = os.environ.get(ROOT_KEY_ENV)
+        return cls(_decode(env, ROOT_KEY_ENV)) if env else None
+
+    @staticmethod
+    def source(data_dir: Path) -> str:
+        """Where ``load_or_create`` takes the key from, for messages."""
+        return ROOT_KEY_ENV if os.environ.get(ROOT_KEY_ENV) else str(data_dir / ROOT_KEY_FILE)
+
+    def seal_check(self) -> bytes:
+        return self.seal(_CHECK_VALUE, _CHECK_CONTEXT)
+
+    def opens_check(self, sealed: bytes) -> bool:
+        """Whether this key sealed ``sealed`` (a value from ``seal_check``)."""
+        try:
+            return self.unseal(sealed, _CHECK_CONTEXT) == _CHECK_VALUE
+        except KMSInternalException:
+            return False
+
+
+_CHECK_VALUE = b"kms-root-check-v1"
+_CHECK_CONTEXT = b"kms-root-check"
+
+
+def _decode(text: str, source: str) -> bytes:
+    """Base64 of exactly 32 bytes, or a ValueError naming the source and the defect."""
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"the root key in {source} is not valid base64 "
+                         "(expected base64 of 32 random bytes, e.g. "
+                         "`head -c 32 /dev/urandom | base64`)") from None
+    if len(key) != 32:
+        raise ValueError(f"the root key in {source} decodes to {len(key)} bytes; "
+                         "a root key is 32 bytes") from None
+    return key
 
 
 def seal_context(key_id: str, material_id: str) -> bytes:
