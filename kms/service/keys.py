@@ -52,6 +52,15 @@ def check_policy(policy: str) -> None:
         raise MalformedPolicyDocumentException("The policy must be a JSON object with a Statement.")
 
 
+# Why a spec of the model is refused, where the reason is known and lasting.
+UNSUPPORTED_SPEC_REASONS = {
+    "ML_KEM_512": "KeySpec ML_KEM_512 is not supported by this service: its cryptography "
+                  "library offers ML-KEM-768 and ML-KEM-1024 only.",
+    "SM2": "KeySpec SM2 is offered only in the AWS China Regions; this service does not "
+           "support it.",
+}
+
+
 def tags_of(params: dict[str, Any]) -> ev.Tags:
     return tuple((t["TagKey"], t["TagValue"]) for t in params.get("Tags") or ())
 
@@ -86,7 +95,8 @@ async def create_key(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, A
     if origin in ("AWS_CLOUDHSM", "EXTERNAL_KEY_STORE") or "CustomKeyStoreId" in p:
         raise UnsupportedOperationException("Custom key stores are not supported by this service.")
     if spec not in svc.supported_specs:
-        raise UnsupportedOperationException(f"KeySpec {spec} is not supported by this service yet.")
+        raise UnsupportedOperationException(UNSUPPORTED_SPEC_REASONS.get(
+            spec, f"KeySpec {spec} is not supported by this service yet."))
     policy = p.get("Policy") or default_policy(svc.account)
     check_policy(policy)
     tags = tags_of(p)

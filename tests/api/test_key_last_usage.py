@@ -4,6 +4,7 @@ answer after a restart, because it is folded from the log's audit facts."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,8 @@ def test_the_last_successful_crypto_call_is_reported(server: Any, kms: Any) -> N
     assert used["Operation"] == "Decrypt"
     assert used["KmsRequestId"] == request_id(decrypted)
     assert after_encrypt["Timestamp"].timestamp() + 3600 <= used["Timestamp"].timestamp() <= now
-    assert int(used["CloudTrailEventId"]) > int(after_encrypt["CloudTrailEventId"])
+    assert used["CloudTrailEventId"] != after_encrypt["CloudTrailEventId"]
+    assert uuid.UUID(used["CloudTrailEventId"]).version == 4
     assert set(used) == {"Operation", "Timestamp", "CloudTrailEventId", "KmsRequestId"}
 
 

@@ -109,7 +109,8 @@ def test_single_region_key_has_no_multi_region_configuration(kms: Any) -> None:
 def test_sm2_key_spec_is_refused(kms: Any, usage: str) -> None:
     # SM2 is for the China Regions only; this service does not offer it.
     refused(kms.create_key, "UnsupportedOperationException",
-            "KeySpec SM2 is not supported by this service yet.", KeySpec="SM2", KeyUsage=usage)
+            "KeySpec SM2 is offered only in the AWS China Regions; this service does not "
+            "support it.", KeySpec="SM2", KeyUsage=usage)
     assert kms.list_keys()["Keys"] == []
 
 

@@ -60,7 +60,8 @@ def test_an_ml_kem_key_is_described_as_aws_describes_it(kms: Any, spec: str) -> 
 
 def test_ml_kem_512_is_refused_clearly_and_creates_nothing(server: Any, kms: Any) -> None:
     refused_alone(server, kms.create_key, "UnsupportedOperationException",
-                  "KeySpec ML_KEM_512 is not supported by this service yet.",
+                  "KeySpec ML_KEM_512 is not supported by this service: its cryptography "
+                  "library offers ML-KEM-768 and ML-KEM-1024 only.",
                   KeySpec="ML_KEM_512", KeyUsage=USAGE)
 
     assert kms.list_keys()["Keys"] == []
