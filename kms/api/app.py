@@ -40,7 +40,10 @@ MAX_CLOCK_ADVANCE = 100 * 365 * 86400.0
 JSON_TYPES = ("application/x-amz-json-1.1", "application/x-amz-json-1.0", "application/json")
 REQUEST_ID = web.RequestKey("request_id", str)
 AUDITED = web.RequestKey("audited", bool)  # the request's audit fact is written (or tried)
+STARTED = web.RequestKey("started", float)  # perf_counter() when the gateway took it
+LOGGED_MESSAGE = 1024  # an echoed value may be up to the body size; a log line is not
 _CREDENTIAL = re.compile(r"Credential=([A-Za-z0-9]+)/")
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")  # JSON's \ud800-\udfff escapes
 _MODEL = RequestModel()
 
 
@@ -139,9 +142,9 @@ class Gateway:
     async def handle(self, request: web.Request) -> web.Response:
         request_id = self.request_id()
         request[REQUEST_ID] = request_id
-        started = time.perf_counter()
+        started = request[STARTED] = time.perf_counter()
         target = request.headers.get("X-Amz-Target", "")
-        operation = target[len(TARGET_PREFIX):] if target.startswith(TARGET_PREFIX) else ""
+        operation = operation_of(target)
         caller = anonymous(request)
         try:
             try:
@@ -171,6 +174,11 @@ class Gateway:
         return answer(response, request_id, operation, started, caller, None, resolved)
 
 
+def operation_of(target: str) -> str:
+    """The operation an ``X-Amz-Target`` names ("" unless it is ``TrentService.<Op>``)."""
+    return target[len(TARGET_PREFIX):] if target.startswith(TARGET_PREFIX) else ""
+
+
 def anonymous(request: web.Request) -> Caller:
     """Who a request is before (or without) authentication."""
     return Caller("anonymous", "", "", request.remote or "", request.headers.get("User-Agent", ""))
@@ -193,7 +201,7 @@ def parse_request(request: web.Request, operation: str, target: str,
         raise SerializationException("The request body is not valid UTF-8.") from None
     try:
         doc = json.loads(text) if body.strip() else {}
-        if "\\ud" in text.lower() and not _encodable(doc):
+        if _ESCAPED_SURROGATE.search(text) and not _encodable(doc):
             raise ValueError("lone surrogate")
     except (ValueError, RecursionError):  # deep nesting is malformed input, not a fault
         raise SerializationException("The request body is not valid JSON.") from None
@@ -222,7 +230,7 @@ def answer(response: web.Response, request_id: str, operation: str, started: flo
     if resolved:
         fields["key_id"] = ",".join(resolved)
     if err is not None:  # the message is echoed to the client already, so safe to log
-        fields["error"], fields["message"] = err.code, printable(err.message)
+        fields["error"], fields["message"] = err.code, printable(err.message[:LOGGED_MESSAGE])
     emit = log.warning if response.status >= 500 else log.info
     emit("request", request_id=request_id, op=printable(operation) or "-",
          status=response.status, ms=round((time.perf_counter() - started) * 1000, 2),
@@ -242,11 +250,11 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     target = request.headers.get("X-Amz-Target", "")
     if (request.method == "POST" and request.path == "/" and target
             and not request.get(AUDITED)):
-        err = await request.app[NODE].service.record_rejected(
-            target[len(TARGET_PREFIX):] if target.startswith(TARGET_PREFIX) else target, {},
-            anonymous(request), request_id, err)
-        return answer(error_response(err, request_id), request_id, target, time.perf_counter(),
-                      anonymous(request), err)
+        operation, caller = operation_of(target) or target, anonymous(request)
+        err = await request.app[NODE].service.record_rejected(operation, {}, caller,
+                                                              request_id, err)
+        return answer(error_response(err, request_id), request_id, operation,
+                      request.get(STARTED, time.perf_counter()), caller, err)
     return error_response(err, request_id)
 
 

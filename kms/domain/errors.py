@@ -86,6 +86,9 @@ class KMSInternalException(KMSError):
     status = 500
 
 
+RECORD_FAILED = "The request could not be recorded."  # no durable audit fact: no answer
+
+
 class DependencyTimeoutException(KMSError):
     status = 500
 

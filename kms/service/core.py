@@ -23,6 +23,7 @@ from kms.crypto import asymmetric, mac, symmetric
 from kms.crypto.keyring import Keyring
 from kms.domain import events as ev
 from kms.domain.errors import (
+    RECORD_FAILED,
     ConflictingWrite,
     KMSError,
     KMSInternalException,
@@ -42,6 +43,7 @@ from kms.store.usage import KeyUsage
 log = structlog.get_logger("kms.service")
 
 MAX_DECISION_ATTEMPTS = 8
+AUDITED_MESSAGE = 1024  # the client gets the whole echoed value; the audit fact a bounded one
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,7 +293,7 @@ class Service:
             log.error("audit_failed", request_id=c.request_id, op=printable(c.operation[:128]),
                       reason=_reason(exc))
             cause = exc
-        answer = error or KMSInternalException("The request could not be recorded.")
+        answer = error or KMSInternalException(RECORD_FAILED)
         bare = Call(c.request_id, c.operation, c.caller, c.at_ms, {},
                     resources=list(c.resources))
         try:
@@ -303,7 +305,7 @@ class Service:
             cause = exc
         if isinstance(cause, KMSInternalException):  # the log's own words (not writable, ...)
             return cause
-        return KMSInternalException("The request could not be recorded.")
+        return KMSInternalException(RECORD_FAILED)
 
     def _stage_aws_managed(self, c: Call, params: dict[str, Any]) -> None:
         """``alias/aws/<service>`` names an AWS managed key that exists from its first use.
@@ -386,7 +388,7 @@ class Service:
             params=audit_params(c.params),
             resources=tuple(c.resources),
             error_code=error.code if error else "",
-            error_message=printable(error.message) if error else "",
+            error_message=printable(error.message[:AUDITED_MESSAGE]) if error else "",
             additional=c.additional,
             event_type=event_type,
         )

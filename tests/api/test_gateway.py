@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import msgpack
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
@@ -153,6 +154,28 @@ def test_request_lines_carry_principal_key_and_error(logged: LoggedServer) -> No
     text = logged.log_path.read_text()
     assert "secret words" not in text and "c2VjcmV0IHdvcmRz" not in text  # no plaintext
     assert str(blob) not in text
+
+
+def test_a_huge_echoed_value_reaches_the_client_whole_but_not_the_log_or_audit(
+        logged: LoggedServer) -> None:
+    kms = boto3.client("kms", endpoint_url=logged.url, region_name="us-east-1",
+                       aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret",
+                       config=Config(parameter_validation=False, retries={"max_attempts": 1}))
+    key = kms.create_key()["KeyMetadata"]["KeyId"]
+    huge = "k" * 200_000
+    with pytest.raises(ClientError) as info:
+        kms.tag_resource(KeyId=key, Tags=[{"TagKey": huge, "TagValue": "v"}])
+    assert info.value.response["Error"]["Code"] == "ValidationException"
+    assert huge in info.value.response["Error"]["Message"]  # AWS echoes the value whole
+    logged.stop()
+    line = request_line(logged, info.value.response["ResponseMetadata"]["RequestId"])
+    assert line["error"] == "ValidationException" and len(line["message"]) <= 1024
+    with closing(sqlite3.connect(logged.data_dir / "events.sqlite3")) as db:
+        body = db.execute("SELECT body FROM events WHERE stream = 'audit' "
+                          "ORDER BY seq DESC LIMIT 1").fetchone()[0]
+    fact = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    text = json.dumps(fact, default=repr)
+    assert "ValidationException" in text and huge not in text and len(text) < 20_000
 
 
 def test_a_refused_request_logs_its_principal_and_error(logged: LoggedServer) -> None:
