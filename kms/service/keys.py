@@ -12,6 +12,7 @@ import json
 import uuid
 from typing import Any
 
+from kms.crypto import kem
 from kms.domain import events as ev
 from kms.domain import key as keys
 from kms.domain.errors import (
@@ -53,9 +54,12 @@ def check_policy(policy: str) -> None:
 
 
 # Why a spec of the model is refused, where the reason is known and lasting.
+_MLKEM_OFFERED = " and ".join(f"ML-KEM-{n}" for n in sorted(
+    int(spec.rsplit("_", 1)[1]) for spec in kem.SUPPORTED_SPECS))
 UNSUPPORTED_SPEC_REASONS = {
-    "ML_KEM_512": "KeySpec ML_KEM_512 is not supported by this service: its cryptography "
-                  "library offers ML-KEM-768 and ML-KEM-1024 only.",
+    **{spec: f"KeySpec {spec} is not supported by this service: its cryptography library "
+             + (f"offers {_MLKEM_OFFERED} only." if _MLKEM_OFFERED else "has no ML-KEM.")
+       for spec in kem.SPECS - kem.SUPPORTED_SPECS},
     "SM2": "KeySpec SM2 is offered only in the AWS China Regions; this service does not "
            "support it.",
 }
