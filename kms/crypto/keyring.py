@@ -7,9 +7,11 @@ alone. Every material version is sealed under its KEK before it enters an event.
 Destroying a vault entry crypto-shreds what was sealed under it.
 
 Rules: nothing here logs; raw material only goes straight into a cipher of this
-package; a KEK of a key not yet committed lives only with its call (it is never
-cached); the caches are bounded LRUs, re-derived from the vault on a miss, and
-nothing is served or cached once its vault entry is gone.
+package; a KEK of a key not yet committed lives only with its call: the caller passes
+it in (``staged``: vault id -> wrapped KEK, the call's own vault changes) to each
+method that may need it, and nothing read through it is ever cached; the caches are
+bounded LRUs, re-derived from the vault on a miss, and nothing is served or cached once
+its vault entry is gone.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from contextvars import ContextVar
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
@@ -29,10 +30,8 @@ from kms.domain.events import Material
 MAX_KEKS = 10_000
 MAX_MATERIALS = 10_000  # raw material and parsed private keys, each
 
-# KEKs created by the call being decided in this task (an AWS managed key born with it),
-# wrapped: readable by that call only, gone with it, never cached.
-_UNCOMMITTED: ContextVar[Mapping[str, bytes]] = ContextVar(
-    "kms_uncommitted_keks", default=MappingProxyType({}))
+# What a call that stages no KEK (most calls) passes: shared, read-only, built once.
+NOTHING_STAGED: Mapping[str, bytes] = MappingProxyType({})
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -107,16 +106,9 @@ class Keyring:
         committed, the wrapped bytes (kept by the call) are the only copy."""
         return self._root.seal(os.urandom(32), kek_context(vault_id))
 
-    @staticmethod
-    def uncommitted(wrapped: Mapping[str, bytes]) -> None:
-        """The KEKs (vault id -> wrapped) the call now being decided in this task creates;
-        its handler may use them before they are committed. Replaces the last call's."""
-        _UNCOMMITTED.set(dict(wrapped))
-
-    def _kek(self, vault_id: str, wrapped: bytes | None = None) -> Sealer:
-        if wrapped is None and vault_id not in self._vault:
-            wrapped = _UNCOMMITTED.get().get(vault_id)
-        if wrapped is not None:  # a KEK of this very call, not committed yet
+    def _kek(self, vault_id: str, staged: Mapping[str, bytes]) -> Sealer:
+        wrapped = staged.get(vault_id) if staged else None
+        if wrapped is not None:  # created by the calling call, not committed: never cached
             return Sealer(self._root.unseal(wrapped, kek_context(vault_id)))
         committed = self._vault.get(vault_id)
         if committed is None:
@@ -131,36 +123,40 @@ class Keyring:
     # -- material ---------------------------------------------------------------------------
     def seal(self, key_id: str, raw: bytes, public_key: bytes = b"",
              material_id: str | None = None, *, vault_id: str = "",
-             wrapped_kek: bytes | None = None) -> Material:
-        """Seal material under the KEK in ``vault_id`` (default: the key's own). Pass
-        ``wrapped_kek`` when that entry is being created by the same call."""
+             staged: Mapping[str, bytes] = NOTHING_STAGED) -> Material:
+        """Seal material under the KEK in ``vault_id`` (default: the key's own): the one
+        in ``staged`` if the calling call creates that entry, else the committed one."""
         material_id = material_id or os.urandom(32).hex()
-        sealer = self._kek(vault_id or key_id, wrapped_kek)
+        sealer = self._kek(vault_id or key_id, staged)
         sealed = sealer.seal(raw, seal_context(key_id, material_id))
         return Material(material_id, sealed, public_key,
                         vault_id if vault_id and vault_id != key_id else "")
 
-    def raw(self, key_id: str, material: Material) -> bytes:
+    def raw(self, key_id: str, material: Material, *,
+            staged: Mapping[str, bytes] = NOTHING_STAGED) -> bytes:
+        """The raw bytes of a material, under its staged KEK (uncached) or committed one."""
         vault_id = material.vault_id or key_id
-        ck = (vault_id, material.material_id)
+        if staged and vault_id in staged:  # born with the calling call: nothing is cached
+            return self._kek(vault_id, staged).unseal(
+                material.sealed, seal_context(key_id, material.material_id))
         if vault_id not in self._vault:
-            if vault_id in _UNCOMMITTED.get():  # born with this call: nothing is cached
-                return self._kek(vault_id).unseal(material.sealed,
-                                                  seal_context(key_id, material.material_id))
             self._forget_vault_id(vault_id)  # destroyed: never served from a cache
             raise KMSInternalException("The key's material has been destroyed.")
+        ck = (vault_id, material.material_id)
         raw = self._raw.get(ck)
         if raw is None:
-            raw = self._kek(vault_id).unseal(material.sealed,
-                                             seal_context(key_id, material.material_id))
+            raw = self._kek(vault_id, NOTHING_STAGED).unseal(
+                material.sealed, seal_context(key_id, material.material_id))
             self._raw.put(ck, raw)
         return raw
 
-    def loaded(self, key_id: str, material: Material, load: Any) -> Any:
-        """A parsed form of the material (e.g. a private key object), cached."""
-        raw = self.raw(key_id, material)  # checks the vault first
+    def loaded(self, key_id: str, material: Material, load: Any, *,
+               staged: Mapping[str, bytes] = NOTHING_STAGED) -> Any:
+        """A parsed form of the material (e.g. a private key object), cached unless the
+        material's KEK is staged by the calling call."""
+        raw = self.raw(key_id, material, staged=staged)  # checks the vault first
         ck = (material.vault_id or key_id, material.material_id)
-        if ck[0] not in self._vault:  # born with this call
+        if staged and ck[0] in staged:  # born with the calling call
             return load(raw)
         obj = self._loaded.get(ck)
         if obj is None:

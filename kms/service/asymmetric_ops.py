@@ -42,7 +42,7 @@ def _signing(svc: Service, call: Call, p: dict[str, Any]) -> tuple[Key, str, str
     algorithm, message_type = p["SigningAlgorithm"], p.get("MessageType", "RAW")
     asymmetric.check_message(key.key_spec, algorithm, p["Message"], message_type)
     dry_run(p)
-    return key, algorithm, message_type, svc.private_key(key, _material(key))
+    return key, algorithm, message_type, svc.private_key(call, key, _material(key))
 
 
 @operation("Sign", read_only=True)
@@ -85,7 +85,7 @@ async def derive_shared_secret(svc: Service, call: Call, p: dict[str, Any]) -> d
     asymmetric.check_key_agreement_algorithm(key.key_spec, p["KeyAgreementAlgorithm"])
     dry_run(p)
     try:
-        secret = asymmetric.derive_shared_secret(svc.private_key(key, _material(key)),
+        secret = asymmetric.derive_shared_secret(svc.private_key(call, key, _material(key)),
                                                  key.key_spec, p["PublicKey"])
     except ValidationException:
         raise ValidationException("") from None  # AWS: an invalid PublicKey, empty message
@@ -98,7 +98,7 @@ def _mac_key(svc: Service, call: Call, p: dict[str, Any], op: str) -> tuple[Key,
     require_usage(key, GENERATE_VERIFY_MAC, op)
     mac.check_mac_algorithm(key.key_spec, p["MacAlgorithm"])
     dry_run(p)
-    return key, svc.keyring.raw(key.key_id, _material(key))
+    return key, svc.keyring.raw(key.key_id, _material(key), staged=call.staged_keks)
 
 
 @operation("GenerateMac", read_only=True)

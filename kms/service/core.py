@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +20,7 @@ import structlog
 
 from kms.clock import Clock
 from kms.crypto import asymmetric, mac, symmetric
-from kms.crypto.keyring import Keyring
+from kms.crypto.keyring import NOTHING_STAGED, Keyring
 from kms.domain import events as ev
 from kms.domain.errors import (
     RECORD_FAILED,
@@ -72,6 +72,21 @@ class Call:
     additional: dict[str, Any] = field(default_factory=dict)
     vault: list[VaultChange] = field(default_factory=list)
     staged: dict[str, Key] = field(default_factory=dict)  # AWS managed keys born with this call
+
+    @property
+    def staged_keks(self) -> Mapping[str, bytes]:
+        """The KEKs this call creates (vault id -> wrapped), from ``vault``: the one source
+        the keyring reads an uncommitted KEK from, gone with the call. A call that stages
+        nothing (most) gets the shared empty mapping, nothing built."""
+        if not self.vault:
+            return NOTHING_STAGED
+        staged: dict[str, bytes] = {}
+        for change in self.vault:
+            if change.wrapped is None:
+                staged.pop(change.key_id, None)
+            else:
+                staged[change.key_id] = change.wrapped
+        return staged
 
     def emit(self, stream: str, events: list[ev.Event]) -> None:
         if events:
@@ -152,20 +167,13 @@ class Service:
         log_.subscribe_audit(self.usage)  # GetKeyLastUsage, rebuilt from the log at start
         self.supported_specs = frozenset({SYMMETRIC, *mac.HMAC_SPECS, *asymmetric.SUPPORTED_SPECS})
 
-    def new_kek(self, call: Call, key_id: str) -> bytes:
-        """Every new key gets its own key-encryption key, vaulted with the call. Until the
-        call commits, its wrapped form in ``call.vault`` is its only copy: a refused or
-        dry-run call leaves nothing behind, in the vault or in the keyring."""
-        wrapped = self.keyring.new_kek(key_id)
-        call.vault.append(VaultChange(key_id, wrapped))
-        return wrapped
-
-    @staticmethod
-    def _staged_kek(call: Call, key_id: str) -> bytes | None:
-        for change in reversed(call.vault):
-            if change.key_id == key_id:
-                return change.wrapped
-        return None
+    def new_kek(self, call: Call, vault_id: str) -> None:
+        """A new key-encryption key for vault entry ``vault_id`` (a new key's own, or an
+        imported material's), vaulted with the call. Until the call commits, its wrapped
+        form in ``call.vault`` is its only copy (the keyring reads it through
+        ``call.staged_keks``): a refused or dry-run call leaves nothing behind, in the
+        vault or in the keyring."""
+        call.vault.append(VaultChange(vault_id, self.keyring.new_kek(vault_id)))
 
     @staticmethod
     def symmetric_material() -> bytes:
@@ -174,19 +182,20 @@ class Service:
     async def new_material(self, call: Call, key_id: str, key_spec: str) -> ev.Material:
         """Generate and seal the first material of a new key (RSA in a worker thread),
         under the KEK ``new_kek`` staged in this call."""
-        wrapped = self._staged_kek(call, key_id)
         if key_spec == SYMMETRIC:
             raw, public = symmetric.new_material(), b""
         elif key_spec in mac.HMAC_SPECS:
             raw, public = mac.new_hmac_key(key_spec), b""
         else:
             raw, public = await asyncio.to_thread(asymmetric.generate, key_spec)
-        return self.keyring.seal(key_id, raw, public, wrapped_kek=wrapped)
+        return self.keyring.seal(key_id, raw, public, staged=call.staged_keks)
 
-    def private_key(self, key: Key, material: ev.Material) -> Any:
-        """The parsed private key of an asymmetric material, cached by the keyring."""
+    def private_key(self, call: Call, key: Key, material: ev.Material) -> Any:
+        """The parsed private key of an asymmetric material, cached by the keyring (unless
+        its KEK is staged by ``call``)."""
         return self.keyring.loaded(key.key_id, material,
-                                   lambda der: asymmetric.load_private(der, trusted=True))
+                                   lambda der: asymmetric.load_private(der, trusted=True),
+                                   staged=call.staged_keks)
 
     # -- loading, with what the decision saw ------------------------------------------------
     def resolve(self, call: Call, raw: str, *, allow_alias: bool) -> Key:
@@ -311,13 +320,8 @@ class Service:
         """``alias/aws/<service>`` names an AWS managed key that exists from its first use.
         A missing one is created as part of this call: its events go in with the call's,
         so a call that is refused leaves no key behind, and its KEK lives only with the
-        call (``Keyring.uncommitted``): never in the keyring's caches."""
-        try:
-            self._stage_each(c, params)
-        finally:
-            self.keyring.uncommitted({v.key_id: v.wrapped for v in c.vault if v.wrapped})
-
-    def _stage_each(self, c: Call, params: dict[str, Any]) -> None:
+        call (in ``c.vault``, read through ``c.staged_keks``): never in the keyring's
+        caches."""
         for member in ("KeyId", "DestinationKeyId"):
             raw = params.get(member)
             if not isinstance(raw, str) or AWS_ALIAS_PREFIX not in raw:
@@ -333,7 +337,7 @@ class Service:
             if service not in AWS_MANAGED_SERVICES:
                 continue
             key_id = str(uuid.uuid4())
-            wrapped = self.new_kek(c, key_id)
+            self.new_kek(c, key_id)
             created = ev.KeyCreated(
                 key_id=key_id, account=self.account, region=self.region,
                 description=f"Default key that protects my {service.upper()} resources when "
@@ -342,7 +346,7 @@ class Service:
                 key_manager="AWS", multi_region=False,
                 policy=aws_managed_policy(self.account, service, self.region), tags=(),
                 material=self.keyring.seal(key_id, symmetric.new_material(),
-                                           wrapped_kek=wrapped),
+                                           staged=c.staged_keks),
             )
             rotation = ev.KeyRotationEnabled(key_id, 365, c.at_ms + 365 * 86_400_000)
             c.emit(key_stream(key_id), [created, rotation])

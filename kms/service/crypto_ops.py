@@ -63,7 +63,7 @@ def seal_symmetric(svc: Service, call: Call, key: Key, plaintext: bytes,
                    context: dict[str, str] | None) -> tuple[bytes, str]:
     material = key.current_material
     assert material is not None  # Enabled symmetric keys always have material
-    raw = svc.keyring.raw(key.key_id, material)
+    raw = svc.keyring.raw(key.key_id, material, staged=call.staged_keks)
     blob = symmetric.encrypt(raw, key.key_id, material.material_id, plaintext, context)
     call.additional["keyMaterialId"] = material.material_id
     return blob, material.material_id
@@ -109,7 +109,7 @@ async def open_ciphertext(svc: Service, call: Call, p: dict[str, Any], *, key_pa
     material = key.material(parsed.material_id)
     if material is None:
         raise InvalidCiphertextException()
-    raw = svc.keyring.raw(key.key_id, material)
+    raw = svc.keyring.raw(key.key_id, material, staged=call.staged_keks)
     dry_run(p)
     plaintext = symmetric.decrypt(raw, parsed, p.get(context_param))
     return key, plaintext, material.material_id, SYMMETRIC
@@ -140,7 +140,7 @@ async def _open_rsa(svc: Service, call: Call, p: dict[str, Any], key: Key, ciphe
     algorithm = _rsa_algorithm(key, p, context_param, algorithm_param, call.operation)
     dry_run(p)
     assert ciphertext is not None and key.current_material is not None
-    private = svc.private_key(key, key.current_material)
+    private = svc.private_key(call, key, key.current_material)
     plaintext = await asyncio.to_thread(asymmetric.rsa_decrypt, private, key.key_spec, algorithm,
                                         ciphertext)  # private-key RSA: off the event loop
     return key, plaintext, None, algorithm

@@ -37,7 +37,8 @@ async def get_parameters_for_import(svc: Service, call: Call,
     wrapping.check(algorithm, spec)
     private_der, public_der = await asyncio.to_thread(wrapping.new_wrapping_key, spec)
     token = os.urandom(32).hex()
-    sealed = svc.keyring.seal(key.key_id, private_der, public_der, material_id=token)
+    sealed = svc.keyring.seal(key.key_id, private_der, public_der, material_id=token,
+                              staged=call.staged_keks)
     valid_to = call.at_ms + lifecycle.IMPORT_PARAMETERS_TTL_MS
     call.emit(key_stream(key.key_id),
               [ev.ImportParametersIssued(key.key_id, token, algorithm, spec, sealed, valid_to)])
@@ -76,7 +77,8 @@ async def import_key_material(svc: Service, call: Call, p: dict[str, Any]) -> di
         key, params, call.at_ms, p.get("ExpirationModel"),
         int(p["ValidTo"] * 1000) if "ValidTo" in p else None,
     )
-    private_der = svc.keyring.raw(key.key_id, params.sealed_private_key)
+    private_der = svc.keyring.raw(key.key_id, params.sealed_private_key,
+                                  staged=call.staged_keks)
     raw = await asyncio.to_thread(wrapping.unwrap, params.wrapping_algorithm, private_der,
                                   p["EncryptedKeyMaterial"])
     public = await asyncio.to_thread(_check_material, key.key_spec, raw)
@@ -98,13 +100,10 @@ def _seal_imported(svc: Service, call: Call, key_id: str, material_id: str, raw:
     that vault entry and with it every sealed copy in the log. Material imported again
     while present keeps its entry; material imported after its deletion gets a new one."""
     vault_id = material_vault_id(key_id, material_id)
-    if present and vault_id in svc.log.vault:
-        return svc.keyring.seal(key_id, raw, public, material_id=material_id,
-                                vault_id=vault_id)
-    wrapped = svc.keyring.new_kek(vault_id)
-    call.vault.append(VaultChange(vault_id, wrapped))
+    if not (present and vault_id in svc.log.vault):
+        svc.new_kek(call, vault_id)
     return svc.keyring.seal(key_id, raw, public, material_id=material_id, vault_id=vault_id,
-                            wrapped_kek=wrapped)
+                            staged=call.staged_keks)
 
 
 @operation("DeleteImportedKeyMaterial", read_only=False)

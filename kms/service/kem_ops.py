@@ -31,7 +31,7 @@ def _kem_key(svc: Service, call: Call, p: dict[str, Any]) -> tuple[Key, Any]:
 async def encapsulate(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
     key, material = _kem_key(svc, call, p)
     dry_run(p)
-    public = svc.private_key(key, material).public_key()
+    public = svc.private_key(call, key, material).public_key()
     secret, ciphertext = kem.encapsulate(public, key.key_spec)
     return {"KeyId": key.arn, "SharedSecret": secret, "SharedSecretCiphertextBlob": ciphertext,
             "EncapsulationAlgorithm": kem.ALGORITHM}
@@ -44,5 +44,5 @@ async def decapsulate(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, 
     if len(ciphertext) != kem.CIPHERTEXT_BYTES[key.key_spec]:
         raise InvalidCiphertextException()
     dry_run(p)
-    secret = kem.decapsulate(svc.private_key(key, material), key.key_spec, ciphertext)
+    secret = kem.decapsulate(svc.private_key(call, key, material), key.key_spec, ciphertext)
     return {"KeyId": key.arn, "SharedSecret": secret, "EncapsulationAlgorithm": kem.ALGORITHM}

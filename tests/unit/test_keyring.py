@@ -1,7 +1,9 @@
 """The keyring's caches, in process: bounded, never grown by a call that is refused or a
 dry run, and emptied of a key's KEK, raw material and parsed private keys when its
-deletion (or the deletion of one imported material) commits. A real Service and
-Scheduler over the in-memory log; nothing of either is mocked."""
+deletion (or the deletion of one imported material) commits; a KEK nobody committed is
+read only through the staged mapping of its own call, so keyrings of several regions in
+one process never see each other's. A real Service and Scheduler over the in-memory log;
+nothing of either is mocked."""
 
 from __future__ import annotations
 
@@ -143,3 +145,39 @@ async def test_deleted_imported_material_leaves_no_cached_copy(region: Region) -
     with pytest.raises(KMSInternalException):
         region.keyring.raw(key_id, material)
     assert material.vault_id not in region.keyring.cached_vault_ids()
+
+
+def test_two_keyrings_in_one_process_never_see_each_others_staged_keks() -> None:
+    """Regions of one process (each its own root key, vault and keyring) read an
+    uncommitted KEK only through the staged mapping their own call passes in: nothing
+    process-wide, nothing left behind once the call is over, nothing cached."""
+    vault_a: dict[str, bytes] = {}
+    vault_b: dict[str, bytes] = {}
+    a = Keyring(RootKey(os.urandom(32)), vault_a)
+    b = Keyring(RootKey(os.urandom(32)), vault_b)
+    key_id = str(uuid.uuid4())  # the same key id in both regions (as a multi-Region key's)
+    staged_a = {key_id: a.new_kek(key_id)}
+    staged_b = {key_id: b.new_kek(key_id)}
+    in_a = a.seal(key_id, b"a" * 32, staged=staged_a)
+    in_b = b.seal(key_id, b"b" * 32, staged=staged_b)
+
+    assert a.raw(key_id, in_a, staged=staged_a) == b"a" * 32
+    assert b.raw(key_id, in_b, staged=staged_b) == b"b" * 32
+    # Without its own call's staged KEK, neither keyring reaches a KEK nobody committed,
+    # whatever the other region's call is doing at the same moment.
+    for keyring, material in ((a, in_a), (b, in_b), (a, in_b), (b, in_a)):
+        with pytest.raises(KMSInternalException):
+            keyring.raw(key_id, material)
+        with pytest.raises(KMSInternalException):
+            keyring.loaded(key_id, material, bytes)
+    with pytest.raises(KMSInternalException):
+        b.seal(key_id, b"x" * 32)
+    assert a.sizes() == b.sizes() == {"keks": 0, "raw": 0, "loaded": 0}
+
+    vault_a.update(staged_a)  # region A's call commits; region B's never does
+    assert a.raw(key_id, in_a) == b"a" * 32
+    assert a.cached_vault_ids() == {key_id}
+    with pytest.raises(KMSInternalException):
+        b.raw(key_id, in_b)
+    assert b.sizes() == {"keks": 0, "raw": 0, "loaded": 0}
+
