@@ -4,8 +4,10 @@ Rules: the lock (``flock`` on ``kms.lock``, the holder's pid inside) is taken be
 else in the dir is read or written and held for the life of the process; ``node.json`` binds
 the dir to its region and account; ``root-check`` (a constant sealed under the root key) proves
 the configured root key is the one the dir was sealed with; a dir that holds anything sealed
-never gets a fresh root key. A refusal writes nothing but the lock file (and nothing at all
-when ``KMS_ROOT_KEY`` is malformed, which is checked first).
+never gets a fresh root key. A dir from before these files is bound only to what its log
+proves: the region and account its rows name, a root key that opens its vault. A refusal
+writes nothing but the lock file (and nothing at all when ``KMS_ROOT_KEY`` is malformed,
+which is checked first).
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
+from kms.crypto.keyring import kek_context
 from kms.crypto.sealing import ROOT_KEY_ENV, ROOT_KEY_FILE, RootKey, RootKeyMissing
+from kms.domain import events as ev
 from kms.files import create_secret_file
 
 LOCK_FILE = "kms.lock"
@@ -48,8 +53,11 @@ def open_data_dir(path: Path, *, region: str, account_id: str) -> DataDir:
         raise DataDirRefused(str(exc)) from None
     lock_fd = _lock(path)
     try:
-        _check_identity(path, region, account_id)
-        root_key = _root_key(path)
+        # Read the log only for a dir that lacks a guard file: the log is its only witness.
+        facts = (_LogFacts.read(path) if not (path / IDENTITY_FILE).exists()
+                 or not (path / ROOT_CHECK_FILE).exists() else None)
+        _check_identity(path, region, account_id, facts)
+        root_key = _root_key(path, facts)
         _record(path, region, account_id, root_key)
     except BaseException:
         os.close(lock_fd)
@@ -75,11 +83,76 @@ def _lock(path: Path) -> int:
     return fd
 
 
-def _check_identity(path: Path, region: str, account_id: str) -> None:
+@dataclass(frozen=True, slots=True)
+class _LogFacts:
+    """What a data dir's event log says about it, read without writing to it."""
+
+    has_rows: bool
+    region: str | None = None  # origin region of the first row
+    account: str | None = None  # account of the first KeyCreated
+    vault_entry: tuple[str, bytes] | None = None  # one (vault id, wrapped KEK)
+
+    @classmethod
+    def read(cls, path: Path) -> _LogFacts:
+        """The facts, or a refusal when the log exists but cannot be read."""
+        log_path = path / LOG_FILE
+        if not log_path.exists():
+            return cls(has_rows=False)
+        try:
+            db = _open_for_reading(log_path)
+        except sqlite3.Error as exc:
+            raise DataDirRefused(f"cannot read {log_path}: {exc}") from None
+        try:
+            return cls._query(db)
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):  # created, never written: nothing to witness
+                return cls(has_rows=False)
+            raise DataDirRefused(f"cannot read {log_path}: {exc}") from None
+        except (sqlite3.Error, ValueError, TypeError, KeyError) as exc:
+            raise DataDirRefused(f"cannot read {log_path}: {exc}") from None
+        finally:
+            db.close()
+
+    @classmethod
+    def _query(cls, db: sqlite3.Connection) -> _LogFacts:
+        first = db.execute("SELECT origin_region FROM events ORDER BY seq LIMIT 1").fetchone()
+        if first is None:
+            return cls(has_rows=False)
+        created = db.execute("SELECT type, body FROM events WHERE type = ? ORDER BY seq LIMIT 1",
+                             (ev.KeyCreated.__name__,)).fetchone()
+        account = None
+        if created is not None:
+            event = ev.decode(str(created[0]), bytes(created[1]))
+            account = str(event.account) if isinstance(event, ev.KeyCreated) else None
+        entry = db.execute("SELECT key_id, wrapped FROM vault LIMIT 1").fetchone()
+        return cls(has_rows=True, region=str(first[0]), account=account,
+                   vault_entry=(str(entry[0]), bytes(entry[1])) if entry else None)
+
+
+def _open_for_reading(log_path: Path) -> sqlite3.Connection:
+    """Read-only if SQLite allows it (a WAL database needs its -shm for that); else an
+    ordinary connection that this module only ever reads through."""
+    try:
+        db = sqlite3.connect(f"file:{log_path}?mode=ro", uri=True)
+        try:
+            db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone()
+        except sqlite3.Error:
+            db.close()
+            raise
+        return db
+    except sqlite3.OperationalError:
+        return sqlite3.connect(log_path)
+
+
+def _check_identity(path: Path, region: str, account_id: str,
+                    facts: _LogFacts | None) -> None:
     identity = _read_identity(path)
-    if identity is None:
+    if identity is not None:
+        theirs: tuple[object, object] = (identity.get("region"), identity.get("account_id"))
+    elif facts is not None and facts.has_rows:  # a dir from before node.json: its log says
+        theirs = (facts.region, facts.account or account_id)
+    else:
         return
-    theirs = (identity.get("region"), identity.get("account_id"))
     if theirs != (region, account_id):
         raise DataDirRefused(
             f"data dir {path} belongs to region {theirs[0]}, account {theirs[1]}; "
@@ -98,10 +171,11 @@ def _read_identity(path: Path) -> dict[str, object] | None:
     return doc
 
 
-def _root_key(path: Path) -> RootKey:
+def _root_key(path: Path, facts: _LogFacts | None) -> RootKey:
     check_path = path / ROOT_CHECK_FILE
     sealed = check_path.read_bytes() if check_path.exists() else None
-    in_use = sealed is not None or (path / IDENTITY_FILE).exists() or _log_has_rows(path)
+    in_use = (sealed is not None or (path / IDENTITY_FILE).exists()
+              or (facts is not None and facts.has_rows))
     try:
         root_key = RootKey.load_or_create(path, create=not in_use)
     except RootKeyMissing:
@@ -111,29 +185,21 @@ def _root_key(path: Path) -> RootKey:
             "(a new one could open nothing here)") from None
     except ValueError as exc:  # malformed: the message says what is wrong with it
         raise DataDirRefused(str(exc)) from None
-    if sealed is not None and not root_key.opens_check(sealed):
-        raise DataDirRefused(
-            f"the root key from {RootKey.source(path)} is not the one data dir {path} "
-            f"was sealed with ({check_path} does not open under it); "
-            "start with the original root key")
+    if sealed is not None:
+        if not root_key.opens_check(sealed):
+            _wrong_root_key(path, f"{check_path} does not open under it")
+    elif facts is not None and facts.vault_entry is not None:
+        # A dir from before root-check: the key it records must first open the vault.
+        vault_id, wrapped = facts.vault_entry
+        if not root_key.opens(wrapped, kek_context(vault_id)):
+            _wrong_root_key(path, f"the key vault in {path / LOG_FILE} does not open under it")
     return root_key
 
 
-def _log_has_rows(path: Path) -> bool:
-    """Whether the event log holds anything; an unreadable log counts as holding data."""
-    log_path = path / LOG_FILE
-    if not log_path.exists():
-        return False
-    try:
-        db = sqlite3.connect(f"file:{log_path}?mode=ro", uri=True)
-        try:
-            return db.execute("SELECT 1 FROM events LIMIT 1").fetchone() is not None
-        finally:
-            db.close()
-    except sqlite3.OperationalError as exc:
-        return "no such table" not in str(exc)
-    except sqlite3.Error:
-        return True
+def _wrong_root_key(path: Path, evidence: str) -> NoReturn:
+    raise DataDirRefused(
+        f"the root key from {RootKey.source(path)} is not the one data dir {path} "
+        f"was sealed with ({evidence}); start with the original root key")
 
 
 def _record(path: Path, region: str, account_id: str, root_key: RootKey) -> None:

@@ -91,6 +91,15 @@ class RootKey(Sealer):
         except KMSInternalException:
             return False
 
+    def opens(self, sealed: bytes, context: bytes) -> bool:
+        """Whether ``sealed`` unseals under this key and ``context`` (the plaintext, a
+        key-encryption key, is dropped at once)."""
+        try:
+            self.unseal(sealed, context)
+        except KMSInternalException:
+            return False
+        return True
+
 
 _CHECK_VALUE = b"kms-root-check-v1"
 _CHECK_CONTEXT = b"kms-root-check"

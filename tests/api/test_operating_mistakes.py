@@ -145,6 +145,78 @@ def test_a_different_root_key_is_refused(tmp_path: Path, first_from_env: bool) -
     still_serves(data_dir, key_id, env=env)
 
 
+# -- a data dir from before node.json and root-check ------------------------------------------
+def old_data_dir(data_dir: Path, root_key: str) -> tuple[str, bytes]:
+    """A data dir as a node from before the guards left it: a key in the log and vault, an
+    old ciphertext under it, and no ``root-check`` or ``node.json``. The key id and the blob."""
+    node = ServerProcess(data_dir, env={"KMS_ROOT_KEY": root_key}).start()
+    try:
+        kms = client_for(node.url)
+        key_id = str(kms.create_key()["KeyMetadata"]["KeyId"])
+        blob = kms.encrypt(KeyId=key_id, Plaintext=b"sealed before the upgrade")["CiphertextBlob"]
+    finally:
+        node.stop()
+    for name in ("root-check", "node.json"):
+        (data_dir / name).unlink()
+    return key_id, blob
+
+
+def test_an_old_data_dir_refuses_a_wrong_root_key_on_its_first_start(tmp_path: Path) -> None:
+    """The first start after the upgrade checks the root key against the vault before it
+    records it: a wrong key is refused, not sealed into root-check for good."""
+    data_dir = tmp_path / "d"
+    original = new_key()
+    key_id, blob = old_data_dir(data_dir, original)
+    done = serve("--data-dir", str(data_dir), "--port", str(free_port()), "--dev",
+                 env={"KMS_ROOT_KEY": new_key()})
+    refused(done, "the root key from KMS_ROOT_KEY is not the one data dir "
+                  f"{data_dir} was sealed with", "start with the original root key")
+    assert not (data_dir / "root-check").exists()
+    assert not (data_dir / "node.json").exists()
+
+    node = ServerProcess(data_dir, env={"KMS_ROOT_KEY": original}).start()
+    try:
+        kms = client_for(node.url)
+        answer = kms.decrypt(CiphertextBlob=blob)
+        assert answer["Plaintext"] == b"sealed before the upgrade"
+        assert answer["KeyId"].endswith(f":key/{key_id}")
+    finally:
+        node.stop()
+    assert json.loads((data_dir / "node.json").read_text()) == {
+        "region": "us-east-1", "account_id": "111122223333"}
+    # What was recorded is the right key: a wrong one is still refused, the right one serves.
+    done = serve("--data-dir", str(data_dir), "--port", str(free_port()), "--dev",
+                 env={"KMS_ROOT_KEY": new_key()})
+    refused(done, f"{data_dir / 'root-check'} does not open under it")
+    # node.json lost again (root-check kept): the log still names the region.
+    (data_dir / "node.json").unlink()
+    done = serve("--data-dir", str(data_dir), "--port", str(free_port()), "--dev",
+                 "--region", "eu-west-1", env={"KMS_ROOT_KEY": original})
+    refused(done, "belongs to region us-east-1", "as region eu-west-1")
+    assert not (data_dir / "node.json").exists()
+    still_serves(data_dir, key_id, env={"KMS_ROOT_KEY": original})
+
+
+@pytest.mark.parametrize(("flags", "ours"), [
+    (["--region", "ap-south-1"], "region ap-south-1, account 111122223333"),
+    (["--account-id", "444455556666"], "region us-east-1, account 444455556666"),
+], ids=["other-region", "other-account"])
+def test_an_old_data_dir_serves_only_the_region_and_account_its_log_names(
+        tmp_path: Path, flags: list[str], ours: str) -> None:
+    data_dir = tmp_path / "d"
+    original = new_key()
+    key_id, _ = old_data_dir(data_dir, original)
+    done = serve("--data-dir", str(data_dir), "--port", str(free_port()), "--dev", *flags,
+                 env={"KMS_ROOT_KEY": original})
+    refused(done, str(data_dir), "belongs to region us-east-1, account 111122223333",
+            f"refusing to serve it as {ours}")
+    assert not (data_dir / "node.json").exists()
+    assert not (data_dir / "root-check").exists()
+    still_serves(data_dir, key_id, env={"KMS_ROOT_KEY": original})
+    assert json.loads((data_dir / "node.json").read_text()) == {
+        "region": "us-east-1", "account_id": "111122223333"}
+
+
 @pytest.mark.parametrize(("value", "message"), [
     ("abc", "the root key in KMS_ROOT_KEY is not valid base64"),
     ("not base64!", "the root key in KMS_ROOT_KEY is not valid base64"),
