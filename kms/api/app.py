@@ -269,7 +269,9 @@ async def health(request: web.Request) -> web.Response:
         doc |= {"last_error": log_.last_error, "last_error_at_ms": log_.last_error_at_ms}
     if not log_.writable:  # the writer stopped: nothing can be answered until a restart
         return web.json_response({"status": "failed", **doc}, status=503)
-    if log_.degraded:  # the last commit failed; the writer tries the next one anew
+    # The last commit failed. A node taken out of rotation gets no commit to clear that,
+    # so ask the store itself whether it would take one now.
+    if log_.degraded and not await log_.probe():
         return web.json_response({"status": "degraded", **doc}, status=503)
     return web.json_response({"status": "ok", **doc})
 

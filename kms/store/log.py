@@ -11,7 +11,8 @@ written in the same transaction as the events that need it. Dropping a vault
 entry crypto-shreds every sealed material of that key the log still holds.
 
 A commit that fails for a transient reason (the database locked, the disk full)
-fails only its own calls; the writer keeps serving. Any other failure stops it.
+fails only its own calls; the writer keeps serving. Any other failure, an I/O error
+included, stops it (fail closed).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ GENESIS = b"\x00" * 32
 MAX_BATCH = 1024
 BUSY_TIMEOUT_MS = 2000  # a brief external lock is waited out, a long one fails the batch
 COMMIT_FAILED = "The event log could not commit; try again."
+REPLAY_CHUNK = 10_000  # rows read, and audit facts handed on, per step of the start-up replay
 
 log = structlog.get_logger("kms.store")
 
@@ -115,7 +117,12 @@ class EventLog(abc.ABC):
 
     def subscribe_audit(self, fn: Subscriber) -> None:
         """``fn`` gets the committed audit facts (stream ``audit``), decoded, in seq order:
-        all of them at replay, then each batch's; None when the log is wiped."""
+        all of them at replay, then each batch's; None when the log is wiped.
+
+        The replay may arrive in several calls (up to ``REPLAY_CHUNK`` facts each, one
+        empty list when there are none), handed on as rows are verified, so the whole
+        audit stream is never held at once. A replay that then finds a corrupt row raises
+        from ``open``: what ``fn`` was given is a verified prefix of a log that is refused."""
         self._audit_subscribers.append(fn)
 
     async def open(self) -> None:
@@ -129,31 +136,46 @@ class EventLog(abc.ABC):
         self._writer = asyncio.create_task(self._run(), name="event-log-writer")
 
     async def _replay(self) -> None:
+        """Verify and decode the stored rows a page at a time. State subscribers get every
+        state event in one call once the whole chain verified; audit facts (most of the
+        log) go to audit subscribers page by page and are not kept."""
         batch: list[ev.Envelope] = []
-        audit: list[ev.Envelope] = []
         prev = GENESIS
-        rows, vault = await self._load()
+        verified = 0
+        handed_on = False
+        stored, vault = await self._load()
         self.vault.clear()  # the keyring holds this very dict
         self.vault.update(vault)
-        for row in rows:
-            seq, stream, version, type_name, origin_region, origin_seq, at_ms, body, p, h = row
-            if p != prev or row_hash(prev, seq, stream, version, type_name, origin_region,
-                                     origin_seq, at_ms, body) != h:
-                raise LogCorrupted(f"hash chain broken at seq {seq}")
-            prev = h
-            self.last_seq = seq
-            self._heads[stream] = version
-            try:
-                event = ev.decode(type_name, body)
-            except Exception as exc:  # a row that hashes right but will not decode
-                raise LogCorrupted(f"undecodable event at seq {seq}: {exc}") from exc
-            (audit if stream == AUDIT_STREAM else batch).append(
-                ev.Envelope(seq, stream, version, origin_region, origin_seq, at_ms, event))
+        while rows := await self.read_rows(self.last_seq, REPLAY_CHUNK):
+            audit: list[ev.Envelope] = []
+            for row in rows:
+                seq, stream, version, type_name, origin_region, origin_seq, at_ms, body, p, h \
+                    = row
+                if p != prev or row_hash(prev, seq, stream, version, type_name, origin_region,
+                                         origin_seq, at_ms, body) != h:
+                    raise LogCorrupted(f"hash chain broken at seq {seq}")
+                prev = h
+                verified += 1
+                self.last_seq = seq
+                self._heads[stream] = version
+                try:
+                    event = ev.decode(type_name, body)
+                except Exception as exc:  # a row that hashes right but will not decode
+                    raise LogCorrupted(f"undecodable event at seq {seq}: {exc}") from exc
+                (audit if stream == AUDIT_STREAM else batch).append(
+                    ev.Envelope(seq, stream, version, origin_region, origin_seq, at_ms, event))
+            if audit:
+                handed_on = True
+                for fn in self._audit_subscribers:
+                    fn(audit)
+        if verified != stored:  # a row below seq 1, which paging from seq 0 never reads
+            raise LogCorrupted(f"{stored - verified} stored rows are outside the hash chain")
         self._last_hash = prev
+        if not handed_on:  # an empty replay is still a replay
+            for fn in self._audit_subscribers:
+                fn([])
         for fn in self._subscribers:
             fn(batch)
-        for fn in self._audit_subscribers:
-            fn(audit)
 
     @property
     def writable(self) -> bool:
@@ -225,9 +247,7 @@ class EventLog(abc.ABC):
         except BaseException:
             for pending in batch:  # fail closed: no caller waits on a batch that broke
                 if not pending.future.done():
-                    pending.future.set_exception(
-                        KMSInternalException("The event log could not commit.")
-                    )
+                    pending.future.set_exception(KMSInternalException(COMMIT_FAILED))
             raise
 
     def _rows_for(self, pending: _Pending, heads: dict[str, int], seq: int, prev: bytes,
@@ -336,6 +356,21 @@ class EventLog(abc.ABC):
                   batch_rows=n_rows, failed_commits=self.failed_commits,
                   request_ids=request_ids[:20])
 
+    async def probe(self) -> bool:
+        """Whether the store would take a commit now, asked without writing anything (for
+        ``/_kms/health`` while degraded, when traffic may have stopped and no commit comes
+        to clear it). On success the log is no longer degraded; a full disk shows only at
+        the next commit."""
+        if not self.writable:
+            return False
+        try:
+            await self._probe()
+        except Exception as exc:
+            log.info("event_log_probe_failed", error=str(exc) or type(exc).__name__)
+            return False
+        self.degraded = False
+        return True
+
     async def reset(self) -> None:
         """Drop every row (``--dev`` only); subscribers then see an empty replay."""
         if not self.writable:
@@ -359,8 +394,9 @@ class EventLog(abc.ABC):
 
     # -- storage hooks ------------------------------------------------------------------------
     @abc.abstractmethod
-    async def _load(self) -> tuple[list[_Row], dict[str, bytes]]:
-        """Open the store; return every row in seq order and the vault."""
+    async def _load(self) -> tuple[int, dict[str, bytes]]:
+        """Open the store; return how many rows it holds and the vault (the rows
+        themselves are read a page at a time with ``read_rows``)."""
 
     @abc.abstractmethod
     async def _persist(self, rows: list[_Row], vault: list[VaultChange]) -> None:
@@ -373,6 +409,10 @@ class EventLog(abc.ABC):
     @abc.abstractmethod
     async def _tail(self) -> tuple[int, bytes]:
         """The stored last seq and hash (0 and GENESIS when empty)."""
+
+    @abc.abstractmethod
+    async def _probe(self) -> None:
+        """Take the store's write lock and let go of it, between batches; raise if not."""
 
     def _transient(self, exc: Exception) -> bool:
         """Whether a failed ``_persist`` is worth retrying with the next batch."""
@@ -394,8 +434,8 @@ class MemoryLog(EventLog):
         self.rows: list[_Row] = []
         self.stored_vault: dict[str, bytes] = {}
 
-    async def _load(self) -> tuple[list[_Row], dict[str, bytes]]:
-        return list(self.rows), dict(self.stored_vault)
+    async def _load(self) -> tuple[int, dict[str, bytes]]:
+        return len(self.rows), dict(self.stored_vault)
 
     async def _persist(self, rows: list[_Row], vault: list[VaultChange]) -> None:
         self.rows.extend(rows)
@@ -411,6 +451,9 @@ class MemoryLog(EventLog):
 
     async def _tail(self) -> tuple[int, bytes]:
         return (self.rows[-1][0], self.rows[-1][9]) if self.rows else (0, GENESIS)
+
+    async def _probe(self) -> None:
+        return None
 
     async def read_rows(self, after_seq: int, limit: int) -> list[_Row]:
         return [r for r in self.rows if r[0] > after_seq][:limit]
@@ -437,8 +480,11 @@ CREATE TABLE IF NOT EXISTS vault (
 );
 """
 # SQLite's primary result codes that a later attempt may get past: a lock held by
-# another connection, a full disk, an I/O error. Each rolls the transaction back.
-_TRANSIENT_CODES = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR")
+# another connection, a full disk. Each rolls the transaction back before anything of
+# it is on disk. Not SQLITE_IOERR: after a failed fsync the WAL frames, commit frame
+# included, may be on disk with valid checksums, so a crash could bring back a batch
+# whose calls were answered 500; the writer stops instead (fail closed).
+_TRANSIENT_CODES = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL")
 _COLUMNS = "seq, stream, version, type, origin_region, origin_seq, at_ms, body, prev_hash, hash"
 
 
@@ -450,13 +496,14 @@ class SqliteLog(EventLog):
         self.path = path
         self._db: aiosqlite.Connection | None = None
         self._checkpoint_owed = False  # a shred whose WAL frames are not yet truncated
+        self._checkpoint_warned = False  # the owed checkpoint's warning is logged once
 
     @property
     def db(self) -> aiosqlite.Connection:
         assert self._db is not None, "log not open"
         return self._db
 
-    async def _load(self) -> tuple[list[_Row], dict[str, bytes]]:
+    async def _load(self) -> tuple[int, dict[str, bytes]]:
         self._db = await aiosqlite.connect(self.path)
         await self.db.execute("PRAGMA journal_mode=WAL")
         await self.db.execute("PRAGMA secure_delete=ON")  # a dropped KEK is overwritten
@@ -474,11 +521,16 @@ class SqliteLog(EventLog):
             raise RuntimeError("SQLite refused WAL mode")
         await self.db.executescript(_SCHEMA)
         await self.db.commit()
-        async with self.db.execute(f"SELECT {_COLUMNS} FROM events ORDER BY seq") as cur:
-            rows = [tuple(r) for r in await cur.fetchall()]
+        # A node that died between a shred's commit and its checkpoint left the dropped
+        # KEK in the WAL; truncate it now (owed, and retried after commits, if a reader
+        # holds the WAL).
+        self._checkpoint_owed = True
+        await self.db._execute(self._checkpoint, self.db._conn)
+        async with self.db.execute("SELECT count(*) FROM events") as cur:
+            count = await cur.fetchone()
         async with self.db.execute("SELECT key_id, wrapped FROM vault") as cur:
             vault = {k: bytes(w) for k, w in await cur.fetchall()}
-        return rows, vault  # type: ignore[return-value]
+        return int(count[0]) if count is not None else 0, vault
 
     async def _persist(self, rows: list[_Row], vault: list[VaultChange]) -> None:
         # One hop to aiosqlite's thread for the whole batch (insert, vault, commit)
@@ -492,7 +544,6 @@ class SqliteLog(EventLog):
             for v in vault:
                 if v.wrapped is None:
                     conn.execute("DELETE FROM vault WHERE key_id = ?", (v.key_id,))
-                    self._checkpoint_owed = True
                 else:
                     conn.execute("INSERT OR REPLACE INTO vault VALUES (?, ?)",
                                  (v.key_id, v.wrapped))
@@ -505,23 +556,55 @@ class SqliteLog(EventLog):
             if conn.in_transaction:  # never let the next batch join a half-written one
                 raise LogCorrupted("a failed transaction is still open") from exc
             raise
+        if any(v.wrapped is None for v in vault):  # owed only once the shred is committed
+            self._checkpoint_owed = True
         if self._checkpoint_owed:
             self._checkpoint(conn)
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
         """Copy the WAL into the main file and truncate it, so the frames that held a
         shredded KEK are gone (secure_delete has zeroed it in the page itself). The
-        commit is already durable: a checkpoint that cannot finish now (a reader holds
-        an old snapshot) is owed and tried again after the next commit."""
+        commit is already durable and its callers wait on this, so it never waits: with
+        no busy handler, a checkpoint that cannot finish now (a reader holds an old
+        snapshot) stays owed and is tried again, as cheaply, after each later commit.
+        Never raises: a checkpoint's trouble must not turn a commit into a failure."""
         try:
-            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            conn.execute("PRAGMA busy_timeout=0")
+            try:
+                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         except sqlite3.Error as exc:
-            log.warning("wal_checkpoint_failed", error=str(exc))
+            self._checkpoint_unfinished("wal_checkpoint_failed", error=str(exc))
             return
         if busy:
-            log.warning("wal_checkpoint_incomplete", reason="a reader holds the WAL")
+            self._checkpoint_unfinished("wal_checkpoint_incomplete",
+                                        reason="a reader holds the WAL")
             return
-        self._checkpoint_owed = False
+        if self._checkpoint_warned:
+            log.info("wal_checkpoint_completed")
+        self._checkpoint_owed = self._checkpoint_warned = False
+
+    def _checkpoint_unfinished(self, event: str, **fields: str) -> None:
+        # Once per owed checkpoint, not once per commit: a reader may hold the WAL a while.
+        if not self._checkpoint_warned:
+            log.warning(event, retry="after each commit", **fields)
+            self._checkpoint_warned = True
+
+    def _try_write_lock(self) -> None:
+        conn = self.db._conn
+        if conn.in_transaction:  # a --dev wipe between its statements: not ours to end
+            raise sqlite3.OperationalError("a transaction is open")
+        conn.execute("PRAGMA busy_timeout=0")  # a health check answers now
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+
+    async def _probe(self) -> None:
+        # One function on aiosqlite's thread, so it runs between writer batches.
+        await self.db._execute(self._try_write_lock)
 
     def _transient(self, exc: Exception) -> bool:
         name = getattr(exc, "sqlite_errorname", "")

@@ -3,13 +3,15 @@
 Rules: a flipped byte (or any other edit) in a stored row makes the node refuse to
 start, and it never answers health "ok"; a WAL cut mid-frame after a SIGKILL is
 SQLite's to repair: the node starts and serves an exact prefix of the acknowledged
-history, ending on a transaction boundary (nothing half-applied).
+history, ending on a transaction boundary (nothing half-applied); a shredded KEK leaves
+no copy in any file, even across a crash, and its checkpoint never holds up a commit.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import sqlite3
 import struct
@@ -24,8 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
-from kms.store.log import AUDIT_STREAM, GENESIS, row_hash
+from kms.domain import events as ev
+from kms.domain.errors import KMSInternalException
+from kms.store.log import AUDIT_STREAM, GENESIS, Append, SqliteLog, VaultChange, row_hash
 from tests.support.server import ServerProcess, free_port
 
 pytestmark = pytest.mark.slow
@@ -354,3 +359,127 @@ def test_a_shredded_kek_is_in_neither_the_main_file_nor_the_wal(tmp_path: Path) 
         assert any(wrapped[survivor] in content for content in files.values())
     finally:
         node.stop()
+
+
+def file_bytes(data_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in data_dir.glob(LOG_FILE + "*")}
+
+
+def snapshot_reader(db_path: Path) -> sqlite3.Connection:
+    """Another process's reader, holding a read snapshot of the log until it COMMITs."""
+    reader = sqlite3.connect(db_path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM events").fetchone()
+    return reader
+
+
+def test_a_kek_shredded_just_before_a_crash_is_gone_once_the_node_restarts(
+        tmp_path: Path) -> None:
+    """A reader holding the WAL keeps the shred's checkpoint from finishing, and the node
+    dies before a later commit retries it: the next start truncates the WAL."""
+    data_dir = tmp_path / "data"
+    node = ServerProcess(data_dir).start()
+    try:
+        doomed = ok(node.url, "CreateKey", {})["KeyMetadata"]["KeyId"]
+        survivor = ok(node.url, "CreateKey", {})["KeyMetadata"]["KeyId"]
+        uri = f"file:{data_dir / LOG_FILE}?mode=ro"
+        with closing(sqlite3.connect(uri, uri=True)) as db:
+            wrapped = {k: bytes(w) for k, w in db.execute("SELECT key_id, wrapped FROM vault")}
+        ok(node.url, "ScheduleKeyDeletion", {"KeyId": doomed, "PendingWindowInDays": 7})
+        with closing(snapshot_reader(data_dir / LOG_FILE)) as reader:
+            node.post("/_kms/clock", {"advance_seconds": 7 * 86_400 + 1})  # the shred
+            status, doc = call(node.url, "DescribeKey", {"KeyId": doomed})
+            assert (status, doc["__type"]) == (400, "NotFoundException")
+            node.kill()  # before any later commit
+            assert any(wrapped[doomed] in c for c in file_bytes(data_dir).values()), \
+                "the reader should have kept the shredded KEK in the files"
+            reader.execute("COMMIT")  # lets go of the WAL; the connection stays open
+
+            node = ServerProcess(data_dir).start()
+            for name, content in file_bytes(data_dir).items():
+                assert wrapped[doomed] not in content, f"the shredded KEK is still in {name}"
+            assert any(wrapped[survivor] in c for c in file_bytes(data_dir).values())
+            ok(node.url, "DescribeKey", {"KeyId": survivor})
+    finally:
+        node.stop()
+
+
+# -- (d) the shred's checkpoint never holds up a commit ---------------------------------------
+REGION = "us-east-1"
+
+
+def described(key_id: str, text: str) -> ev.KeyDescriptionUpdated:
+    return ev.KeyDescriptionUpdated(key_id=key_id, description=text)
+
+
+async def test_a_shred_while_a_reader_holds_the_wal_never_holds_up_later_commits(
+        tmp_path: Path) -> None:
+    """The checkpoint after a shred runs without a busy handler: while a reader holds an
+    old snapshot each commit is answered at once, the checkpoint stays owed (one warning)
+    and is tried again after each commit, and it finishes after the reader lets go."""
+    path = tmp_path / LOG_FILE
+    log = SqliteLog(path, REGION)
+    await log.open()
+    kek = os.urandom(48)  # stands in for a wrapped KEK
+    statements: list[str] = []  # what the log's connection runs, from here on
+    try:
+        await log.append([Append("key/a", (described("a", "one"),), 0)], at_ms=1,
+                         vault=[VaultChange("a", kek)])
+        await log.db._execute(log.db._conn.set_trace_callback, statements.append)
+        with closing(snapshot_reader(path)) as reader:
+            with capture_logs() as logs:
+                await log.append([Append("key/a", (described("a", "shred"),), 1)], at_ms=2,
+                                 vault=[VaultChange("a", None)])
+                for n in range(3):  # later commits, answered while the reader holds on
+                    await log.append([Append("key/a", (described("a", str(n)),), 2 + n)],
+                                     at_ms=3 + n)
+            assert reader.in_transaction
+            assert [e["event"] for e in logs if e["event"].startswith("wal_checkpoint")] == [
+                "wal_checkpoint_incomplete"]  # once, not once per commit
+            attempts = [i for i, sql in enumerate(statements) if "wal_checkpoint" in sql]
+            assert len(attempts) == 4  # after the shred and after each later commit
+            assert all(statements[i - 1] == "PRAGMA busy_timeout=0" and
+                       statements[i + 1] == "PRAGMA busy_timeout=2000" for i in attempts)
+            assert any(kek in c for c in file_bytes(tmp_path).values())  # still owed
+            reader.execute("COMMIT")
+
+        with capture_logs() as logs:
+            await log.append([Append("key/a", (described("a", "after"),), 5)], at_ms=10)
+        assert [e["event"] for e in logs] == ["wal_checkpoint_completed"]
+        for name, content in file_bytes(tmp_path).items():
+            assert kek not in content, f"the shredded KEK is still in {name}"
+        tried = len([sql for sql in statements if "wal_checkpoint" in sql])
+        await log.append([Append("key/a", (described("a", "owed no more"),), 6)], at_ms=11)
+        assert len([sql for sql in statements if "wal_checkpoint" in sql]) == tried
+    finally:
+        await log.close()
+
+
+async def test_a_shred_that_did_not_commit_owes_no_checkpoint(tmp_path: Path) -> None:
+    """A batch that drops one KEK and stores another fails on a full disk: nothing of it
+    is stored, the KEK is still there, and no checkpoint is owed for it."""
+    path = tmp_path / LOG_FILE
+    log = SqliteLog(path, REGION)
+    await log.open()
+    kek = os.urandom(48)
+    try:
+        await log.append([Append("key/a", (described("a", "one"),), 0)], at_ms=1,
+                         vault=[VaultChange("a", kek)])
+        async with log.db.execute("PRAGMA page_count") as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        await log.db.execute(f"PRAGMA max_page_count={row[0]}")  # the disk is now full
+        with pytest.raises(KMSInternalException, match="^The event log could not commit"):
+            await log.append([], at_ms=2, vault=[VaultChange("a", None),
+                                                 VaultChange("b", os.urandom(100_000))])
+        await log.db.execute("PRAGMA max_page_count=1073741823")
+        assert log.vault == {"a": kek}
+
+        with closing(snapshot_reader(path)) as reader, capture_logs() as logs:
+            await log.append([Append("key/a", (described("a", "two"),), 1)], at_ms=3)
+            assert reader.in_transaction
+        assert not [e for e in logs if e["event"].startswith("wal_checkpoint")]
+    finally:
+        await log.close()
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT wrapped FROM vault WHERE key_id = 'a'").fetchone() == (kek,)

@@ -3,9 +3,10 @@
 Rules: a commit that fails for such a reason fails only the calls in its batch
 (KMSInternalException, HTTP 500), stores nothing of them, logs one error line naming
 the SQLite error (never an event body), and the next batch is tried anew, so writes
-resume when the cause goes away; ``/_kms/health`` says "degraded" (503) meanwhile and
-keeps counting failed commits after. A failure that leaves the store unlike the
-in-memory heads still stops the writer for good (fail closed).
+resume when the cause goes away; ``/_kms/health`` says "degraded" (503) meanwhile,
+says "ok" again as soon as the store would take a commit (asked by health itself, no
+write needed), and keeps counting failed commits after. An I/O error, or a failure that
+leaves the store unlike the in-memory heads, stops the writer for good (fail closed).
 """
 
 from __future__ import annotations
@@ -110,6 +111,37 @@ def test_a_locked_database_fails_the_blocked_call_and_writes_resume_once_release
     assert SECRET_TEXT not in node.log_file.read_text()
 
 
+def test_health_is_ok_again_once_the_lock_goes_even_with_no_write_since(
+        tmp_path: Path) -> None:
+    """A load balancer stops sending traffic to a node that answers 503, so no commit may
+    come to clear "degraded": health asks the store whether it would take one now."""
+    node = LoggedServer(tmp_path / "data", tmp_path / "node.log").start()
+    try:
+        kms = client(node.url)
+        kms.create_key(Description="before")
+        with closing(sqlite3.connect(tmp_path / "data" / "events.sqlite3",
+                                     isolation_level=None)) as other:
+            other.execute("BEGIN EXCLUSIVE")
+            refused(kms.create_key, "KMSInternalException", COMMIT_FAILED, status=500)
+            status, doc = health(node.url)
+            assert (status, doc["status"]) == (503, "degraded")
+            status, again = health(node.url)  # asking again does not clear it while locked
+            assert (status, again["status"]) == (503, "degraded")
+            failed_commits, seq_while_locked = doc["failed_commits"], doc["log_seq"]
+            other.execute("ROLLBACK")
+
+        status, doc = health(node.url)  # no call since the lock went
+        assert (status, doc["status"]) == (200, "ok")
+        assert doc["log_seq"] == seq_while_locked  # nothing was written to clear it
+        assert doc["failed_commits"] == failed_commits  # what happened is still reported
+        assert doc["last_error"] == "database is locked"
+        assert health(node.url)[0] == 200
+        kms.create_key(Description="after")  # and writes are taken
+        assert health(node.url)[1]["log_seq"] > seq_while_locked
+    finally:
+        node.stop()
+
+
 # -- in process: a real SQLITE_FULL, and a failure that must stop the writer ------------------
 def described(key_id: str, text: str) -> ev.KeyDescriptionUpdated:
     return ev.KeyDescriptionUpdated(key_id=key_id, description=text)
@@ -202,6 +234,43 @@ async def test_a_store_that_moved_under_the_writer_stops_it_and_health_says_why(
         assert not log.writable
         assert log.last_error is not None and "UNIQUE constraint failed" in log.last_error
         assert log.failed_commits == 1
+        with pytest.raises(KMSInternalException, match="not accepting writes"):
+            await log.append([Append("key/a", (described("a", "three"),), 1)], at_ms=3)
+    finally:
+        await log.close()
+
+
+class FsyncFails(SqliteLog):
+    """A log whose next commit gets the error SQLite raises when an fsync fails. That
+    fault cannot be made on demand here, so the error is raised where SQLite would."""
+
+    fail = False
+
+    def _write_batch(self, rows: list[Any], vault: list[Any]) -> None:
+        if self.fail:
+            exc = sqlite3.OperationalError("disk I/O error")
+            exc.sqlite_errorcode = 1034  # type: ignore[attr-defined]  # SQLITE_IOERR_FSYNC
+            exc.sqlite_errorname = "SQLITE_IOERR_FSYNC"  # type: ignore[attr-defined]
+            raise exc
+        super()._write_batch(rows, vault)
+
+
+async def test_an_io_error_on_commit_stops_the_writer(tmp_path: Path) -> None:
+    """After a failed fsync the commit frame may be on disk with valid checksums, and a
+    crash could bring back a batch whose calls were answered 500: not transient."""
+    log = FsyncFails(tmp_path / "events.sqlite3", REGION)
+    await log.open()
+    try:
+        await log.append([Append("key/a", (described("a", "one"),), 0)], at_ms=1)
+        log.fail = True
+        with capture_logs() as logs:
+            with pytest.raises(KMSInternalException, match=f"^{COMMIT_FAILED}$"):
+                await log.append([Append("key/a", (described("a", "two"),), 1)], at_ms=2)
+        assert not log.writable
+        assert (log.failed_commits, log.last_error) == (1, "disk I/O error")
+        assert not await log.probe()
+        failed = [e for e in logs if e["event"] == "event_log_commit_failed"]
+        assert [(e["transient"], e["writer"]) for e in failed] == [(False, "stopped")]
         with pytest.raises(KMSInternalException, match="not accepting writes"):
             await log.append([Append("key/a", (described("a", "three"),), 1)], at_ms=3)
     finally:

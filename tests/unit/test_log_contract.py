@@ -19,13 +19,16 @@ from kms.domain.errors import ConflictingWrite, KMSInternalException
 from kms.store.log import (
     AUDIT_STREAM,
     GENESIS,
+    REPLAY_CHUNK,
     Append,
     EventLog,
     LogCorrupted,
     MemoryLog,
     SqliteLog,
+    Subscriber,
     row_hash,
 )
+from kms.store.usage import KeyUsage
 
 REGION = "us-east-1"
 
@@ -58,7 +61,7 @@ class Backend(abc.ABC):
 
     async def open(self, previous: EventLog | None = None,
                    subscriber: Recorder | None = None,
-                   audit_subscriber: Recorder | None = None) -> EventLog:
+                   audit_subscriber: Subscriber | None = None) -> EventLog:
         log = self._new(previous)
         if subscriber is not None:
             log.subscribe(subscriber)
@@ -349,3 +352,74 @@ async def test_an_audit_row_that_will_not_decode_is_refused_at_open(backend: Bac
     with pytest.raises(LogCorrupted, match="seq 2"):
         await backend.open(log, audit_subscriber=facts)
     assert facts.calls == []
+
+
+
+def used(n: int, key_arn: str) -> ev.ApiCallRecorded:
+    return ev.ApiCallRecorded(request_id=f"u{n}", operation="Encrypt", principal_arn="p",
+                              account="111122223333", access_key_id="AK", source_ip="",
+                              user_agent="", read_only=False, resources=(key_arn,))
+
+
+class Both:
+    """An audit subscriber that records what it is told and folds it into KeyUsage."""
+
+    def __init__(self) -> None:
+        self.recorder, self.usage = Recorder(), KeyUsage()
+
+    def __call__(self, envelopes: Sequence[ev.Envelope] | None) -> None:
+        self.recorder(envelopes)
+        self.usage(envelopes)
+
+
+async def test_a_long_audit_stream_is_replayed_in_chunks_that_fold_to_the_same_usage(
+        backend: Backend) -> None:
+    """Start-up hands the audit stream on as it is read, never as one list: a stream
+    longer than REPLAY_CHUNK arrives in several calls, and KeyUsage folds them to what it
+    had folded live (tracking still starts at the first fact)."""
+    live = Both()
+    log = await backend.open(audit_subscriber=live)
+    n = REPLAY_CHUNK + 5
+    arns = [f"arn:aws:kms:{REGION}:111122223333:key/k{i}" for i in range(7)]
+    committed: list[ev.Envelope] = []
+    for start in range(0, n, 1_000):
+        facts = tuple(used(i, arns[i % len(arns)]) for i in range(start, min(n, start + 1_000)))
+        envs = await log.append([Append(f"key/{start}", (enabled(str(start)),), 0),
+                                 Append(AUDIT_STREAM, facts)], at_ms=1_000 + start)
+        committed += [e for e in envs if e.stream == AUDIT_STREAM]
+    await log.close()
+
+    replayed, state = Both(), Recorder()
+    again = await backend.open(log, subscriber=state, audit_subscriber=replayed)
+    calls = replayed.recorder.calls
+    assert len(calls) > 1, "the replay came as one list"
+    assert all(call and len(call) <= REPLAY_CHUNK for call in calls)
+    assert replayed.recorder.envelopes == committed  # all of them, in seq order, once
+    assert len(state.calls) == 1 and len(state.envelopes) == len(range(0, n, 1_000))
+    assert replayed.usage.last == live.usage.last and len(live.usage.last) == len(arns)
+    assert replayed.usage.tracking_since_ms == live.usage.tracking_since_ms == 1_000
+    assert again.last_seq == len(committed) + len(state.envelopes)
+
+
+async def test_a_row_before_the_first_seq_is_refused_at_open(backend: Backend) -> None:
+    """Replay reads the rows a page at a time from seq 0 on; a row stored below seq 1
+    (outside every page) is still found, because the store's row count must match."""
+    log = await backend.open()
+    await log.append([Append("key/a", (enabled("a"),), 0), Append(AUDIT_STREAM, (audit(1),))],
+                     at_ms=1)
+    rows = await log.read_rows(0, 100)
+    await log.close()
+    first = rows[0]  # a copy of it at seq 0, on its own stream, hashed as a chain's start
+    stray = rechained([(0, "key/z", 1, *first[3:5], 0, *first[6:])], 0, first[7])[0]
+    backend.replace_rows(log, [stray, *rows])
+    with pytest.raises(LogCorrupted, match="outside the hash chain"):
+        await backend.open(log)
+
+
+async def test_probe_says_whether_the_log_would_take_a_commit(backend: Backend) -> None:
+    log = await backend.open()
+    assert await log.probe()
+    await log.append([Append("key/a", (enabled("a"),), 0)], at_ms=1)
+    assert await log.probe() and not log.degraded
+    await log.close()
+    assert not await log.probe()
