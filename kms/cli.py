@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import socket
 import sys
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
@@ -32,7 +33,10 @@ def version() -> str:
         return kms.__version__
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser(
+    serve_options: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> argparse.ArgumentParser:
+    """The ``kms`` parser; ``serve_options`` adds a layer's own ``serve`` flags."""
     p = argparse.ArgumentParser(prog="kms", description="A self-hosted AWS KMS-compatible service")
     p.add_argument("--version", action="version", version=f"kms {version()}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -47,7 +51,19 @@ def _parser() -> argparse.ArgumentParser:
                         "/_kms/reset and /_kms/clock exist")
     s.add_argument("--config", type=Path, help="TOML configuration file")
     s.add_argument("--log-format", choices=("auto", "json", "console"))
+    if serve_options is not None:
+        serve_options(s)
     return p
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    """The merged, validated configuration (flags over the file over the defaults);
+    raises OSError, ValueError or TypeError saying what is wrong."""
+    overrides = {
+        "host": args.host, "port": args.port, "region": args.region, "data_dir": args.data_dir,
+        "account_id": args.account_id, "dev": args.dev, "log_format": args.log_format,
+    }
+    return Config.load(args.config, overrides)
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -79,16 +95,15 @@ def fail(message: str) -> int:
     return 2
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    overrides = {
-        "host": args.host, "port": args.port, "region": args.region, "data_dir": args.data_dir,
-        "account_id": args.account_id, "dev": args.dev, "log_format": args.log_format,
-    }
-    try:
-        config = Config.load(args.config, overrides)
-    except (OSError, ValueError, TypeError) as exc:  # TOMLDecodeError is a ValueError
-        return fail(f"configuration: {exc}")
+class StartRefused(Exception):
+    """A layer's ``make_app`` refuses to start; the message says why, in one line."""
+
+
+def serve(config: Config,
+          make_app: Callable[[Node], web.Application] = create_app) -> int:
+    """Run a node for a validated ``config`` until a signal stops it: bind the port, lock and
+    check the data dir, create the node, let ``make_app`` wire it (it may refuse with
+    DataDirRefused or StartRefused), print "serving", run. Each refusal returns 2."""
     try:
         sock = listen(config.host, config.port)
     except OSError as exc:
@@ -101,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     kms_logging.configure(config.log_format)
     try:
         node = Node(config, root_key=data.root_key)
+        app = make_app(node)
+    except (DataDirRefused, StartRefused) as exc:
+        sock.close()
+        return fail(str(exc))
     except (OSError, ValueError) as exc:  # unreadable data dir or credentials
         sock.close()
         return fail(f"cannot start the node: {exc}")
@@ -118,8 +137,19 @@ def main(argv: list[str] | None = None) -> int:
     shown = f"[{host}]" if ":" in host else host
     print(f"kms: serving region {config.region} on http://{shown}:{port}"
           f"{' (dev mode)' if config.dev else ''}", flush=True)
-    web.run_app(create_app(node), sock=sock, print=None, access_log=None, handle_signals=True)
+    web.run_app(app, sock=sock, print=None, access_log=None, handle_signals=True)
     return 0  # the data dir lock is released as the process exits
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m kms.cli``: one region node, no peers (``regions.cli`` is the ``kms``
+    console script, which adds them)."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args)
+    except (OSError, ValueError, TypeError) as exc:  # TOMLDecodeError is a ValueError
+        return fail(f"configuration: {exc}")
+    return serve(config)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ class Config:
     dev: bool = False
     log_format: str = "auto"  # "json", "console" or "auto" (console on a terminal)
     principals: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    # The top-level ``[[peers]]`` tables, raw: the regions layer parses and validates them.
+    peers: tuple[dict[str, Any], ...] = field(default_factory=tuple)
 
     @classmethod
     def load(cls, path: Path | None, overrides: dict[str, Any]) -> Config:
@@ -38,14 +40,18 @@ class Config:
             node = doc.get("node", {})
             if not isinstance(node, dict):
                 raise ValueError(f"{path}: [node] must be a table")
-            known = {f.name for f in fields(cls)} - {"principals"}
+            known = {f.name for f in fields(cls)} - {"principals", "peers"}
             unknown = set(node) - known
             if unknown:
                 raise ValueError(
                     f"{path}: unknown settings in [node]: {', '.join(sorted(unknown))}")
             for name, value in node.items():
                 _check_setting(path, name, value)
-            cfg = replace(cfg, **node, principals=tuple(doc.get("principals", ())))
+            peers = doc.get("peers", [])
+            if not isinstance(peers, list) or not all(isinstance(p, dict) for p in peers):
+                raise ValueError(f"{path}: peers must be an array of tables ([[peers]])")
+            cfg = replace(cfg, **node, principals=tuple(doc.get("principals", ())),
+                          peers=tuple(peers))
         cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
         cfg = replace(cfg, data_dir=Path(cfg.data_dir), port=int(cfg.port))
         cfg.validate()
@@ -70,6 +76,11 @@ _SETTING_TYPES: dict[str, type] = {
 _LOG_FORMATS = ("auto", "json", "console")
 _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+", re.ASCII)  # AWS's shape: eu-west-1
 _ACCOUNT = re.compile(r"[0-9]{12}", re.ASCII)
+
+
+def is_region_name(name: str) -> bool:
+    """Whether ``name`` has the shape of an AWS region (the rule ``region`` is checked by)."""
+    return _REGION.fullmatch(name) is not None
 
 
 def _check_setting(path: Path, name: str, value: Any) -> None:

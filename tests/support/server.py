@@ -41,7 +41,7 @@ class ServerProcess:
 
     def command(self) -> list[str]:
         """The ``kms serve`` command line this node runs."""
-        args = [sys.executable, "-m", "kms.cli", "serve", "--host", "127.0.0.1",
+        args = [sys.executable, "-m", "regions.cli", "serve", "--host", "127.0.0.1",
                 "--port", str(self.port), "--region", self.region,
                 "--data-dir", str(self.data_dir), "--log-format", "json", *self.extra]
         return [*args, "--dev"] if self.dev else args

@@ -1,0 +1,40 @@
+"""The ``kms`` console script: ``kms serve`` as kms.cli runs it, plus the node's peers.
+
+Rules: the same parser, start-up order and refusals as kms.cli (validate -> bind -> lock and
+check the data dir -> node -> print -> run); the topology (``--peer REGION=URL``, repeatable,
+over the config's ``[[peers]]``) is validated with the rest of the configuration, before the
+port is bound, and a mistake is one ``kms: error:`` line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kms.api.app import create_app
+from kms.cli import build_parser, fail, load_config, serve
+from regions.topology import Topology
+
+
+def _peer_options(serve_parser: argparse.ArgumentParser) -> None:
+    serve_parser.add_argument(
+        "--peer", action="append", default=[], metavar="REGION=URL",
+        help="another region's node (repeatable): requests signed for REGION are "
+             "forwarded to URL")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser(_peer_options).parse_args(argv)
+    try:
+        config = load_config(args)
+    except (OSError, ValueError, TypeError) as exc:  # TOMLDecodeError is a ValueError
+        return fail(f"configuration: {exc}")
+    try:
+        Topology.parse(config.region, config.peers, args.peer)
+    except ValueError as exc:
+        return fail(f"configuration: {exc}")
+    return serve(config, create_app)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
