@@ -1,0 +1,1 @@
+"""Operator tools: the local cluster (cluster.py) and the benchmarks (bench/)."""

@@ -397,7 +397,8 @@ class Cluster:
                 if not _alive(self.pids[region], self.procs.get(region)):
                     raise ClusterError(f"{region} exited before it was healthy; "
                                        f"{node.log_path} ends:\n{_tail(node.log_path)}")
-                if health(node.url, timeout=1.0).get("status") == "ok":
+                doc = health(node.url, timeout=1.0)  # and not some other node on that port
+                if doc.get("status") == "ok" and doc.get("region") == region:
                     del waiting[region]
             if waiting and time.monotonic() > deadline:
                 raise ClusterError(f"not healthy after {timeout:.0f} s: {', '.join(waiting)}")
