@@ -18,7 +18,8 @@ from kms.crypto.sealing import RootKey
 from kms.identity import Credential, Credentials
 from kms.schedule import Scheduler
 from kms.service.core import Service
-from kms.store.log import EventLog, SqliteLog
+from kms.store.log import EventLog
+from kms.store.sqlite import SqliteLog
 
 log = structlog.get_logger("kms.node")
 

@@ -30,7 +30,8 @@ from structlog.testing import capture_logs
 
 from kms.domain import events as ev
 from kms.domain.errors import KMSInternalException
-from kms.store.log import AUDIT_STREAM, GENESIS, Append, SqliteLog, VaultChange, row_hash
+from kms.store.log import AUDIT_STREAM, GENESIS, Append, VaultChange, row_hash
+from kms.store.sqlite import SqliteLog
 from tests.support.server import ServerProcess, free_port
 
 pytestmark = pytest.mark.slow

@@ -26,7 +26,8 @@ from structlog.testing import capture_logs
 
 from kms.domain import events as ev
 from kms.domain.errors import KMSInternalException
-from kms.store.log import AUDIT_STREAM, GENESIS, Append, SqliteLog, row_hash
+from kms.store.log import AUDIT_STREAM, GENESIS, Append, row_hash
+from kms.store.sqlite import SqliteLog
 from tests.support.expect import refused
 from tests.support.server import ServerProcess
 

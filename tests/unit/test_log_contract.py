@@ -24,10 +24,10 @@ from kms.store.log import (
     EventLog,
     LogCorrupted,
     MemoryLog,
-    SqliteLog,
     Subscriber,
     row_hash,
 )
+from kms.store.sqlite import SqliteLog
 from kms.store.usage import KeyUsage
 
 REGION = "us-east-1"

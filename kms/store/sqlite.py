@@ -1,0 +1,199 @@
+"""The durable event log: SQLite in WAL mode with synchronous=FULL, asserted at open.
+
+Rules: one batch is one transaction and one fsync; only a lock or a full disk is a
+transient failure (the batch fails, the writer goes on); a commit that drops a vault row
+is followed by a non-blocking WAL checkpoint, so a shredded KEK leaves no copy behind.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import aiosqlite
+
+from kms.store.log import (
+    GENESIS,
+    EventLog,
+    LogCorrupted,
+    VaultChange,
+    _Row,
+    log,
+)
+
+BUSY_TIMEOUT_MS = 2000  # a brief external lock is waited out, a long one fails the batch
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    stream TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    origin_region TEXT NOT NULL,
+    origin_seq INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    prev_hash BLOB NOT NULL,
+    hash BLOB NOT NULL,
+    UNIQUE (stream, version),
+    UNIQUE (origin_region, origin_seq)
+);
+CREATE TABLE IF NOT EXISTS vault (
+    key_id TEXT PRIMARY KEY,
+    wrapped BLOB NOT NULL
+);
+"""
+# SQLite's primary result codes that a later attempt may get past: a lock held by
+# another connection, a full disk. Each rolls the transaction back before anything of
+# it is on disk. Not SQLITE_IOERR: after a failed fsync the WAL frames, commit frame
+# included, may be on disk with valid checksums, so a crash could bring back a batch
+# whose calls were answered 500; the writer stops instead (fail closed).
+_TRANSIENT_CODES = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL")
+_COLUMNS = "seq, stream, version, type, origin_region, origin_seq, at_ms, body, prev_hash, hash"
+
+
+class SqliteLog(EventLog):
+    """The durable log: SQLite in WAL mode with synchronous=FULL, asserted at open."""
+
+    def __init__(self, path: Path, region: str) -> None:
+        super().__init__(region)
+        self.path = path
+        self._db: aiosqlite.Connection | None = None
+        self._checkpoint_owed = False  # a shred whose WAL frames are not yet truncated
+        self._checkpoint_warned = False  # the owed checkpoint's warning is logged once
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        assert self._db is not None, "log not open"
+        return self._db
+
+    async def _load(self) -> tuple[int, dict[str, bytes]]:
+        self._db = await aiosqlite.connect(self.path)
+        await self.db.execute("PRAGMA journal_mode=WAL")
+        await self.db.execute("PRAGMA secure_delete=ON")  # a dropped KEK is overwritten
+        await self.db.execute("PRAGMA synchronous=FULL")
+        await self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        async with self.db.execute("PRAGMA synchronous") as cur:
+            row = await cur.fetchone()
+        if row is None or row[0] != 2:
+            raise RuntimeError(
+                "SQLite refused synchronous=FULL; acknowledged writes would not be durable"
+            )
+        async with self.db.execute("PRAGMA journal_mode") as cur:
+            mode = await cur.fetchone()
+        if mode is None or str(mode[0]).lower() != "wal":
+            raise RuntimeError("SQLite refused WAL mode")
+        await self.db.executescript(_SCHEMA)
+        await self.db.commit()
+        # A node that died between a shred's commit and its checkpoint left the dropped
+        # KEK in the WAL; truncate it now (owed, and retried after commits, if a reader
+        # holds the WAL).
+        self._checkpoint_owed = True
+        await self.db._execute(self._checkpoint, self.db._conn)
+        async with self.db.execute("SELECT count(*) FROM events") as cur:
+            count = await cur.fetchone()
+        async with self.db.execute("SELECT key_id, wrapped FROM vault") as cur:
+            vault = {k: bytes(w) for k, w in await cur.fetchall()}
+        return int(count[0]) if count is not None else 0, vault
+
+    async def _persist(self, rows: list[_Row], vault: list[VaultChange]) -> None:
+        # One hop to aiosqlite's thread for the whole batch (insert, vault, commit)
+        # instead of one per statement: the writer's wait is the fsync, not the hops.
+        await self.db._execute(self._write_batch, rows, vault)
+
+    def _write_batch(self, rows: list[_Row], vault: list[VaultChange]) -> None:
+        conn = self.db._conn
+        try:
+            conn.executemany(f"INSERT INTO events ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+            for v in vault:
+                if v.wrapped is None:
+                    conn.execute("DELETE FROM vault WHERE key_id = ?", (v.key_id,))
+                else:
+                    conn.execute("INSERT OR REPLACE INTO vault VALUES (?, ?)",
+                                 (v.key_id, v.wrapped))
+            conn.commit()
+        except BaseException as exc:
+            try:
+                conn.rollback()
+            except sqlite3.Error as again:
+                raise LogCorrupted(f"rollback failed: {again}") from exc
+            if conn.in_transaction:  # never let the next batch join a half-written one
+                raise LogCorrupted("a failed transaction is still open") from exc
+            raise
+        if any(v.wrapped is None for v in vault):  # owed only once the shred is committed
+            self._checkpoint_owed = True
+        if self._checkpoint_owed:
+            self._checkpoint(conn)
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        """Copy the WAL into the main file and truncate it, so the frames that held a
+        shredded KEK are gone (secure_delete has zeroed it in the page itself). The
+        commit is already durable and its callers wait on this, so it never waits: with
+        no busy handler, a checkpoint that cannot finish now (a reader holds an old
+        snapshot) stays owed and is tried again, as cheaply, after each later commit.
+        Never raises: a checkpoint's trouble must not turn a commit into a failure."""
+        try:
+            conn.execute("PRAGMA busy_timeout=0")
+            try:
+                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        except sqlite3.Error as exc:
+            self._checkpoint_unfinished("wal_checkpoint_failed", error=str(exc))
+            return
+        if busy:
+            self._checkpoint_unfinished("wal_checkpoint_incomplete",
+                                        reason="a reader holds the WAL")
+            return
+        if self._checkpoint_warned:
+            log.info("wal_checkpoint_completed")
+        self._checkpoint_owed = self._checkpoint_warned = False
+
+    def _checkpoint_unfinished(self, event: str, **fields: str) -> None:
+        # Once per owed checkpoint, not once per commit: a reader may hold the WAL a while.
+        if not self._checkpoint_warned:
+            log.warning(event, retry="after each commit", **fields)
+            self._checkpoint_warned = True
+
+    def _try_write_lock(self) -> None:
+        conn = self.db._conn
+        if conn.in_transaction:  # a --dev wipe between its statements: not ours to end
+            raise sqlite3.OperationalError("a transaction is open")
+        conn.execute("PRAGMA busy_timeout=0")  # a health check answers now
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+
+    async def _probe(self) -> None:
+        # One function on aiosqlite's thread, so it runs between writer batches.
+        await self.db._execute(self._try_write_lock)
+
+    def _transient(self, exc: Exception) -> bool:
+        name = getattr(exc, "sqlite_errorname", "")
+        return isinstance(exc, sqlite3.OperationalError) and name.startswith(_TRANSIENT_CODES)
+
+    async def _tail(self) -> tuple[int, bytes]:
+        async with self.db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"
+                                   ) as cur:
+            row = await cur.fetchone()
+        return (int(row[0]), bytes(row[1])) if row is not None else (0, GENESIS)
+
+    async def _wipe(self) -> None:
+        await self.db.execute("DELETE FROM events")
+        await self.db.execute("DELETE FROM vault")
+        await self.db.commit()
+        self._checkpoint_owed = True
+        await self.db._execute(self._checkpoint, self.db._conn)
+
+    async def _close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def read_rows(self, after_seq: int, limit: int) -> list[_Row]:
+        async with self.db.execute(
+            f"SELECT {_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
+        ) as cur:
+            return [tuple(r) for r in await cur.fetchall()]  # type: ignore[misc]
