@@ -11,8 +11,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from aiohttp import web
+
 from kms.api.app import create_app
 from kms.cli import build_parser, fail, load_config, serve
+from kms.node import Node
+from regions.forward import Forwarder
+from regions.host import RegionHost
 from regions.topology import Topology
 
 
@@ -30,10 +35,21 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, TypeError) as exc:  # TOMLDecodeError is a ValueError
         return fail(f"configuration: {exc}")
     try:
-        Topology.parse(config.region, config.peers, args.peer)
+        topology = Topology.parse(config.region, config.peers, args.peer)
     except ValueError as exc:
         return fail(f"configuration: {exc}")
-    return serve(config, create_app)
+    return serve(config, lambda node: make_app(node, topology))
+
+
+def make_app(node: Node, topology: Topology) -> web.Application:
+    """The kms app, with the region host deciding which node serves each signed region.
+    Raises DataDirRefused for a region dir on disk (``--dev``) that cannot be served."""
+    forwarder = Forwarder()
+    host = RegionHost(node, topology,
+                      {region: forwarder.to(peer) for region, peer in topology.peers.items()})
+    app = create_app(node, host)
+    app.cleanup_ctx.append(forwarder.session_ctx)
+    return app
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -34,15 +35,17 @@ from kms.service.core import OPERATIONS, Caller, printable
 
 log = structlog.get_logger("kms.api")
 
-NODE = web.AppKey("node", Node)
+NODE = web.AppKey("node", Node)  # the node's own region
 TARGET_PREFIX = "TrentService."
 MAX_CLOCK_ADVANCE = 100 * 365 * 86400.0
 JSON_TYPES = ("application/x-amz-json-1.1", "application/x-amz-json-1.0", "application/json")
 REQUEST_ID = web.RequestKey("request_id", str)
+SERVED_BY = web.RequestKey("served_by", Node)  # the node of the request's region
 AUDITED = web.RequestKey("audited", bool)  # the request's audit fact is written (or tried)
 STARTED = web.RequestKey("started", float)  # perf_counter() when the gateway took it
 LOGGED_MESSAGE = 1024  # an echoed value may be up to the body size; a log line is not
 _CREDENTIAL = re.compile(r"Credential=([A-Za-z0-9]+)/")
+_SCOPE_REGION = re.compile(r"Credential=[^/,\s]*/[^/,\s]*/([^/,\s]+)/")  # key/date/REGION/
 _ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")  # JSON's \ud800-\udfff escapes
 _MODEL = RequestModel()
 
@@ -115,11 +118,66 @@ class HTTPRefusal(KMSError):
                      else "SerializationException")
 
 
-class Gateway:
-    """Authenticates, parses, dispatches and answers one ``POST /`` at a time."""
+Forward = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Route = Node | Forward  # a region served here, or a peer's node that serves it
+
+
+class Regions:
+    """Which node serves each region a request may be signed for. This one serves only the
+    node's own region (any other is the verifier's wrong-region error, or in ``--dev`` the
+    own node's); a layer above overrides ``open`` to host more regions or forward to peers.
+
+    Rules: ``routes`` is the hot path (one dict lookup per request); ``open`` is called only
+    for a region not in it yet, and adds what it returns; every hosted node starts and stops
+    with the app, and /_kms/reset and /_kms/clock act on each."""
+
+    routing = False  # whether the gateway looks at the signed region at all
 
     def __init__(self, node: Node) -> None:
+        self.own = node
+        self.routes: dict[str, Route] = {node.config.region: node}
+
+    def nodes(self) -> list[Node]:
+        """Every node hosted in this process, the own region's first."""
+        return [self.own, *(r for r in self.routes.values()
+                            if isinstance(r, Node) and r is not self.own)]
+
+    async def open(self, region: str) -> Route | None:
+        """The route for a region seen for the first time, or None (the own node answers)."""
+        return None
+
+    async def start(self) -> None:
+        for node in self.nodes():
+            await node.start()
+
+    async def stop(self) -> None:
+        for node in reversed(self.nodes()):
+            await node.stop()
+
+    async def reset(self) -> None:
+        for node in self.nodes():
+            await node.reset()
+
+    async def advance_clock(self, seconds: float) -> None:
+        """Hosted nodes share the own node's clock: move it once, then act on what fell due."""
+        await self.own.advance_clock(seconds)
+        for node in self.nodes()[1:]:
+            if node.clock is not self.own.clock:
+                node.clock.advance(seconds)
+            await node.scheduler.run_due()
+
+
+REGIONS = web.AppKey("regions", Regions)
+
+
+class Gateway:
+    """Authenticates, parses, dispatches and answers one ``POST /`` at a time, on the node of
+    the region the request is signed for (``Regions``), or hands it to a peer's node."""
+
+    def __init__(self, node: Node, regions: Regions | None = None) -> None:
         self.node = node
+        self.regions = regions or Regions(node)
+        self.region = node.config.region
         self.dev = node.config.dev
         self.account = node.config.account_id
         self.verifier = SigV4Verifier(node.credentials.secret, node.config.region,
@@ -139,7 +197,27 @@ class Gateway:
         assert principal is not None  # the verifier knew its secret
         return Caller(principal.arn, principal.account, access_key, ip, agent)
 
-    async def handle(self, request: web.Request) -> web.Response:
+    async def route(self, request: web.Request) -> Route:
+        """The node (or peer) for the request's signed region; the own node by default."""
+        m = _SCOPE_REGION.search(request.headers.get("Authorization", ""))
+        if m is None or m.group(1) == self.region:
+            return self.node
+        region = m.group(1)
+        found = self.regions.routes.get(region)
+        if found is None:
+            found = await self.regions.open(region)
+        return self.node if found is None else found
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if self.regions.routing:
+            route = await self.route(request)
+            if not isinstance(route, Node):  # a peer's region: its node audits and answers
+                return await route(request)
+            return await self.serve(request, route)
+        return await self.serve(request, self.node)
+
+    async def serve(self, request: web.Request, node: Node) -> web.Response:
+        request[SERVED_BY] = node
         request_id = self.request_id()
         request[REQUEST_ID] = request_id
         started = request[STARTED] = time.perf_counter()
@@ -156,16 +234,15 @@ class Gateway:
         except Exception as exc:
             err = as_error(exc, request_id)
             if operation or target:
-                err = await self.node.service.record_rejected(operation or target, {}, caller,
-                                                              request_id, err)
+                err = await node.service.record_rejected(operation or target, {}, caller,
+                                                         request_id, err)
                 request[AUDITED] = True
             return answer(error_response(err, request_id), request_id, operation, started,
                           caller, err)
         request[AUDITED] = True  # the service records every call it is handed, even a failing one
         resolved: list[str] = []
         try:
-            result = await self.node.service.call(operation, params, caller, request_id,
-                                                  resolved)
+            result = await node.service.call(operation, params, caller, request_id, resolved)
             response = json_response(result, request_id)
         except Exception as exc:
             err = as_error(exc, request_id)
@@ -251,8 +328,8 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     if (request.method == "POST" and request.path == "/" and target
             and not request.get(AUDITED)):
         operation, caller = operation_of(target) or target, anonymous(request)
-        err = await request.app[NODE].service.record_rejected(operation, {}, caller,
-                                                              request_id, err)
+        node = request.get(SERVED_BY) or request.app[NODE]
+        err = await node.service.record_rejected(operation, {}, caller, request_id, err)
         return answer(error_response(err, request_id), request_id, operation,
                       request.get(STARTED, time.perf_counter()), caller, err)
     return error_response(err, request_id)
@@ -276,10 +353,19 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", **doc})
 
 
+async def with_regions(request: web.Request) -> web.Response:
+    """``health``'s answer plus the regions this process hosts."""
+    response = await health(request)
+    doc = json.loads(response.text or "{}")
+    doc["regions"] = [n.config.region for n in request.app[REGIONS].nodes()]
+    return web.json_response(doc, status=response.status)
+
+
 async def dev_reset(request: web.Request) -> web.Response:
-    node = request.app[NODE]
-    log.info("dev_reset", log_seq=node.log.last_seq)  # what the wipe is about to drop
-    await node.reset()
+    regions = request.app[REGIONS]
+    for node in regions.nodes():  # what the wipe is about to drop
+        log.info("dev_reset", region=node.config.region, log_seq=node.log.last_seq)
+    await regions.reset()
     return web.json_response({"status": "reset"})
 
 
@@ -295,24 +381,27 @@ async def dev_clock(request: web.Request) -> web.Response:
             {"__type": "ValidationException",
              "message": 'Send {"advance_seconds": N}: N >= 0, at most 100 years in all.'},
             status=400)
-    await node.advance_clock(seconds)
+    await request.app[REGIONS].advance_clock(seconds)
     return web.json_response({"now": node.clock.now(), "offset_seconds": node.clock.offset_seconds})
 
 
-def create_app(node: Node) -> web.Application:
+def create_app(node: Node, regions: Regions | None = None) -> web.Application:
+    """The app for ``node``; ``regions`` decides which node serves each signed region
+    (by default only ``node``'s own)."""
     app = web.Application(middlewares=[json_errors], client_max_size=1024 * 1024)
-    app[NODE] = node
-    gateway = Gateway(node)
+    regions = regions or Regions(node)
+    app[NODE], app[REGIONS] = node, regions
+    gateway = Gateway(node, regions)
 
     async def lifecycle(app: web.Application) -> Any:
-        await node.start()
+        await regions.start()
         yield
-        await node.stop()
+        await regions.stop()
 
     app.cleanup_ctx.append(lifecycle)
     routes = [
         web.post("/", gateway.handle),
-        web.get("/_kms/health", health),
+        web.get("/_kms/health", with_regions),
     ]
     if node.config.dev:
         routes += [web.post("/_kms/reset", dev_reset), web.post("/_kms/clock", dev_clock)]

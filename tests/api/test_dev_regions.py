@@ -3,16 +3,27 @@ for hosted in one ``--dev`` process, and forwarding to a peer's node."""
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
 import subprocess
 import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
-from tests.support.server import free_port
+from tests.conftest import ACCOUNT, client_for
+from tests.support.server import ServerProcess, free_port
 
 pytestmark = pytest.mark.slow
+
+REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-2")
+DAY = 86_400
 
 
 def serve(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -43,3 +54,193 @@ def test_a_topology_mistake_exits_2_with_one_line_and_creates_nothing(
     assert done.stderr.count("\n") == 1 and message in done.stderr
     assert done.stderr.startswith("kms: error: configuration: ")
     assert not data_dir.exists()
+
+
+# -- one --dev process hosts every region a request is signed for ----------------------------
+
+
+@pytest.fixture
+def dev_node(tmp_path: Path) -> Iterator[ServerProcess]:
+    node = ServerProcess(tmp_path / "data", region="us-east-1").start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+def clients(node: ServerProcess) -> dict[str, Any]:
+    return {r: client_for(node.url, region=r) for r in REGIONS}
+
+
+def error_of(call: Any, **params: Any) -> tuple[str, int]:
+    with pytest.raises(ClientError) as info:
+        call(**params)
+    return (info.value.response["Error"]["Code"],
+            info.value.response["ResponseMetadata"]["HTTPStatusCode"])
+
+
+def listed(kms: Any) -> set[str]:
+    return {k["KeyId"] for k in kms.list_keys()["Keys"]}
+
+
+def test_each_region_has_its_own_keys_files_and_restart(dev_node: ServerProcess) -> None:
+    kms = clients(dev_node)
+    keys = {r: kms[r].create_key(Description=r)["KeyMetadata"] for r in REGIONS}
+    for region, md in keys.items():
+        assert md["Arn"] == f"arn:aws:kms:{region}:{ACCOUNT}:key/{md['KeyId']}"
+        assert listed(kms[region]) == {md["KeyId"]}
+        assert kms[region].describe_key(KeyId=md["KeyId"])["KeyMetadata"]["Arn"] == md["Arn"]
+    eu_key = keys["eu-west-1"]["KeyId"]
+    assert error_of(kms["us-east-1"].describe_key, KeyId=eu_key) == ("NotFoundException", 400)
+    assert error_of(kms["us-east-1"].encrypt, KeyId=keys["eu-west-1"]["Arn"],
+                    Plaintext=b"x") == ("NotFoundException", 400)
+    assert sorted(dev_node.health()["regions"]) == sorted(REGIONS)  # type: ignore[arg-type]
+
+    data = dev_node.data_dir
+    assert (data / "events.sqlite3").is_file()  # the own region keeps the data dir itself
+    assert json.loads((data / "node.json").read_text())["region"] == "us-east-1"
+    assert sorted(p.name for p in (data / "regions").iterdir()) == ["ap-southeast-2",
+                                                                    "eu-west-1"]
+    for region in ("eu-west-1", "ap-southeast-2"):
+        here = data / "regions" / region
+        for name in ("events.sqlite3", "root.key", "root-check", "node.json", "kms.lock"):
+            assert (here / name).is_file(), (region, name)
+        assert json.loads((here / "node.json").read_text()) == {"region": region,
+                                                                "account_id": ACCOUNT}
+        assert (here / "root.key").read_bytes() != (data / "root.key").read_bytes()
+
+    dev_node.stop()
+    dev_node.start()
+    health = dev_node.health()
+    assert sorted(health["regions"]) == sorted(REGIONS)  # type: ignore[arg-type]
+    assert health["region"] == "us-east-1"
+    kms = clients(dev_node)
+    for region, md in keys.items():
+        assert listed(kms[region]) == {md["KeyId"]}
+        blob = kms[region].encrypt(KeyId=md["KeyId"], Plaintext=b"hi")["CiphertextBlob"]
+        assert kms[region].decrypt(CiphertextBlob=blob)["KeyId"] == md["Arn"]
+
+
+def test_reset_wipes_every_region(dev_node: ServerProcess) -> None:
+    kms = clients(dev_node)
+    for region in REGIONS:
+        kms[region].create_key()
+    dev_node.reset()
+    for region in REGIONS:
+        assert listed(kms[region]) == set()
+    assert sorted(dev_node.health()["regions"]) == sorted(REGIONS)  # type: ignore[arg-type]
+
+
+def test_the_dev_clock_reaches_every_region(dev_node: ServerProcess) -> None:
+    kms = clients(dev_node)
+    doomed = kms["eu-west-1"].create_key()["KeyMetadata"]["KeyId"]
+    kept = kms["ap-southeast-2"].create_key()["KeyMetadata"]["KeyId"]
+    kms["eu-west-1"].schedule_key_deletion(KeyId=doomed, PendingWindowInDays=7)
+    dev_node.post("/_kms/clock", {"advance_seconds": 8 * DAY})
+    assert error_of(kms["eu-west-1"].describe_key, KeyId=doomed) == ("NotFoundException", 400)
+    md = kms["ap-southeast-2"].describe_key(KeyId=kept)["KeyMetadata"]
+    assert md["KeyState"] == "Enabled"
+    # a region first used after the clock moved lives at the same time
+    fresh = client_for(dev_node.url, region="sa-east-1").create_key()["KeyMetadata"]
+    assert fresh["CreationDate"].timestamp() >= md["CreationDate"].timestamp() + 8 * DAY - 60
+
+
+def test_without_dev_only_the_own_region_is_served(tmp_path: Path) -> None:
+    node = ServerProcess(tmp_path / "data", dev=False).start()
+    try:
+        cred = json.loads((tmp_path / "data" / "credentials.json").read_text())["credentials"][0]
+        eu = client_for(node.url, region="eu-west-1", access_key=cred["access_key_id"],
+                        secret=cred["secret_access_key"])
+        with pytest.raises(ClientError) as info:
+            eu.list_keys()
+        assert info.value.response["Error"]["Code"] == "InvalidSignatureException"
+        assert "This node serves us-east-1, not 'eu-west-1'" in str(info.value)
+        assert node.health()["regions"] == ["us-east-1"]
+    finally:
+        node.stop()
+    assert not (tmp_path / "data" / "regions").exists()
+
+
+# -- forwarding: a request signed for a peer's region goes to the peer -----------------------
+
+
+class LoggedNode(ServerProcess):
+    """A node whose log lines (stderr) are kept with what it prints, for read_stdout()."""
+
+    def command(self) -> list[str]:
+        args = super().command()
+        assert args[1:3] == ["-m", "regions.cli"]
+        return [args[0], "-c", "import os, sys; os.dup2(1, 2); from regions.cli import main; "
+                "sys.exit(main(sys.argv[1:]))", *args[3:]]
+
+
+def audit_facts(data_dir: Path) -> int:
+    with sqlite3.connect(data_dir / "events.sqlite3") as db:
+        return int(db.execute("SELECT COUNT(*) FROM events WHERE stream = 'audit'").fetchone()[0])
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """A (us-east-1, --dev, peer eu-west-1 = B) and B (eu-west-1, --dev)."""
+    b = ServerProcess(tmp_path / "b", region="eu-west-1")
+    a = LoggedNode(tmp_path / "a", region="us-east-1", extra=["--peer", f"eu-west-1={b.url}"])
+    try:
+        b.start()
+        a.start()
+        yield a, b
+    finally:
+        a.stop()
+        b.stop()
+
+
+def raw_post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], Any]:
+    req = urllib.request.Request(url, data=body, method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, dict(r.headers), json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), json.load(e)
+
+
+def test_a_request_signed_for_a_peer_is_served_by_the_peer(
+        pair: tuple[ServerProcess, ServerProcess]) -> None:
+    a, b = pair
+    via_a = client_for(a.url, region="eu-west-1")
+    md = via_a.create_key(Description="made through A")["KeyMetadata"]
+    assert md["Arn"].startswith("arn:aws:kms:eu-west-1:")
+    direct = client_for(b.url, region="eu-west-1")
+    assert listed(direct) == {md["KeyId"]}
+    assert direct.describe_key(KeyId=md["KeyId"])["KeyMetadata"]["Arn"] == md["Arn"]
+    assert listed(client_for(a.url, region="us-east-1")) == set()
+    assert not (a.data_dir / "regions").exists()
+    assert "eu-west-1" not in a.health()["regions"]  # type: ignore[operator]
+
+    # the answer is relayed unchanged, errors too, and audited once: by B, which served it
+    a_facts, b_facts = audit_facts(a.data_dir), audit_facts(b.data_dir)
+    with pytest.raises(ClientError) as info:
+        via_a.describe_key(KeyId="alias/missing")
+    err = info.value.response
+    assert err["Error"] == {"Code": "NotFoundException",
+                            "Message": f"Alias arn:aws:kms:eu-west-1:{ACCOUNT}:alias/missing "
+                                       "is not found."}
+    assert err["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert (audit_facts(a.data_dir), audit_facts(b.data_dir)) == (a_facts, b_facts + 1)
+    a.stop()
+    rid = err["ResponseMetadata"]["RequestId"]
+    assert any('"forwarded"' in line and rid in line for line in a.read_stdout().splitlines())
+
+
+def test_an_unreachable_peer_is_a_503(pair: tuple[ServerProcess, ServerProcess]) -> None:
+    a, b = pair
+    b.stop()
+    via_a = client_for(a.url, region="eu-west-1")
+    with pytest.raises(ClientError) as info:
+        via_a.list_keys()
+    err = info.value.response
+    assert err["ResponseMetadata"]["HTTPStatusCode"] == 503
+    assert err["Error"]["Code"] == "KMSInternalException"
+    assert err["Error"]["Message"] == f"Region eu-west-1 ({b.url}) is not reachable."
+    assert listed(client_for(a.url, region="us-east-1")) == set()  # A itself still serves
+    a.stop()
+    assert any('"peer_unreachable"' in line and "eu-west-1" in line
+               for line in a.read_stdout().splitlines())
