@@ -272,3 +272,17 @@ def test_aliases(server: ServerProcess, tmp_path: Path) -> None:
         "alias/cli-other"]
     assert all(a["AliasName"].startswith("alias/aws/")
                for a in ok(listed)["Aliases"] if "TargetKeyId" not in a)
+
+
+@pytest.mark.parametrize("variable", ["AWS_ENDPOINT_URL_KMS", "AWS_ENDPOINT_URL"])
+def test_the_endpoint_can_come_from_the_environment(server: ServerProcess, variable: str) -> None:
+    """As the README says: no --endpoint-url, only the environment names the node."""
+    env = {**_ENV, variable: server.url, "AWS_DEFAULT_REGION": REGION}
+    done = subprocess.run(["aws", "kms", "create-key", "--description", "via env",
+                           "--output", "json"], capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    created = json.loads(done.stdout)["KeyMetadata"]
+    assert created["Arn"].startswith(f"arn:aws:kms:{REGION}:{ACCOUNT}:key/")
+    listed = ok(aws(server, "list-keys"))["Keys"]
+    assert created["KeyId"] in [k["KeyId"] for k in listed]  # it reached this node
