@@ -1,4 +1,5 @@
-"""The ``kms`` command: ``kms serve`` runs one region node.
+"""``python -m kms.cli serve`` runs one region node; its parts (``build_parser``,
+``load_config``, ``serve``) are reused by regions.cli, the ``kms`` console script.
 
 Rules: flags override the ``--config`` TOML file, which overrides the defaults;
 with no configuration at all, a development-ready node starts on 127.0.0.1:8080.

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 def make_app(node: Node, topology: Topology) -> web.Application:
     """The kms app, with the region host deciding which node serves each signed region.
     Raises DataDirRefused for a region dir on disk (``--dev``) that cannot be served."""
-    forwarder = Forwarder()
+    forwarder = Forwarder(node.config.region)
     host = RegionHost(node, topology,
                       {region: forwarder.to(peer) for region, peer in topology.peers.items()})
     app = create_app(node, host)

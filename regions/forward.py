@@ -28,13 +28,17 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy
                         "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
                         "content-length"})
 RELAYED = ("Content-Type", "x-amzn-RequestId")
+# Added (unsigned, so the signature still holds) to every forwarded request: a request that
+# arrives with it and would be forwarded again is a loop in the topology, refused at once.
+FORWARDED_BY = "X-Kms-Forwarded-By"
 TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=5)
 
 
 class Forwarder:
     """Sends requests to peers' nodes over one ClientSession."""
 
-    def __init__(self) -> None:
+    def __init__(self, region: str) -> None:
+        self.region = region  # this node's, named to the peer in FORWARDED_BY
         self._session: aiohttp.ClientSession | None = None
         self._request_id = RequestIds()
 
@@ -60,6 +64,12 @@ class Forwarder:
         headers = CIMultiDict((k, v) for k, v in request.headers.items()
                               if k.lower() not in HOP_BY_HOP)
         target = request.headers.get("X-Amz-Target", "")
+        if FORWARDED_BY in request.headers:
+            return self._refused(peer, target, "forwarding_loop", 508,
+                                 f"Region {peer.region} was forwarded here by "
+                                 f"{request.headers[FORWARDED_BY][:40]!r} and would be "
+                                 f"forwarded again to {peer.url}; check the peers' URLs.")
+        headers[FORWARDED_BY] = self.region
         assert self._session is not None, "the forwarder serves only inside its app"
         try:
             async with self._session.request(
@@ -71,15 +81,20 @@ class Forwarder:
                     relayed["Content-Encoding"] = reply.headers["Content-Encoding"]
                 status = reply.status
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            request_id = self._request_id()
-            log.warning("peer_unreachable", request_id=request_id, region=peer.region,
-                        url=peer.url, op=target, error=type(exc).__name__, detail=str(exc))
-            return web.json_response(
-                {"__type": "KMSInternalException",
-                 "message": f"Region {peer.region} ({peer.url}) is not reachable."},
-                status=503, content_type="application/x-amz-json-1.1",
-                headers={"x-amzn-RequestId": request_id})
+            return self._refused(peer, target, "peer_unreachable", 503,
+                                 f"Region {peer.region} ({peer.url}) is not reachable.",
+                                 error=type(exc).__name__, detail=str(exc))
         log.info("forwarded", request_id=relayed.get("x-amzn-RequestId", "-"),
                  region=peer.region, url=peer.url, op=target, status=status,
                  ms=round((time.perf_counter() - started) * 1000, 2))
         return web.Response(body=answer, status=status, headers=relayed)
+
+    def _refused(self, peer: Peer, target: str, event: str, status: int, message: str,
+                 **fields: str) -> web.Response:
+        """What this node answers itself for a request it could not forward."""
+        request_id = self._request_id()
+        log.warning(event, request_id=request_id, region=peer.region, url=peer.url, op=target,
+                    status=status, **fields)
+        return web.json_response({"__type": "KMSInternalException", "message": message},
+                                 status=status, content_type="application/x-amz-json-1.1",
+                                 headers={"x-amzn-RequestId": request_id})

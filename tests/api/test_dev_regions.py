@@ -244,3 +244,42 @@ def test_an_unreachable_peer_is_a_503(pair: tuple[ServerProcess, ServerProcess])
     a.stop()
     assert any('"peer_unreachable"' in line and "eu-west-1" in line
                for line in a.read_stdout().splitlines())
+
+
+def test_a_forwarding_loop_is_refused_not_followed(tmp_path: Path) -> None:
+    """A topology mistake: A and B each name the other as eu-west-1's node."""
+    a_port, b_port = free_port(), free_port()
+    a = ServerProcess(tmp_path / "a", region="us-east-1", port=a_port,
+                      extra=["--peer", f"eu-west-1=http://127.0.0.1:{b_port}"])
+    b = ServerProcess(tmp_path / "b", region="ap-southeast-2", port=b_port,
+                      extra=["--peer", f"eu-west-1=http://127.0.0.1:{a_port}"])
+    try:
+        a.start()
+        b.start()
+        with pytest.raises(ClientError) as info:
+            client_for(a.url, region="eu-west-1").list_keys()
+        err = info.value.response
+        assert err["ResponseMetadata"]["HTTPStatusCode"] == 508
+        assert err["Error"]["Code"] == "KMSInternalException"
+        assert "would be forwarded again" in err["Error"]["Message"]
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_region_dir_that_is_not_its_region_is_refused_at_start(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    node = ServerProcess(data_dir).start()
+    try:
+        client_for(node.url, region="eu-west-1").create_key()
+    finally:
+        node.stop()
+    eu = data_dir / "regions" / "eu-west-1"
+    (eu / "node.json").write_text(json.dumps({"region": "eu-central-1",
+                                              "account_id": ACCOUNT}))
+    done = serve("--port", str(free_port()), "--data-dir", str(data_dir), "--dev")
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr == (f"kms: error: data dir {eu} belongs to region eu-central-1, "
+                           f"account {ACCOUNT}; refusing to serve it as region eu-west-1, "
+                           f"account {ACCOUNT}\n")
