@@ -14,6 +14,10 @@ entry crypto-shreds every sealed material of that key the log still holds.
 A commit that fails for a transient reason (the database locked, the disk full)
 fails only its own calls; the writer keeps serving. Any other failure, an I/O error
 included, stops it (fail closed).
+
+Replication (kms.store.replication): ``read_for_peer`` serves this region's own state
+events after a cursor; ``append_replicated`` appends a peer's through the same writer,
+keeping their origin, with a per-origin cursor in the same transaction.
 """
 
 from __future__ import annotations
@@ -21,14 +25,23 @@ from __future__ import annotations
 import abc
 import asyncio
 import hashlib
+import itertools
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import structlog
 
 from kms.domain import events as ev
 from kms.domain.errors import ConflictingWrite, KMSInternalException
+from kms.store.replication import (
+    CursorChange,
+    ReplicatedBatch,
+    ReplicatedRow,
+    checked_batch,
+    merged_cursors,
+    peer_page,
+)
 
 AUDIT_STREAM = "audit"
 GENESIS = b"\x00" * 32
@@ -73,9 +86,12 @@ class _Pending:
     future: asyncio.Future[list[ev.Envelope]]
     wipe: bool = False  # a --dev reset, ordered with the appends around it
     vault: tuple[VaultChange, ...] = ()
+    replicated: ReplicatedBatch | None = None
 
 
 _Row = tuple[int, str, int, str, str, int, int, bytes, bytes, bytes]
+# What a batch writes besides its rows, in the same transaction.
+SideChange = VaultChange | CursorChange
 
 
 def row_hash(prev: bytes, seq: int, stream: str, version: int, type_name: str,
@@ -99,6 +115,7 @@ class EventLog(abc.ABC):
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self.vault: dict[str, bytes] = {}  # key id -> wrapped KEK, as committed
+        self._cursors: dict[str, int] = {}  # origin region -> its last seq held, as committed
         self.batches = 0  # commits made; batching figures for benchmarks
         # The writer's condition, for /_kms/health: commits that failed (cumulative), the
         # last failure's error text and batch time, and whether the last commit failed.
@@ -140,9 +157,10 @@ class EventLog(abc.ABC):
         prev = GENESIS
         verified = 0
         handed_on = False
-        stored, vault = await self._load()
+        stored, vault, cursors = await self._load()
         self.vault.clear()  # the keyring holds this very dict
         self.vault.update(vault)
+        held: dict[str, int] = {}  # per origin, the last origin_seq its rows reached
         while rows := await self.read_rows(self.last_seq, REPLAY_CHUNK):
             audit: list[ev.Envelope] = []
             for row in rows:
@@ -155,6 +173,8 @@ class EventLog(abc.ABC):
                 verified += 1
                 self.last_seq = seq
                 self._heads[stream] = version
+                if origin_region != self.region:
+                    held[origin_region] = max(held.get(origin_region, 0), origin_seq)
                 try:
                     event = ev.decode(type_name, body)
                 except Exception as exc:  # a row that hashes right but will not decode
@@ -168,6 +188,7 @@ class EventLog(abc.ABC):
         if verified != stored:  # a row below seq 1, which paging from seq 0 never reads
             raise LogCorrupted(f"{stored - verified} stored rows are outside the hash chain")
         self._last_hash = prev
+        self._cursors = merged_cursors(cursors, held)
         if not handed_on:  # an empty replay is still a replay
             for fn in self._audit_subscribers:
                 fn([])
@@ -193,15 +214,50 @@ class EventLog(abc.ABC):
     def version(self, stream: str) -> int:
         return self._heads.get(stream, 0)
 
+    def cursor(self, origin_region: str) -> int:
+        """The last seq of ``origin_region``'s log this log holds (0: none): where to pull
+        from next, committed, and the same after a restart."""
+        return self._cursors.get(origin_region, 0)
+
     # -- appending ----------------------------------------------------------------------------
     async def append(self, appends: Iterable[Append], at_ms: int,
                      vault: Iterable[VaultChange] = ()) -> list[ev.Envelope]:
         """Append atomically; return once durable. Raises ConflictingWrite if a stream moved."""
+        return await self._submit(lambda fut: _Pending(tuple(appends), at_ms, fut,
+                                                       vault=tuple(vault)))
+
+    async def append_replicated(self, origin_region: str, rows: Sequence[ReplicatedRow],
+                                through: int | None = None) -> list[ev.Envelope]:
+        """Append a batch that ``origin_region``'s ``read_for_peer`` served, through the
+        same writer and batches as local appends, at local seqs and stream versions but
+        keeping each row's origin_region/origin_seq/at_ms; return the envelopes appended,
+        once durable (subscribers get them like local ones). Rows the origin's cursor has
+        passed are skipped (a replay appends nothing); the cursor moves to the last row or
+        to ``through`` if later, in the same transaction. No expected-version check: the
+        origin decided these events and only their order matters. ValueError (nothing
+        queued) for an audit row or what ``checked_batch`` refuses."""
+        if any(row.stream == AUDIT_STREAM for row in rows):
+            raise ValueError("audit facts are never replicated")
+        batch = checked_batch(self.region, origin_region, rows, through)
+        return await self._submit(lambda fut: _Pending((), 0, fut, replicated=batch))
+
+    async def _submit(self, make: Callable[[asyncio.Future[list[ev.Envelope]]], _Pending],
+                      ) -> list[ev.Envelope]:
         if not self.writable:
             raise KMSInternalException("The event log is not accepting writes.")
         fut: asyncio.Future[list[ev.Envelope]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(tuple(appends), at_ms, fut, vault=tuple(vault)))
+        self._queue.put_nowait(make(fut))
         return await fut
+
+    async def read_for_peer(self, after_seq: int, streams: Callable[[str], bool], limit: int,
+                            ) -> tuple[list[ReplicatedRow], int]:
+        """This region's own committed state events after ``after_seq`` whose stream
+        ``streams`` accepts, in seq order, at most ``limit``; and the cursor the answer is
+        complete up to (past rows the filter left out, so a peer's cursor moves on even
+        when nothing passes). Rows replicated from elsewhere and audit facts (whatever the
+        filter says) are never served. One call looks at up to ``PEER_SCAN`` rows."""
+        return await peer_page(self._read_own, self.last_seq, after_seq,
+                               lambda stream: stream != AUDIT_STREAM and streams(stream), limit)
 
     async def _run(self) -> None:
         try:
@@ -247,30 +303,45 @@ class EventLog(abc.ABC):
                     pending.future.set_exception(KMSInternalException(COMMIT_FAILED))
             raise
 
+    def _items(self, pending: _Pending, cursors: dict[str, int],
+               ) -> Iterator[tuple[str, ev.Event, str, int | None, int, bytes]]:
+        """(stream, event, origin, origin_seq or None for "its seq", at_ms, body) of
+        each row a pending append adds (of a replicated one, those past the cursor)."""
+        r = pending.replicated
+        if r is None:
+            for a in pending.appends:
+                for event in a.events:
+                    yield a.stream, event, self.region, None, pending.at_ms, ev.encode(event)
+            return
+        done = cursors.get(r.origin_region, 0)
+        for row, event in r.rows:
+            if row.origin_seq > done:
+                yield row.stream, event, r.origin_region, row.origin_seq, row.at_ms, row.body
+
     def _rows_for(self, pending: _Pending, heads: dict[str, int], seq: int, prev: bytes,
+                  cursors: dict[str, int],
                   ) -> tuple[list[_Row], list[ev.Envelope], dict[str, int], int, bytes]:
         """Rows and envelopes of one pending append, continuing the chain from seq/prev."""
         heads = dict(heads)
         rows: list[_Row] = []
         envs: list[ev.Envelope] = []
-        for a in pending.appends:
-            for event in a.events:
-                seq += 1
-                version = heads.get(a.stream, 0) + 1
-                heads[a.stream] = version
-                body = ev.encode(event)
-                h = row_hash(prev, seq, a.stream, version, event.type_name, self.region,
-                             seq, pending.at_ms, body)
-                rows.append((seq, a.stream, version, event.type_name, self.region, seq,
-                             pending.at_ms, body, prev, h))
-                prev = h
-                envs.append(ev.Envelope(seq, a.stream, version, self.region, seq,
-                                        pending.at_ms, event))
+        for stream, event, origin, origin_seq, at_ms, body in self._items(pending, cursors):
+            seq += 1
+            version = heads.get(stream, 0) + 1
+            heads[stream] = version
+            o_seq = seq if origin_seq is None else origin_seq
+            h = row_hash(prev, seq, stream, version, event.type_name, origin, o_seq, at_ms,
+                         body)
+            rows.append((seq, stream, version, event.type_name, origin, o_seq, at_ms, body,
+                         prev, h))
+            prev = h
+            envs.append(ev.Envelope(seq, stream, version, origin, o_seq, at_ms, event))
         return rows, envs, heads, seq, prev
 
     async def _commit_batch(self, batch: list[_Pending]) -> None:
         heads = dict(self._heads)
         seq, prev = self.last_seq, self._last_hash
+        cursors = dict(self._cursors)
         rows: list[_Row] = []
         accepted: list[tuple[_Pending, list[ev.Envelope]]] = []
         for pending in batch:
@@ -282,7 +353,8 @@ class EventLog(abc.ABC):
                 pending.future.set_exception(ConflictingWrite("stream moved; decide again"))
                 continue
             try:  # a row that cannot be encoded fails its own call, never the batch
-                rows_of, envs, p_heads, p_seq, p_prev = self._rows_for(pending, heads, seq, prev)
+                rows_of, envs, p_heads, p_seq, p_prev = self._rows_for(pending, heads, seq, prev,
+                                                                       cursors)
             except (ValueError, TypeError, OverflowError, struct.error):
                 pending.future.set_exception(
                     KMSInternalException("The request could not be recorded.")
@@ -290,12 +362,20 @@ class EventLog(abc.ABC):
                 continue
             rows.extend(rows_of)
             heads, seq, prev = p_heads, p_seq, p_prev
+            r = pending.replicated
+            if r is not None and r.through > cursors.get(r.origin_region, 0):
+                cursors[r.origin_region] = r.through
             accepted.append((pending, envs))
         if not accepted:
             return
         vault = [v for pending, _ in accepted for v in pending.vault]
+        moved = [CursorChange(o, s) for o, s in cursors.items() if self._cursors.get(o) != s]
+        if not rows and not vault and not moved:  # a replayed batch, say: nothing to write
+            for pending, envs in accepted:
+                pending.future.set_result(envs)
+            return
         try:
-            await self._persist(rows, vault)
+            await self._persist(rows, [*vault, *moved])
         except Exception as exc:
             transient = await self._rolled_back(exc)
             self._note_failure(exc, transient, accepted, len(rows))
@@ -308,6 +388,7 @@ class EventLog(abc.ABC):
         self.batches += 1
         self.degraded = False
         self._heads, self.last_seq, self._last_hash = heads, seq, prev
+        self._cursors = cursors
         for v in vault:
             if v.wrapped is None:
                 self.vault.pop(v.key_id, None)
@@ -370,11 +451,7 @@ class EventLog(abc.ABC):
 
     async def reset(self) -> None:
         """Drop every row (``--dev`` only); subscribers then see an empty replay."""
-        if not self.writable:
-            raise KMSInternalException("The event log is not accepting writes.")
-        fut: asyncio.Future[list[ev.Envelope]] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending((), 0, fut, wipe=True))
-        await fut
+        await self._submit(lambda fut: _Pending((), 0, fut, wipe=True))
 
     async def _do_wipe(self, pending: _Pending) -> None:
         try:
@@ -384,6 +461,7 @@ class EventLog(abc.ABC):
             raise LogCorrupted("wipe failed") from exc
         self._heads.clear()
         self.vault.clear()
+        self._cursors.clear()
         self.last_seq, self._last_hash = 0, GENESIS
         for fn in (*self._subscribers, *self._audit_subscribers):
             fn(None)
@@ -391,17 +469,17 @@ class EventLog(abc.ABC):
 
     # -- storage hooks ------------------------------------------------------------------------
     @abc.abstractmethod
-    async def _load(self) -> tuple[int, dict[str, bytes]]:
-        """Open the store; return how many rows it holds and the vault (the rows
-        themselves are read a page at a time with ``read_rows``)."""
+    async def _load(self) -> tuple[int, dict[str, bytes], dict[str, int]]:
+        """Open the store; return how many rows it holds, the vault and the replication
+        cursors (the rows themselves are read a page at a time with ``read_rows``)."""
 
     @abc.abstractmethod
-    async def _persist(self, rows: list[_Row], vault: list[VaultChange]) -> None:
-        """Write one batch atomically and durably."""
+    async def _persist(self, rows: list[_Row], changes: list[SideChange]) -> None:
+        """Write one batch (rows, vault entries, cursors) atomically and durably."""
 
     @abc.abstractmethod
     async def _wipe(self) -> None:
-        """Delete every row and vault entry."""
+        """Delete every row, vault entry and cursor."""
 
     @abc.abstractmethod
     async def _tail(self) -> tuple[int, bytes]:
@@ -422,6 +500,11 @@ class EventLog(abc.ABC):
     async def read_rows(self, after_seq: int, limit: int) -> list[_Row]:
         """Rows after ``after_seq``, in order (for consumers of the log)."""
 
+    @abc.abstractmethod
+    async def _read_own(self, after_seq: int, limit: int) -> list[ReplicatedRow]:
+        """Up to ``limit`` committed rows after ``after_seq`` in seq order whose origin is
+        this region and whose stream is not audit (their origin_seq is their seq)."""
+
 
 class MemoryLog(EventLog):
     """The in-memory twin used by unit tests; passes the same contract suite."""
@@ -430,21 +513,25 @@ class MemoryLog(EventLog):
         super().__init__(region)
         self.rows: list[_Row] = []
         self.stored_vault: dict[str, bytes] = {}
+        self.stored_cursors: dict[str, int] = {}
 
-    async def _load(self) -> tuple[int, dict[str, bytes]]:
-        return len(self.rows), dict(self.stored_vault)
+    async def _load(self) -> tuple[int, dict[str, bytes], dict[str, int]]:
+        return len(self.rows), dict(self.stored_vault), dict(self.stored_cursors)
 
-    async def _persist(self, rows: list[_Row], vault: list[VaultChange]) -> None:
+    async def _persist(self, rows: list[_Row], changes: list[SideChange]) -> None:
         self.rows.extend(rows)
-        for v in vault:
-            if v.wrapped is None:
-                self.stored_vault.pop(v.key_id, None)
+        for c in changes:
+            if isinstance(c, CursorChange):
+                self.stored_cursors[c.origin_region] = c.origin_seq
+            elif c.wrapped is None:
+                self.stored_vault.pop(c.key_id, None)
             else:
-                self.stored_vault[v.key_id] = v.wrapped
+                self.stored_vault[c.key_id] = c.wrapped
 
     async def _wipe(self) -> None:
         self.rows.clear()
         self.stored_vault.clear()
+        self.stored_cursors.clear()
 
     async def _tail(self) -> tuple[int, bytes]:
         return (self.rows[-1][0], self.rows[-1][9]) if self.rows else (0, GENESIS)
@@ -454,3 +541,8 @@ class MemoryLog(EventLog):
 
     async def read_rows(self, after_seq: int, limit: int) -> list[_Row]:
         return [r for r in self.rows if r[0] > after_seq][:limit]
+
+    async def _read_own(self, after_seq: int, limit: int) -> list[ReplicatedRow]:
+        own = (ReplicatedRow(r[0], r[1], r[3], r[6], r[7]) for r in self.rows
+               if r[0] > after_seq and r[4] == self.region and r[1] != AUDIT_STREAM)
+        return list(itertools.islice(own, limit))

@@ -1,8 +1,9 @@
 """The durable event log: SQLite in WAL mode with synchronous=FULL, asserted at open.
 
-Rules: one batch is one transaction and one fsync; only a lock or a full disk is a
-transient failure (the batch fails, the writer goes on); a commit that drops a vault row
-is followed by a non-blocking WAL checkpoint, so a shredded KEK leaves no copy behind.
+Rules: one batch is one transaction and one fsync (its rows, vault entries and
+replication cursors); only a lock or a full disk is a transient failure (the batch fails,
+the writer goes on); a commit that drops a vault row is followed by a non-blocking WAL
+checkpoint, so a shredded KEK leaves no copy behind.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ from pathlib import Path
 import aiosqlite
 
 from kms.store.log import (
+    AUDIT_STREAM,
     GENESIS,
     EventLog,
     LogCorrupted,
-    VaultChange,
+    SideChange,
     _Row,
     log,
 )
+from kms.store.replication import CursorChange, ReplicatedRow
 
 BUSY_TIMEOUT_MS = 2000  # a brief external lock is waited out, a long one fails the batch
 
@@ -41,6 +44,10 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS vault (
     key_id TEXT PRIMARY KEY,
     wrapped BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS replication_cursors (
+    origin_region TEXT PRIMARY KEY,
+    origin_seq INTEGER NOT NULL
 );
 """
 # SQLite's primary result codes that a later attempt may get past: a lock held by
@@ -67,7 +74,7 @@ class SqliteLog(EventLog):
         assert self._db is not None, "log not open"
         return self._db
 
-    async def _load(self) -> tuple[int, dict[str, bytes]]:
+    async def _load(self) -> tuple[int, dict[str, bytes], dict[str, int]]:
         self._db = await aiosqlite.connect(self.path)
         await self.db.execute("PRAGMA journal_mode=WAL")
         await self.db.execute("PRAGMA secure_delete=ON")  # a dropped KEK is overwritten
@@ -94,23 +101,29 @@ class SqliteLog(EventLog):
             count = await cur.fetchone()
         async with self.db.execute("SELECT key_id, wrapped FROM vault") as cur:
             vault = {k: bytes(w) for k, w in await cur.fetchall()}
-        return int(count[0]) if count is not None else 0, vault
+        async with self.db.execute("SELECT origin_region, origin_seq FROM replication_cursors"
+                                   ) as cur:
+            cursors = {str(o): int(s) for o, s in await cur.fetchall()}
+        return int(count[0]) if count is not None else 0, vault, cursors
 
-    async def _persist(self, rows: list[_Row], vault: list[VaultChange]) -> None:
-        # One hop to aiosqlite's thread for the whole batch (insert, vault, commit)
-        # instead of one per statement: the writer's wait is the fsync, not the hops.
-        await self.db._execute(self._write_batch, rows, vault)
+    async def _persist(self, rows: list[_Row], changes: list[SideChange]) -> None:
+        # One hop to aiosqlite's thread for the whole batch (insert, vault, cursors,
+        # commit) instead of one per statement: the writer's wait is the fsync, not the hops.
+        await self.db._execute(self._write_batch, rows, changes)
 
-    def _write_batch(self, rows: list[_Row], vault: list[VaultChange]) -> None:
+    def _write_batch(self, rows: list[_Row], changes: list[SideChange]) -> None:
         conn = self.db._conn
         try:
             conn.executemany(f"INSERT INTO events ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
-            for v in vault:
-                if v.wrapped is None:
-                    conn.execute("DELETE FROM vault WHERE key_id = ?", (v.key_id,))
+            for c in changes:
+                if isinstance(c, CursorChange):
+                    conn.execute("INSERT OR REPLACE INTO replication_cursors VALUES (?, ?)",
+                                 (c.origin_region, c.origin_seq))
+                elif c.wrapped is None:
+                    conn.execute("DELETE FROM vault WHERE key_id = ?", (c.key_id,))
                 else:
                     conn.execute("INSERT OR REPLACE INTO vault VALUES (?, ?)",
-                                 (v.key_id, v.wrapped))
+                                 (c.key_id, c.wrapped))
             conn.commit()
         except BaseException as exc:
             try:
@@ -120,7 +133,8 @@ class SqliteLog(EventLog):
             if conn.in_transaction:  # never let the next batch join a half-written one
                 raise LogCorrupted("a failed transaction is still open") from exc
             raise
-        if any(v.wrapped is None for v in vault):  # owed only once the shred is committed
+        if any(not isinstance(c, CursorChange) and c.wrapped is None for c in changes):
+            # owed only once the shred is committed
             self._checkpoint_owed = True
         if self._checkpoint_owed:
             self._checkpoint(conn)
@@ -183,6 +197,7 @@ class SqliteLog(EventLog):
     async def _wipe(self) -> None:
         await self.db.execute("DELETE FROM events")
         await self.db.execute("DELETE FROM vault")
+        await self.db.execute("DELETE FROM replication_cursors")
         await self.db.commit()
         self._checkpoint_owed = True
         await self.db._execute(self._checkpoint, self.db._conn)
@@ -197,3 +212,12 @@ class SqliteLog(EventLog):
             f"SELECT {_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
         ) as cur:
             return [tuple(r) for r in await cur.fetchall()]  # type: ignore[misc]
+
+    async def _read_own(self, after_seq: int, limit: int) -> list[ReplicatedRow]:
+        async with self.db.execute(
+            "SELECT seq, stream, type, at_ms, body FROM events WHERE seq > ? AND"
+            " origin_region = ? AND stream != ? ORDER BY seq LIMIT ?",
+            (after_seq, self.region, AUDIT_STREAM, limit),
+        ) as cur:
+            return [ReplicatedRow(int(q), str(st), str(t), int(a), bytes(b))
+                    for q, st, t, a, b in await cur.fetchall()]
