@@ -17,8 +17,10 @@ from kms.crypto.keyring import vault_ids_of
 from kms.domain import events as ev
 from kms.domain import lifecycle
 from kms.domain.key import Key
+from kms.domain.multi_region import is_replica
 from kms.service.core import Call, Service
 from kms.service.import_ops import destroy_material
+from kms.service.region_ops import replica_identities, share_rotation
 from kms.store.log import VaultChange
 from kms.store.state import alias_stream, key_stream
 
@@ -74,11 +76,15 @@ class Scheduler:
 
     async def _rotate(self, key: Key) -> bool:
         svc = self.service
+        if is_replica(key, svc.state.mrks.get(key.key_id)):
+            return False  # a replica's versions come from its primary, never from here
+        identities = await replica_identities(svc, key)
 
         def decide(call: Call, k: Key) -> None:
             material = svc.keyring.seal(k.key_id, svc.symmetric_material())
             call.emit(key_stream(k.key_id),
                       [lifecycle.rotated(k, material, "AUTOMATIC", call.at_ms)])
+            share_rotation(svc, call, k, material, "AUTOMATIC", identities)
             call.additional["keyMaterialId"] = material.material_id
 
         ok = await svc.service_event("RotateKey", key, decide)

@@ -21,6 +21,7 @@ from kms.config import is_region_name
 from kms.datadir import DataDir, DataDirRefused, open_data_dir
 from kms.domain.errors import KMSInternalException
 from kms.node import Node
+from regions.replication import DevReplication
 from regions.topology import Topology
 
 log = structlog.get_logger("regions.host")
@@ -40,6 +41,7 @@ class RegionHost(Regions):
         self._opened: list[DataDir] = []  # their locks are held for the life of the process
         self._opening = asyncio.Lock()
         self._started = False
+        self.replication = DevReplication()  # between the regions hosted here
         if self.dev:
             for region in self.on_disk():
                 self.routes[region] = self._host(region)
@@ -83,6 +85,7 @@ class RegionHost(Regions):
                 node = await asyncio.to_thread(self._host, region)
                 if self._started:
                     await node.start()
+                    self._replicate(node)
             except (DataDirRefused, OSError, ValueError) as exc:
                 log.error("region_not_opened", region=region, error=str(exc))
                 raise KMSInternalException(
@@ -94,8 +97,23 @@ class RegionHost(Regions):
     async def start(self) -> None:
         await super().start()
         self._started = True
+        for node in self.nodes():
+            self._replicate(node)
+
+    def _replicate(self, node: Node) -> None:
+        node.service.regions = self
+        self.replication.add(node)
+
+    async def identity_public_key(self, region: str) -> bytes | None:
+        """kms.service.core.RegionDirectory: the identity of a region hosted here (opened
+        on first use in ``--dev``); None for any other (peers: not yet)."""
+        route = self.routes.get(region) or await self.open(region)
+        if not isinstance(route, Node) or not self._started:
+            return None
+        return self.replication.identity_of(route).public_key
 
     async def stop(self) -> None:
         async with self._opening:  # no region opens while the others close
             self._started = False
+            await self.replication.stop()
             await super().stop()

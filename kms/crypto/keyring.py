@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
+from kms.crypto import transport
 from kms.crypto.sealing import RootKey, Sealer, seal_context
 from kms.domain import events as ev
 from kms.domain.errors import KMSInternalException
@@ -163,6 +164,17 @@ class Keyring:
             obj = load(raw)
             self._loaded.put(ck, obj)
         return obj
+
+    def share(self, key_id: str, material: Material, recipient_public: bytes,
+              context: bytes) -> bytes:
+        """A material version sealed to another region's identity key (kms.crypto.transport,
+        bound to ``context``): the raw bytes go straight into that seal."""
+        return transport.seal_to(recipient_public, self.raw(key_id, material), context)
+
+    @property
+    def root(self) -> RootKey:
+        """The region's root key (it also seals the region's transport identity)."""
+        return self._root
 
     # -- forgetting -------------------------------------------------------------------------
     def committed(self, envelopes: Sequence[ev.Envelope] | None) -> None:

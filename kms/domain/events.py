@@ -51,6 +51,7 @@ class KeyCreated(Event):
     policy: str
     tags: Tags
     material: Material | None
+    replica: bool = False  # a multi-region replica: Creating until its material is in
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +156,54 @@ class KeyMaterialDeleted(Event):
     key_id: str
     expired: bool
     material_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyMaterialReplicated(Event):
+    """A replica took one material version of its primary, resealed under its own KEK.
+    ``rotation_type`` is "" for the key's first material, else how the primary rotated."""
+
+    key_id: str
+    material: Material
+    rotation_type: str = ""
+
+
+# -- multi-region keys: stream ``mrk/<key id>``, written by the primary, shipped to peers --
+@dataclass(frozen=True, slots=True)
+class MultiRegionKeyCreated(Event):
+    """The shared properties of a new multi-region key, fixed for its life."""
+
+    key_id: str
+    account: str
+    primary_region: str
+    key_spec: str
+    key_usage: str
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaAdded(Event):
+    """ReplicateKey: ``region`` holds a replica, created with what the call asked for
+    there (none of it shared afterwards)."""
+
+    key_id: str
+    region: str
+    description: str
+    policy: str
+    tags: Tags
+
+
+@dataclass(frozen=True, slots=True)
+class MaterialShared(Event):
+    """One material version of the primary, sealed to each named replica region's identity
+    key (kms.crypto.transport): (region, sealed) pairs; never in clear. Versions are shared
+    in the order they were made; the last one shared is current."""
+
+    key_id: str
+    material_id: str
+    public_key: bytes
+    sealed_for: tuple[tuple[str, bytes], ...]
+    rotation_type: str = ""  # "" for the key's first material
 
 
 # -- aliases --------------------------------------------------------------------------------
@@ -275,6 +324,7 @@ register(
     KeyRotationEnabled, KeyRotationDisabled, KeyRotated, KeyDeletionScheduled,
     KeyDeletionCancelled, KeyDeleted, ImportParametersIssued, KeyMaterialImported,
     KeyMaterialDeleted, AliasCreated, AliasUpdated, AliasDeleted, ApiCallRecorded,
+    KeyMaterialReplicated, MultiRegionKeyCreated, ReplicaAdded, MaterialShared,
 )
 
 

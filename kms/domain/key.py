@@ -288,7 +288,9 @@ def untag(key: Key, tag_keys: tuple[str, ...]) -> list[ev.Event]:
 
 # -- evolution ------------------------------------------------------------------------------
 def created(e: ev.KeyCreated, at_ms: int) -> Key:
-    if e.material is None:
+    if e.replica:
+        state = KeyState.CREATING  # until its primary's material is in (KeyMaterialReplicated)
+    elif e.material is None:
         state = KeyState.PENDING_IMPORT
     else:
         state = KeyState.ENABLED
@@ -335,6 +337,15 @@ def apply(key: Key, event: ev.Event, at_ms: int = 0) -> Key:
                            next_rotation_ms=n, current_material_id=m.material_id,
                            imports=imports,
                            rotations=(*key.rotations, Rotation(m.material_id, at_ms, t)))
+        case ev.KeyMaterialReplicated(material=m, rotation_type=t):
+            if key.material(m.material_id) is not None:
+                return key
+            rotations = key.rotations
+            if t:
+                rotations = (*rotations, Rotation(m.material_id, at_ms, t))
+            state = KeyState.ENABLED if key.state is KeyState.CREATING else key.state
+            return replace(key, materials=(*key.materials, m), rotations=rotations,
+                           current_material_id=m.material_id, state=state)
         case ev.KeyDeletionScheduled(window_days=w, deletion_ms=d):
             return replace(key, state=KeyState.PENDING_DELETION, deletion_ms=d,
                            pending_window_days=w)

@@ -8,6 +8,7 @@ from kms.service import (  # noqa: F401  (registration)
     kem_ops,
     keys,
     lifecycle_ops,
+    region_ops,
     usage_ops,
 )
 from kms.service.core import OPERATIONS, Caller, Service

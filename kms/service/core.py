@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -152,6 +152,14 @@ def operation(name: str, *, read_only: bool) -> Callable[[Handler], Handler]:
     return register
 
 
+class RegionDirectory(Protocol):
+    """The multi-region layer as the service sees it (implemented in ``regions``)."""
+
+    async def identity_public_key(self, region: str) -> bytes | None:
+        """The X25519 identity public key of ``region``, to seal material to it; None when
+        this node cannot replicate to that region."""
+
+
 class Service:
     def __init__(self, *, region: str, account: str, log_: EventLog, keyring: Keyring,
                  clock: Clock) -> None:
@@ -166,6 +174,7 @@ class Service:
         self.usage = KeyUsage()
         log_.subscribe_audit(self.usage)  # GetKeyLastUsage, rebuilt from the log at start
         self.supported_specs = frozenset({SYMMETRIC, *mac.HMAC_SPECS, *asymmetric.SUPPORTED_SPECS})
+        self.regions: RegionDirectory | None = None  # set by the multi-region layer
 
     def new_kek(self, call: Call, vault_id: str) -> None:
         """A new key-encryption key for vault entry ``vault_id`` (a new key's own, or an
@@ -372,6 +381,22 @@ class Service:
         c.seen[stream] = self.log.version(stream)
         c.resources.append(key.arn)
         decide(c, key)
+        try:
+            await self._record(c, False, None, event_type="AwsServiceEvent")
+        except ConflictingWrite:
+            return False
+        return True
+
+    async def service_action(self, name: str, arn: str, streams: tuple[str, ...],
+                             decide: Callable[[Call], None]) -> bool:
+        """Like ``service_event`` for what acts on streams that may not exist yet (a
+        replica born in this region): the decision sees ``streams`` at their versions now.
+        False if one of them moved."""
+        c = Call(str(uuid.uuid4()), name, AWS_INTERNAL, self.clock.now_ms(), {"keyId": arn})
+        for stream in streams:
+            c.seen[stream] = self.log.version(stream)
+        c.resources.append(arn)
+        decide(c)
         try:
             await self._record(c, False, None, event_type="AwsServiceEvent")
         except ConflictingWrite:

@@ -21,6 +21,8 @@ from kms.domain.errors import (
     UnsupportedOperationException,
     ValidationException,
 )
+from kms.domain.multi_region import created as multi_region_key
+from kms.domain.multi_region import mrk_stream
 from kms.domain.specs import SPECS, SYMMETRIC
 from kms.service import authz
 from kms.service.core import Call, Service, operation
@@ -116,15 +118,20 @@ async def create_key(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, A
         material=material,
     )
     call.emit(key_stream(key_id), [event])
+    mrk = None
+    if multi_region:  # its shared side, which replicas fold too
+        shared = ev.MultiRegionKeyCreated(key_id, svc.account, svc.region, spec, usage, origin)
+        call.emit(mrk_stream(key_id), [shared])
+        mrk = multi_region_key(shared)
     key = keys.created(event, call.at_ms)
     call.resources.append(key.arn)
-    return {"KeyMetadata": key_metadata(key)}
+    return {"KeyMetadata": key_metadata(key, mrk)}
 
 
 @operation("DescribeKey", read_only=True)
 async def describe_key(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
     key = svc.key_for(call, p["KeyId"], "DescribeKey", allow_alias=True)
-    return {"KeyMetadata": key_metadata(key)}
+    return {"KeyMetadata": key_metadata(key, svc.state.mrks.get(key.key_id))}
 
 
 @operation("ListKeys", read_only=True)

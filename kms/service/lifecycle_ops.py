@@ -14,6 +14,7 @@ from typing import Any
 from kms.domain import lifecycle
 from kms.domain.key import Key, KeyState
 from kms.domain.specs import SYMMETRIC
+from kms.service import region_ops
 from kms.service.core import Call, Service, operation
 from kms.service.paging import page
 from kms.service.views import seconds
@@ -23,6 +24,7 @@ from kms.store.state import key_stream
 @operation("EnableKeyRotation", read_only=False)
 async def enable_key_rotation(svc: Service, call: Call, p: dict[str, Any]) -> None:
     key = svc.managed_key(call, p["KeyId"])
+    region_ops.check_not_replica(svc, key, "EnableKeyRotation")
     call.emit(key_stream(key.key_id),
               lifecycle.enable_rotation(key, p.get("RotationPeriodInDays"), call.at_ms))
 
@@ -30,6 +32,7 @@ async def enable_key_rotation(svc: Service, call: Call, p: dict[str, Any]) -> No
 @operation("DisableKeyRotation", read_only=False)
 async def disable_key_rotation(svc: Service, call: Call, p: dict[str, Any]) -> None:
     key = svc.managed_key(call, p["KeyId"])
+    region_ops.check_not_replica(svc, key, "DisableKeyRotation")
     call.emit(key_stream(key.key_id), lifecycle.disable_rotation(key))
 
 
@@ -48,11 +51,14 @@ async def get_key_rotation_status(svc: Service, call: Call, p: dict[str, Any]) -
 @operation("RotateKeyOnDemand", read_only=False)
 async def rotate_key_on_demand(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
     key = svc.managed_key(call, p["KeyId"])
+    region_ops.check_not_replica(svc, key, "RotateKeyOnDemand")
     pending = lifecycle.check_on_demand(key, call.at_ms)
+    identities = await region_ops.replica_identities(svc, key)
     # Imported keys rotate to the material waiting in PENDING_ROTATION; others to new.
     material = pending or svc.keyring.seal(key.key_id, svc.symmetric_material())
     call.emit(key_stream(key.key_id),
               [lifecycle.rotated(key, material, "ON_DEMAND", call.at_ms)])
+    region_ops.share_rotation(svc, call, key, material, "ON_DEMAND", identities)
     call.additional["keyMaterialId"] = material.material_id
     return {"KeyId": key.arn}
 

@@ -11,6 +11,7 @@ from typing import Any
 from kms.domain.alias import Alias
 from kms.domain.ids import alias_arn
 from kms.domain.key import Key, KeyState
+from kms.domain.multi_region import MultiRegionKey
 from kms.domain.specs import ALGORITHM_FIELD, SPECS, SYMMETRIC
 
 
@@ -18,7 +19,8 @@ def seconds(at_ms: int) -> float:
     return at_ms / 1000
 
 
-def key_metadata(key: Key) -> dict[str, Any]:
+def key_metadata(key: Key, mrk: MultiRegionKey | None = None) -> dict[str, Any]:
+    """KeyMetadata; ``mrk`` is the key's shared side when it is multi-region."""
     spec = SPECS[key.key_spec]
     md: dict[str, Any] = {
         "AWSAccountId": key.account,
@@ -38,11 +40,7 @@ def key_metadata(key: Key) -> dict[str, Any]:
         md["CustomerMasterKeySpec"] = key.key_spec
     md[ALGORITHM_FIELD[key.key_usage]] = list(spec.usages[key.key_usage])
     if key.multi_region:
-        md["MultiRegionConfiguration"] = {
-            "MultiRegionKeyType": "PRIMARY",
-            "PrimaryKey": {"Arn": key.arn, "Region": key.region},
-            "ReplicaKeys": [],
-        }
+        md["MultiRegionConfiguration"] = multi_region_configuration(key, mrk)
     # Shown for symmetric keys, and kept while an imported key waits for its material.
     if key.key_spec == SYMMETRIC and key.current_material_id:
         md["CurrentKeyMaterialId"] = key.current_material_id
@@ -53,6 +51,18 @@ def key_metadata(key: Key) -> dict[str, Any]:
         if key.valid_to_ms:
             md["ValidTo"] = seconds(key.valid_to_ms)
     return md
+
+
+def multi_region_configuration(key: Key, mrk: MultiRegionKey | None) -> dict[str, Any]:
+    if mrk is None:  # a primary whose shared stream predates this node's multi-region code
+        return {"MultiRegionKeyType": "PRIMARY",
+                "PrimaryKey": {"Arn": key.arn, "Region": key.region}, "ReplicaKeys": []}
+    return {
+        "MultiRegionKeyType": "PRIMARY" if mrk.primary_region == key.region else "REPLICA",
+        "PrimaryKey": {"Arn": mrk.primary_arn, "Region": mrk.primary_region},
+        "ReplicaKeys": [{"Arn": mrk.arn_in(r.region), "Region": r.region}
+                        for r in mrk.replicas],
+    }
 
 
 def alias_entry(alias: Alias, region: str, account: str) -> dict[str, Any]:

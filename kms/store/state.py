@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from kms.domain import events as ev
 from kms.domain import key as keys
+from kms.domain import multi_region as mrks
 from kms.domain.alias import Alias
 
 
@@ -27,18 +28,24 @@ class State:
         self.keys: dict[str, keys.Key] = {}
         self.key_seq: dict[str, int] = {}  # key id -> seq of its KeyCreated (ListKeys order)
         self.aliases: dict[str, Alias] = {}
+        # Multi-region keys this region knows of (member or not): their shared side.
+        self.mrks: dict[str, mrks.MultiRegionKey] = {}
 
     def __call__(self, envelopes: Sequence[ev.Envelope] | None) -> None:
         if envelopes is None:
             self.keys.clear()
             self.key_seq.clear()
             self.aliases.clear()
+            self.mrks.clear()
             return
         for env in envelopes:
             self.apply(env)
 
     def apply(self, env: ev.Envelope) -> None:
         e = env.event
+        if mrks.is_shared_stream(env.stream):
+            self._apply_shared(e)
+            return
         match e:
             case ev.KeyCreated():
                 self.keys[e.key_id] = keys.created(e, env.at_ms)
@@ -57,6 +64,14 @@ class State:
                 key_id = getattr(e, "key_id", None)
                 if key_id is not None and key_id in self.keys:
                     self.keys[key_id] = keys.apply(self.keys[key_id], e, env.at_ms)
+
+    def _apply_shared(self, e: ev.Event) -> None:
+        if isinstance(e, ev.MultiRegionKeyCreated):
+            self.mrks[e.key_id] = mrks.created(e)
+            return
+        key_id = getattr(e, "key_id", None)
+        if key_id is not None and key_id in self.mrks:
+            self.mrks[key_id] = mrks.apply(self.mrks[key_id], e)
 
     def aliases_of(self, key_id: str) -> list[Alias]:
         return [a for a in self.aliases.values() if a.key_id == key_id]

@@ -33,6 +33,7 @@ KINDS = {
     "mac": ("HMAC_256", "GENERATE_VERIFY_MAC"),
     "agree": ("ECC_NIST_P256", "KEY_AGREEMENT"),
     "kem": ("ML_KEM_768", "ENCAPSULATE_DECAPSULATE"),
+    "mrk": ("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT"),  # a multi-region primary
 }
 
 
@@ -98,6 +99,7 @@ def make_subject(kms: Any, state: KeyState, op: Op) -> Subject:
     external = op.kind == "ext" or state is KeyState.PENDING_IMPORT
     md = kms.create_key(KeySpec=spec, KeyUsage=usage,
                         Origin="EXTERNAL" if external else "AWS_KMS",
+                        MultiRegion=op.kind == "mrk",
                         Tags=[{"TagKey": "team", "TagValue": "a"}])["KeyMetadata"]
     subject = Subject(md["KeyId"], md["Arn"])
     subject.companion = kms.create_key()["KeyMetadata"]["KeyId"]
@@ -181,6 +183,8 @@ OPS: dict[str, Op] = {
                     ("blob",)),
     "ReEncrypt(destination)": Op("sym", lambda kms, s: kms.re_encrypt(
         CiphertextBlob=_companion_blob(kms, s), DestinationKeyId=s.key_id)),
+    "ReplicateKey": Op("mrk", lambda kms, s: kms.replicate_key(KeyId=s.key_id,
+                                                               ReplicaRegion="eu-west-1")),
     "ScheduleKeyDeletion": Op("sym", lambda kms, s: kms.schedule_key_deletion(
         KeyId=s.key_id, PendingWindowInDays=7)),
     "TagResource": Op("sym", lambda kms, s: kms.tag_resource(KeyId=s.key_id, Tags=TAG)),

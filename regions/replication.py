@@ -1,0 +1,232 @@
+"""Replication of multi-region keys into one region: pull the shared streams, then react.
+
+Rules: a ``Puller`` brings one origin region's ``mrk/`` rows into the receiving node's log
+through ``fetch(after_cursor) -> (rows, through)`` (in-process here; a peer's HTTP read
+later) and ``EventLog.append_replicated`` (a replayed batch appends nothing). ``reconcile``
+then makes the receiving region's own keys match what the shared streams ask of it, as
+``AwsServiceEvent``s: ``CreateKey`` for a replica named for this region (Creating), and
+``SynchronizeMultiRegionKey`` for each material version sealed to it, opened with the
+region's identity and at once resealed under its own KEK (never held or logged in clear).
+It reads only committed state, so after a crash it finishes what was left undone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+import structlog
+
+from kms.domain import events as ev
+from kms.domain import multi_region as mr
+from kms.domain.errors import KMSInternalException
+from kms.node import Node
+from kms.service.core import Call, Service
+from kms.store.replication import ReplicatedRow
+from kms.store.state import key_stream
+from regions.identity import RegionIdentity
+
+log = structlog.get_logger("regions.replication")
+
+PULL_LIMIT = 500
+Fetch = Callable[[int], Awaitable[tuple[Sequence[ReplicatedRow], int]]]
+
+
+class Reactor:
+    """What the receiving region does once replicated rows are in (one per region)."""
+
+    def __init__(self, service: Service, identity: RegionIdentity) -> None:
+        self.service = service
+        self.identity = identity
+        self.region = service.region
+        self._lock = asyncio.Lock()
+
+    async def reconcile(self) -> int:
+        """Create the replicas this region is named for and take every version sealed to
+        it; returns how many actions were recorded."""
+        done = 0
+        async with self._lock:
+            svc = self.service
+            for mrk in list(svc.state.mrks.values()):
+                if mrk.primary_region == self.region or mrk.replica(self.region) is None:
+                    continue
+                key = svc.state.keys.get(mrk.key_id)
+                if key is None:
+                    if svc.log.version(key_stream(mrk.key_id)) > 0:
+                        continue  # it was deleted here: a replica is never brought back
+                    done += await self._create(mrk)
+                    key = svc.state.keys.get(mrk.key_id)
+                    if key is None:
+                        continue
+                missing = [(m, blob) for m, blob in mrk.shared_with(self.region)
+                           if key.material(m.material_id) is None]
+                if missing:
+                    done += await self._synchronize(mrk, missing)
+        return done
+
+    async def _create(self, mrk: mr.MultiRegionKey) -> int:
+        svc = self.service
+        replica = mrk.replica(self.region)
+        assert replica is not None
+
+        def decide(call: Call) -> None:
+            svc.new_kek(call, mrk.key_id)
+            call.emit(key_stream(mrk.key_id), [ev.KeyCreated(
+                key_id=mrk.key_id, account=mrk.account, region=self.region,
+                description=replica.description, key_spec=mrk.key_spec,
+                key_usage=mrk.key_usage, origin=mrk.origin, key_manager="CUSTOMER",
+                multi_region=True, policy=replica.policy, tags=replica.tags, material=None,
+                # An imported key's replica waits for the same material (PendingImport).
+                replica=mrk.origin != "EXTERNAL")])
+            call.additional["primaryRegion"] = mrk.primary_region
+
+        ok = await svc.service_action("CreateKey", mrk.arn_in(self.region),
+                                      (key_stream(mrk.key_id),), decide)
+        if ok:
+            log.info("replica_created", key_id=mrk.key_id, region=self.region,
+                     primary=mrk.primary_region)
+        return int(ok)
+
+    async def _synchronize(self, mrk: mr.MultiRegionKey,
+                           missing: list[tuple[mr.SharedMaterial, bytes]]) -> int:
+        svc = self.service
+        key_id = mrk.key_id
+
+        def decide(call: Call) -> None:
+            taken: list[ev.Event] = []
+            for shared, blob in missing:
+                context = mr.transport_context(key_id, shared.material_id, mrk.primary_region,
+                                               self.region)
+
+                def seal_here(raw: bytes, s: mr.SharedMaterial = shared) -> bytes:
+                    return svc.keyring.seal(key_id, raw, s.public_key, s.material_id).sealed
+
+                try:
+                    resealed = self.identity.reseal(blob, context, seal_here)
+                except KMSInternalException:
+                    log.error("replica_material_unreadable", key_id=key_id,
+                              material_id=shared.material_id, region=self.region,
+                              primary=mrk.primary_region)
+                    break  # keep the order of versions: the rest waits for this one
+                material = ev.Material(shared.material_id, resealed, shared.public_key)
+                taken.append(ev.KeyMaterialReplicated(key_id, material, shared.rotation_type))
+                call.additional.setdefault("keyMaterialIds", []).append(shared.material_id)
+            call.emit(key_stream(key_id), taken)
+
+        ok = await svc.service_action("SynchronizeMultiRegionKey", mrk.arn_in(self.region),
+                                      (key_stream(key_id),), decide)
+        return int(ok)
+
+
+class Puller:
+    """Brings one origin region's shared streams into one receiving node, then reacts."""
+
+    def __init__(self, receiver: Node, origin_region: str, fetch: Fetch,
+                 reactor: Reactor) -> None:
+        self.receiver = receiver
+        self.origin_region = origin_region
+        self.fetch = fetch
+        self.reactor = reactor
+        self.wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def pull(self) -> int:
+        """Pull until caught up; returns how many rows were appended."""
+        appended = 0
+        log_ = self.receiver.log
+        while True:
+            after = log_.cursor(self.origin_region)
+            rows, through = await self.fetch(after)
+            if not rows and through <= after:
+                break
+            envs = await log_.append_replicated(self.origin_region, list(rows), through)
+            appended += len(envs)
+            if not rows:
+                break
+        return appended
+
+    def start(self) -> None:
+        self.wake.set()  # catch up at once: what was committed while this was not running
+        self._task = asyncio.create_task(self._run(), name=f"pull-{self.origin_region}-"
+                                                          f"{self.receiver.config.region}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            try:
+                await self.pull()
+                await self.reactor.reconcile()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the next commit of the origin (or restart) retries
+                log.exception("replication_failed", origin=self.origin_region,
+                              region=self.receiver.config.region)
+
+
+def local_fetch(origin: Node) -> Fetch:
+    """``fetch`` for an origin hosted in this process: its log's peer read, shared streams
+    only."""
+    async def fetch(after: int) -> tuple[Sequence[ReplicatedRow], int]:
+        return await origin.log.read_for_peer(after, mr.is_shared_stream, PULL_LIMIT)
+    return fetch
+
+
+def wake_on_commit(origin: Node, puller: Puller) -> None:
+    """Wake ``puller`` whenever ``origin``'s log commits a shared-stream event (lag: the
+    time of one pull, not a polling interval)."""
+    def committed(envelopes: Sequence[ev.Envelope] | None) -> None:
+        if envelopes is None or any(mr.is_shared_stream(e.stream) for e in envelopes):
+            puller.wake.set()
+    origin.log.subscribe(committed)
+
+
+class DevReplication:
+    """Every region hosted in one ``--dev`` process replicates from every other one."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, Node] = {}
+        self.identities: dict[str, RegionIdentity] = {}
+        self.reactors: dict[str, Reactor] = {}
+        self.pullers: list[Puller] = []
+
+    def identity_of(self, node: Node) -> RegionIdentity:
+        region = node.config.region
+        found = self.identities.get(region)
+        if found is None:
+            found = RegionIdentity.load_or_create(Path(node.config.data_dir), node.keyring.root)
+            self.identities[region] = found
+        return found
+
+    def add(self, node: Node) -> None:
+        """Wire a started node to every node already here, both ways."""
+        region = node.config.region
+        if region in self.nodes:
+            return
+        reactor = Reactor(node.service, self.identity_of(node))
+        self.reactors[region] = reactor
+        for other_region, other in self.nodes.items():
+            for receiver, origin, r in ((node, other, reactor),
+                                        (other, node, self.reactors[other_region])):
+                puller = Puller(receiver, origin.config.region, local_fetch(origin), r)
+                wake_on_commit(origin, puller)
+                self.pullers.append(puller)
+                puller.start()
+        self.nodes[region] = node
+
+    async def stop(self) -> None:
+        for puller in self.pullers:
+            await puller.stop()
+        self.pullers.clear()
+        self.nodes.clear()
+        self.reactors.clear()

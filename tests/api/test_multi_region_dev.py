@@ -1,0 +1,241 @@
+"""Multi-region keys between the regions one ``kms serve --dev`` hosts: ReplicateKey, the
+replica's life (Creating, then Enabled), cross-region Decrypt both ways, rotation reaching
+replicas (also one created after three rotations), regional independence, AWS's refusals,
+and material that never sits in clear in either region's log."""
+
+from __future__ import annotations
+
+import base64
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+from botocore.exceptions import ClientError
+
+from kms.crypto import transport
+from kms.crypto.sealing import RootKey
+from kms.domain import multi_region as mr
+from regions.identity import RegionIdentity
+from tests.conftest import client_for
+from tests.support.server import ServerProcess
+
+pytestmark = pytest.mark.slow
+
+PRIMARY, REPLICA, LATE = "us-east-1", "eu-west-1", "ap-southeast-2"
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = ServerProcess(tmp_path_factory.mktemp("mrk") / "data", region=PRIMARY).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def kms(node: ServerProcess) -> dict[str, Any]:
+    return {r: client_for(node.url, region=r) for r in (PRIMARY, REPLICA, LATE)}
+
+
+def region_dir(node: ServerProcess, region: str) -> Path:
+    return node.data_dir if region == node.region else node.data_dir / "regions" / region
+
+
+def wait_for(check: Callable[[], Any], what: str, deadline_s: float = 10.0) -> Any:
+    """Poll ``check`` until it returns something truthy (replication is asynchronous)."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            got = check()
+        except ClientError:
+            got = None
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def state_in(client: Any, key_id: str) -> str:
+    return str(client.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"])
+
+
+def replicate(kms: dict[str, Any], key_id: str, region: str, **extra: Any) -> dict[str, Any]:
+    out: dict[str, Any] = kms[PRIMARY].replicate_key(KeyId=key_id, ReplicaRegion=region, **extra)
+    wait_for(lambda: state_in(kms[region], key_id) == "Enabled", f"the replica in {region}")
+    return out
+
+
+def error_of(call: Callable[..., Any], **params: Any) -> tuple[str, str]:
+    with pytest.raises(ClientError) as info:
+        call(**params)
+    return info.value.response["Error"]["Code"], info.value.response["Error"]["Message"]
+
+
+def test_a_replica_starts_creating_then_decrypts_what_the_primary_encrypted(
+        kms: dict[str, Any]) -> None:
+    md = kms[PRIMARY].create_key(MultiRegion=True, Description="primary")["KeyMetadata"]
+    key_id = md["KeyId"]
+    assert key_id.startswith("mrk-") and len(key_id) == 36
+    assert md["MultiRegionConfiguration"] == {
+        "MultiRegionKeyType": "PRIMARY",
+        "PrimaryKey": {"Arn": md["Arn"], "Region": PRIMARY}, "ReplicaKeys": []}
+    blob = kms[PRIMARY].encrypt(KeyId=key_id, Plaintext=b"from us-east-1",
+                                EncryptionContext={"a": "b"})["CiphertextBlob"]
+
+    out = kms[PRIMARY].replicate_key(KeyId=key_id, ReplicaRegion=REPLICA,
+                                     Description="replica",
+                                     Tags=[{"TagKey": "where", "TagValue": "eu"}])
+
+    replica_md = out["ReplicaKeyMetadata"]
+    replica_arn = f"arn:aws:kms:{REPLICA}:{md['AWSAccountId']}:key/{key_id}"
+    assert (replica_md["KeyId"], replica_md["Arn"]) == (key_id, replica_arn)
+    assert (replica_md["KeyState"], replica_md["Enabled"]) == ("Creating", False)
+    assert replica_md["MultiRegionConfiguration"]["MultiRegionKeyType"] == "REPLICA"
+    assert out["ReplicaTags"] == [{"TagKey": "where", "TagValue": "eu"}]
+    assert '"kms:*"' in out["ReplicaPolicy"]
+    wait_for(lambda: state_in(kms[REPLICA], key_id) == "Enabled", "the replica to be Enabled")
+
+    seen = kms[REPLICA].describe_key(KeyId=key_id)["KeyMetadata"]
+    assert (seen["Arn"], seen["Description"], seen["Enabled"]) == (replica_arn, "replica", True)
+    members = {"PrimaryKey": {"Arn": md["Arn"], "Region": PRIMARY},
+               "ReplicaKeys": [{"Arn": replica_arn, "Region": REPLICA}]}
+    assert seen["MultiRegionConfiguration"] == {"MultiRegionKeyType": "REPLICA", **members}
+    assert kms[PRIMARY].describe_key(KeyId=key_id)["KeyMetadata"][
+        "MultiRegionConfiguration"] == {"MultiRegionKeyType": "PRIMARY", **members}
+    got = kms[REPLICA].decrypt(CiphertextBlob=blob, EncryptionContext={"a": "b"})
+    assert (got["Plaintext"], got["KeyId"]) == (b"from us-east-1", replica_arn)
+    back = kms[REPLICA].encrypt(KeyId=key_id, Plaintext=b"from eu")["CiphertextBlob"]
+    assert kms[PRIMARY].decrypt(CiphertextBlob=back)["Plaintext"] == b"from eu"
+    assert kms[REPLICA].list_resource_tags(KeyId=key_id)["Tags"] == [
+        {"TagKey": "where", "TagValue": "eu"}]
+    assert kms[PRIMARY].list_resource_tags(KeyId=key_id)["Tags"] == []
+
+
+def test_rotation_on_the_primary_reaches_replicas_even_one_made_after_three(
+        kms: dict[str, Any]) -> None:
+    key_id = kms[PRIMARY].create_key(MultiRegion=True)["KeyMetadata"]["KeyId"]
+    replicate(kms, key_id, REPLICA)
+    blobs = [kms[PRIMARY].encrypt(KeyId=key_id, Plaintext=b"v0")["CiphertextBlob"]]
+    for n in range(1, 4):
+        kms[PRIMARY].rotate_key_on_demand(KeyId=key_id)
+        blobs.append(kms[PRIMARY].encrypt(KeyId=key_id, Plaintext=b"v%d" % n)["CiphertextBlob"])
+    current = kms[PRIMARY].describe_key(KeyId=key_id)["KeyMetadata"]["CurrentKeyMaterialId"]
+
+    wait_for(lambda: kms[REPLICA].describe_key(KeyId=key_id)["KeyMetadata"][
+        "CurrentKeyMaterialId"] == current, "the rotation to reach the replica")
+    replicate(kms, key_id, LATE)
+
+    for region in (REPLICA, LATE):
+        plain = [kms[region].decrypt(CiphertextBlob=b)["Plaintext"] for b in blobs]
+        assert plain == [b"v0", b"v1", b"v2", b"v3"]
+        md = kms[region].describe_key(KeyId=key_id)["KeyMetadata"]
+        assert md["CurrentKeyMaterialId"] == current
+        assert len(md["MultiRegionConfiguration"]["ReplicaKeys"]) == 2
+        rotations = kms[region].list_key_rotations(KeyId=key_id)["Rotations"]
+        assert [r["RotationType"] for r in rotations] == ["ON_DEMAND"] * 3
+    fresh = kms[LATE].encrypt(KeyId=key_id, Plaintext=b"late")["CiphertextBlob"]
+    assert kms[REPLICA].decrypt(CiphertextBlob=fresh)["Plaintext"] == b"late"
+    arn = kms[REPLICA].describe_key(KeyId=key_id)["KeyMetadata"]["Arn"]
+    for call in (kms[REPLICA].rotate_key_on_demand, kms[REPLICA].enable_key_rotation):
+        code, message = error_of(call, KeyId=key_id)
+        assert code == "UnsupportedOperationException" and message.startswith(
+            f"{arn} is not a multi-Region primary key.")
+
+
+def test_each_region_keeps_its_own_enabled_state_description_and_tags(
+        kms: dict[str, Any]) -> None:
+    key_id = kms[PRIMARY].create_key(MultiRegion=True, Description="p")["KeyMetadata"]["KeyId"]
+    replicate(kms, key_id, REPLICA, Description="r")
+
+    kms[REPLICA].disable_key(KeyId=key_id)
+    kms[PRIMARY].tag_resource(KeyId=key_id, Tags=[{"TagKey": "only", "TagValue": "primary"}])
+
+    assert kms[PRIMARY].encrypt(KeyId=key_id, Plaintext=b"x")["CiphertextBlob"]
+    assert state_in(kms[REPLICA], key_id) == "Disabled"
+    assert kms[PRIMARY].describe_key(KeyId=key_id)["KeyMetadata"]["Description"] == "p"
+    assert kms[REPLICA].describe_key(KeyId=key_id)["KeyMetadata"]["Description"] == "r"
+    assert kms[REPLICA].list_resource_tags(KeyId=key_id)["Tags"] == []
+
+
+def test_aws_refusals(kms: dict[str, Any]) -> None:
+    single = kms[PRIMARY].create_key()["KeyMetadata"]["KeyId"]
+    key_id = kms[PRIMARY].create_key(MultiRegion=True)["KeyMetadata"]["KeyId"]
+    replicate(kms, key_id, REPLICA)
+    replica_arn = kms[REPLICA].describe_key(KeyId=key_id)["KeyMetadata"]["Arn"]
+
+    assert error_of(kms[PRIMARY].replicate_key, KeyId=single, ReplicaRegion=REPLICA) == (
+        "UnsupportedOperationException", f"Unable to replicate a non-MultiRegion key {single}")
+    code, message = error_of(kms[REPLICA].replicate_key, KeyId=key_id, ReplicaRegion=LATE)
+    assert code == "UnsupportedOperationException"
+    assert message.startswith(f"{replica_arn} is not a multi-Region primary key.")
+    for region in (REPLICA, PRIMARY):
+        assert error_of(kms[PRIMARY].replicate_key, KeyId=key_id, ReplicaRegion=region) == (
+            "AlreadyExistsException", f"Unable to replicate key {key_id} to region {region}, "
+                                      "as the key already exist there")
+    code, _ = error_of(client_for(kms[PRIMARY].meta.endpoint_url, validate=False,
+                                  region=PRIMARY).replicate_key,
+                       KeyId=key_id, ReplicaRegion="not_a_region")
+    assert code == "ValidationException"
+    kms[PRIMARY].disable_key(KeyId=key_id)
+    primary_arn = kms[PRIMARY].describe_key(KeyId=key_id)["KeyMetadata"]["Arn"]
+    assert error_of(kms[PRIMARY].replicate_key, KeyId=key_id, ReplicaRegion=LATE) == (
+        "DisabledException", f"{primary_arn} is disabled.")
+    # Nothing reached the third region from the refused calls.
+    with pytest.raises(ClientError) as info:
+        kms[LATE].describe_key(KeyId=key_id)
+    assert info.value.response["Error"]["Code"] == "NotFoundException"
+
+
+def _shared_rows(db: Path) -> list[tuple[str, str, dict[str, Any]]]:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        rows = conn.execute("SELECT stream, type, origin_region, body FROM events "
+                            "WHERE type = 'MaterialShared'").fetchall()
+    return [(s, origin, msgpack.unpackb(body, raw=False)) for s, _, origin, body in rows]
+
+
+def _identity(node: ServerProcess, region: str) -> RegionIdentity:
+    path = region_dir(node, region)
+    return RegionIdentity.load_or_create(path, RootKey.load_or_create(path, create=False))
+
+
+def test_material_crosses_only_sealed_to_its_region(node: ServerProcess,
+                                                    kms: dict[str, Any]) -> None:
+    key_id = kms[PRIMARY].create_key(MultiRegion=True)["KeyMetadata"]["KeyId"]
+    replicate(kms, key_id, REPLICA)
+    kms[PRIMARY].rotate_key_on_demand(KeyId=key_id)
+    wait_for(lambda: len([r for r in _shared_rows(
+        region_dir(node, REPLICA) / "events.sqlite3") if r[0] == mr.mrk_stream(key_id)]) == 2,
+        "both versions in the replica's log")
+
+    ids = {r: _identity(node, r) for r in (PRIMARY, REPLICA, LATE)}
+    for region in (PRIMARY, REPLICA):
+        rows = [r for r in _shared_rows(region_dir(node, region) / "events.sqlite3")
+                if r[0] == mr.mrk_stream(key_id)]
+        assert {origin for _, origin, _ in rows} == {PRIMARY}
+        for _, _, body in rows:
+            (to, sealed), = body["sealed_for"]
+            assert to == REPLICA
+            context = mr.transport_context(key_id, body["material_id"], PRIMARY, REPLICA)
+            raw = ids[REPLICA].reseal(sealed, context, lambda b: b"\x00" + bytes(
+                x ^ 0xFF for x in b))  # a stand-in sealer: the clear bytes stay in here
+            assert len(raw) == 33
+            for other in (ids[PRIMARY], ids[LATE]):
+                with pytest.raises(transport.PeerMaterialUnreadable):
+                    other.reseal(sealed, context, lambda b: b"")
+            with pytest.raises(transport.PeerMaterialUnreadable):
+                ids[REPLICA].reseal(sealed, mr.transport_context(
+                    key_id, body["material_id"], PRIMARY, LATE), lambda b: b"")
+            clear = bytes(x ^ 0xFF for x in raw[1:])
+            for db_region in (PRIMARY, REPLICA):
+                db = region_dir(node, db_region) / "events.sqlite3"
+                for blob in (clear, base64.b64encode(clear)):
+                    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                        hits = conn.execute("SELECT count(*) FROM events WHERE instr(body, ?)",
+                                            (blob,)).fetchone()[0]
+                    assert hits == 0
