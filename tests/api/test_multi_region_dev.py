@@ -239,3 +239,57 @@ def test_material_crosses_only_sealed_to_its_region(node: ServerProcess,
                         hits = conn.execute("SELECT count(*) FROM events WHERE instr(body, ?)",
                                             (blob,)).fetchone()[0]
                     assert hits == 0
+
+
+def test_hmac_and_signing_keys_verify_in_every_member(kms: dict[str, Any]) -> None:
+    mac_key = kms[PRIMARY].create_key(MultiRegion=True, KeySpec="HMAC_256",
+                                      KeyUsage="GENERATE_VERIFY_MAC")["KeyMetadata"]["KeyId"]
+    sign_key = kms[PRIMARY].create_key(MultiRegion=True, KeySpec="ECC_NIST_P256",
+                                       KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    for key_id in (mac_key, sign_key):
+        replicate(kms, key_id, REPLICA)
+
+    mac = kms[PRIMARY].generate_mac(KeyId=mac_key, Message=b"m",
+                                    MacAlgorithm="HMAC_SHA_256")["Mac"]
+    assert kms[REPLICA].verify_mac(KeyId=mac_key, Message=b"m", Mac=mac,
+                                   MacAlgorithm="HMAC_SHA_256")["MacValid"]
+    signature = kms[REPLICA].sign(KeyId=sign_key, Message=b"m",
+                                  SigningAlgorithm="ECDSA_SHA_256")["Signature"]
+    assert kms[PRIMARY].verify(KeyId=sign_key, Message=b"m", Signature=signature,
+                               SigningAlgorithm="ECDSA_SHA_256")["SignatureValid"]
+    assert (kms[REPLICA].get_public_key(KeyId=sign_key)["PublicKey"]
+            == kms[PRIMARY].get_public_key(KeyId=sign_key)["PublicKey"])
+
+
+def test_automatic_rotation_reaches_the_replica_and_replicas_survive_a_restart(
+        tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data", region=PRIMARY).start()
+    try:
+        kms = {r: client_for(server.url, region=r) for r in (PRIMARY, REPLICA)}
+        key_id = kms[PRIMARY].create_key(MultiRegion=True)["KeyMetadata"]["KeyId"]
+        replicate(kms, key_id, REPLICA)
+        kms[PRIMARY].enable_key_rotation(KeyId=key_id, RotationPeriodInDays=90)
+        old = kms[PRIMARY].encrypt(KeyId=key_id, Plaintext=b"old")["CiphertextBlob"]
+
+        server.post("/_kms/clock", {"advance_seconds": 91 * 86_400})
+
+        rotations = kms[PRIMARY].list_key_rotations(KeyId=key_id)["Rotations"]
+        assert [r["RotationType"] for r in rotations] == ["AUTOMATIC"]
+        current = kms[PRIMARY].describe_key(KeyId=key_id)["KeyMetadata"]["CurrentKeyMaterialId"]
+        wait_for(lambda: kms[REPLICA].describe_key(KeyId=key_id)["KeyMetadata"][
+            "CurrentKeyMaterialId"] == current, "the automatic rotation in the replica")
+        new = kms[PRIMARY].encrypt(KeyId=key_id, Plaintext=b"new")["CiphertextBlob"]
+        server.stop()
+        server.start()
+        kms = {r: client_for(server.url, region=r) for r in (PRIMARY, REPLICA)}
+        assert state_in(kms[REPLICA], key_id) == "Enabled"
+        assert [kms[REPLICA].decrypt(CiphertextBlob=b)["Plaintext"] for b in (old, new)] == [
+            b"old", b"new"]
+        # The restarted replica resumed at its cursor: the next rotation still arrives.
+        kms[PRIMARY].rotate_key_on_demand(KeyId=key_id)
+        latest = kms[PRIMARY].describe_key(KeyId=key_id)["KeyMetadata"]["CurrentKeyMaterialId"]
+        wait_for(lambda: kms[REPLICA].describe_key(KeyId=key_id)["KeyMetadata"][
+            "CurrentKeyMaterialId"] == latest, "a rotation after the restart")
+        assert len(kms[REPLICA].list_key_rotations(KeyId=key_id)["Rotations"]) == 2
+    finally:
+        server.stop()
