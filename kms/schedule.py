@@ -17,7 +17,7 @@ from kms.crypto.keyring import vault_ids_of
 from kms.domain import events as ev
 from kms.domain import lifecycle
 from kms.domain.key import Key
-from kms.domain.multi_region import is_replica
+from kms.domain.multi_region import is_replica, mrk_stream
 from kms.service.core import Call, Service
 from kms.service.import_ops import destroy_material
 from kms.service.region_ops import replica_identities, share_rotation
@@ -60,6 +60,12 @@ class Scheduler:
 
         def decide(call: Call, k: Key) -> None:
             call.emit(key_stream(k.key_id), [ev.KeyDeleted(k.key_id)])
+            if is_replica(k, svc.state.mrks.get(k.key_id)):
+                # The set learns it from this region: the primary (waiting in
+                # PendingReplicaDeletion, perhaps) and the other replicas fold it.
+                shared = mrk_stream(k.key_id)
+                call.seen[shared] = svc.log.version(shared)
+                call.emit(shared, [ev.ReplicaDeleted(k.key_id, svc.region)])
             for alias in svc.state.aliases_of(k.key_id):
                 stream = alias_stream(alias.name)
                 call.seen[stream] = svc.log.version(stream)
@@ -82,9 +88,10 @@ class Scheduler:
 
         def decide(call: Call, k: Key) -> None:
             material = svc.keyring.seal(k.key_id, svc.symmetric_material())
-            call.emit(key_stream(k.key_id),
-                      [lifecycle.rotated(k, material, "AUTOMATIC", call.at_ms)])
-            share_rotation(svc, call, k, material, "AUTOMATIC", identities)
+            rotated = lifecycle.rotated(k, material, "AUTOMATIC", call.at_ms)
+            call.emit(key_stream(k.key_id), [rotated])
+            share_rotation(svc, call, k, material, "AUTOMATIC", identities,
+                           rotated.next_rotation_ms)
             call.additional["keyMaterialId"] = material.material_id
 
         ok = await svc.service_event("RotateKey", key, decide)

@@ -6,8 +6,12 @@ later) and ``EventLog.append_replicated`` (a replayed batch appends nothing). ``
 then makes the receiving region's own keys match what the shared streams ask of it, as
 ``AwsServiceEvent``s: ``CreateKey`` for a replica named for this region (Creating), and
 ``SynchronizeMultiRegionKey`` for each material version sealed to it, opened with the
-region's identity and at once resealed under its own KEK (never held or logged in clear).
-It reads only committed state, so after a crash it finishes what was left undone.
+region's identity and at once resealed under its own KEK (never held or logged in clear),
+and for the primary's rotation schedule; ``UpdatePrimaryRegion`` for a handover (the new
+primary passes through Updating and accepts the epoch, then the old one finishes); and
+``ScheduleKeyDeletion`` when a primary's last replica is gone (PendingReplicaDeletion ->
+PendingDeletion). It reads only committed state, so after a crash it finishes what was left
+undone.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import structlog
 from kms.domain import events as ev
 from kms.domain import multi_region as mr
 from kms.domain.errors import KMSInternalException
+from kms.domain.key import KeyState
+from kms.domain.lifecycle import DAY_MS
 from kms.node import Node
 from kms.service.core import Call, Service
 from kms.store.replication import ReplicatedRow
@@ -43,13 +49,20 @@ class Reactor:
         self._lock = asyncio.Lock()
 
     async def reconcile(self) -> int:
-        """Create the replicas this region is named for and take every version sealed to
-        it; returns how many actions were recorded."""
+        """Make this region's keys match the shared streams; returns how many actions were
+        recorded. As a replica: be created, take every version sealed to it, mirror the
+        primary's rotation schedule, finish a handover the new primary has accepted. As the
+        primary: accept a handover to it, and start the waiting period of a deletion that
+        waited for its last replica."""
         done = 0
         async with self._lock:
             svc = self.service
-            for mrk in list(svc.state.mrks.values()):
-                if mrk.primary_region == self.region or mrk.replica(self.region) is None:
+            for key_id in list(svc.state.mrks):
+                mrk = svc.state.mrks[key_id]
+                if mrk.primary_region == self.region:
+                    done += await self._as_primary(mrk)
+                    continue
+                if mrk.replica(self.region) is None:
                     continue
                 key = svc.state.keys.get(mrk.key_id)
                 if key is None:
@@ -59,11 +72,81 @@ class Reactor:
                     key = svc.state.keys.get(mrk.key_id)
                     if key is None:
                         continue
-                missing = [(m, blob) for m, blob in mrk.shared_with(self.region)
-                           if key.material(m.material_id) is None]
-                if missing:
-                    done += await self._synchronize(mrk, missing)
+                done += await self._take_materials(mrk)
+                done += await self._mirror_schedule(svc.state.mrks[key_id])
+                key = svc.state.keys.get(mrk.key_id)
+                mrk = svc.state.mrks[key_id]
+                if key is not None and key.state is KeyState.UPDATING and not mrk.handing_over:
+                    done += await self._act("UpdatePrimaryRegion", mrk,
+                                            [ev.KeyUpdateFinished(mrk.key_id)])
         return done
+
+    async def _take_materials(self, mrk: mr.MultiRegionKey) -> int:
+        key = self.service.state.keys.get(mrk.key_id)
+        if key is None:
+            return 0
+        missing = [(m, blob) for m, blob in mrk.shared_with(self.region)
+                   if key.material(m.material_id) is None]
+        return await self._synchronize(mrk, missing) if missing else 0
+
+    async def _mirror_schedule(self, mrk: mr.MultiRegionKey) -> int:
+        """Automatic rotation is a shared property: the replica's setting is the primary's
+        (it never rotates by itself; the scheduler skips replicas)."""
+        key = self.service.state.keys.get(mrk.key_id)
+        if key is None or (key.rotation_period_days, key.next_rotation_ms) == (
+                mrk.rotation_period_days, mrk.next_rotation_ms):
+            return 0
+        change: ev.Event = (ev.KeyRotationEnabled(mrk.key_id, mrk.rotation_period_days,
+                                                  mrk.next_rotation_ms)
+                            if mrk.rotation_period_days else ev.KeyRotationDisabled(mrk.key_id))
+        return await self._act("SynchronizeMultiRegionKey", mrk, [change])
+
+    async def _as_primary(self, mrk: mr.MultiRegionKey) -> int:
+        svc = self.service
+        key = svc.state.keys.get(mrk.key_id)
+        if key is None:
+            return 0
+        done = 0
+        if mrk.handing_over:
+            # A handover to this region: take every version first, pass through Updating,
+            # then act as primary under the new epoch (the old primary then finishes too).
+            done += await self._take_materials(mrk)
+            key = svc.state.keys.get(mrk.key_id)
+            if key is None or (not key.current_material_id and key.origin != "EXTERNAL"):
+                return done  # still waiting for its versions
+            if key.state is not KeyState.UPDATING:
+                done += await self._act("UpdatePrimaryRegion", mrk,
+                                        [ev.KeyUpdateStarted(mrk.key_id)])
+            done += await self._act("UpdatePrimaryRegion", mrk,
+                                    [ev.KeyUpdateFinished(mrk.key_id)],
+                                    [ev.PrimaryRegionAccepted(mrk.key_id, self.region,
+                                                              mrk.epoch)])
+            key = svc.state.keys.get(mrk.key_id)
+            if key is None:
+                return done
+        mrk = svc.state.mrks[mrk.key_id]
+        waited = mr.replicas_gone(key, mrk, svc.clock.now_ms(), DAY_MS)
+        if waited is not None:
+            done += await self._act("ScheduleKeyDeletion", mrk, [waited])
+        return done
+
+    async def _act(self, name: str, mrk: mr.MultiRegionKey, on_key: list[ev.Event],
+                   shared: list[ev.Event] | None = None) -> int:
+        """One AwsServiceEvent on this region's key (and the shared stream)."""
+        svc = self.service
+        streams = (key_stream(mrk.key_id), *((mr.mrk_stream(mrk.key_id),) if shared else ()))
+
+        def decide(call: Call) -> None:
+            call.emit(key_stream(mrk.key_id), on_key)
+            if shared:
+                call.emit(mr.mrk_stream(mrk.key_id), shared)
+            call.additional["primaryRegion"] = mrk.primary_region
+
+        ok = await svc.service_action(name, mrk.arn_in(self.region), streams, decide)
+        if ok:
+            log.info("multi_region_synchronized", action=name, key_id=mrk.key_id,
+                     region=self.region, events=[type(e).__name__ for e in on_key])
+        return int(ok)
 
     async def _create(self, mrk: mr.MultiRegionKey) -> int:
         svc = self.service
@@ -110,7 +193,8 @@ class Reactor:
                               primary=mrk.primary_region)
                     break  # keep the order of versions: the rest waits for this one
                 material = ev.Material(shared.material_id, resealed, shared.public_key)
-                taken.append(ev.KeyMaterialReplicated(key_id, material, shared.rotation_type))
+                taken.append(ev.KeyMaterialReplicated(key_id, material, shared.rotation_type,
+                                                      shared.rotated_at_ms))
                 call.additional.setdefault("keyMaterialIds", []).append(shared.material_id)
             call.emit(key_stream(key_id), taken)
 

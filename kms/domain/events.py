@@ -106,9 +106,13 @@ class KeyRotated(Event):
 
 @dataclass(frozen=True, slots=True)
 class KeyDeletionScheduled(Event):
+    """``awaiting_replicas``: a multi-region primary that still has replicas waits in
+    PendingReplicaDeletion (``deletion_ms`` 0) until its last replica is deleted."""
+
     key_id: str
     window_days: int
     deletion_ms: int
+    awaiting_replicas: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,9 +170,26 @@ class KeyMaterialReplicated(Event):
     key_id: str
     material: Material
     rotation_type: str = ""
+    rotated_at_ms: int = 0  # when the primary rotated to it (0: older logs, the sync's time)
 
 
-# -- multi-region keys: stream ``mrk/<key id>``, written by the primary, shipped to peers --
+@dataclass(frozen=True, slots=True)
+class KeyUpdateStarted(Event):
+    """UpdatePrimaryRegion: the key is Updating until the new primary has taken over."""
+
+    key_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyUpdateFinished(Event):
+    """The primary handover is complete here: the key returns to its state before."""
+
+    key_id: str
+
+
+# -- multi-region keys: stream ``mrk/<key id>``, shipped to peers. The primary writes the
+# shared properties (with the epoch it acts under: a stale primary's events are fenced off);
+# a replica's region writes only that its replica was deleted. --
 @dataclass(frozen=True, slots=True)
 class MultiRegionKeyCreated(Event):
     """The shared properties of a new multi-region key, fixed for its life."""
@@ -191,6 +212,7 @@ class ReplicaAdded(Event):
     description: str
     policy: str
     tags: Tags
+    epoch: int = 0  # 0: older logs (accepted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +226,47 @@ class MaterialShared(Event):
     public_key: bytes
     sealed_for: tuple[tuple[str, bytes], ...]
     rotation_type: str = ""  # "" for the key's first material
+    rotated_at_ms: int = 0  # when the primary rotated to it
+    epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RotationScheduleShared(Event):
+    """The primary's automatic-rotation setting (a shared property): ``period_days`` 0 is
+    off; ``next_rotation_ms`` as the primary computed it."""
+
+    key_id: str
+    period_days: int
+    next_rotation_ms: int
+    epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaDeleted(Event):
+    """The replica in ``region`` was deleted (written by that region, with its KeyDeleted)."""
+
+    key_id: str
+    region: str
+
+
+@dataclass(frozen=True, slots=True)
+class PrimaryRegionUpdated(Event):
+    """UpdatePrimaryRegion, written by the old primary: from ``epoch`` on, ``primary_region``
+    is the primary and ``previous_region`` holds a replica."""
+
+    key_id: str
+    primary_region: str
+    previous_region: str
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class PrimaryRegionAccepted(Event):
+    """The new primary has everything it needs and acts as primary under ``epoch``."""
+
+    key_id: str
+    region: str
+    epoch: int
 
 
 # -- aliases --------------------------------------------------------------------------------
@@ -325,6 +388,8 @@ register(
     KeyDeletionCancelled, KeyDeleted, ImportParametersIssued, KeyMaterialImported,
     KeyMaterialDeleted, AliasCreated, AliasUpdated, AliasDeleted, ApiCallRecorded,
     KeyMaterialReplicated, MultiRegionKeyCreated, ReplicaAdded, MaterialShared,
+    KeyUpdateStarted, KeyUpdateFinished, RotationScheduleShared, ReplicaDeleted,
+    PrimaryRegionUpdated, PrimaryRegionAccepted,
 )
 
 

@@ -78,6 +78,7 @@ class Key:
     # Which material encrypts; kept while an EXTERNAL key waits for that material again.
     current_material_id: str = ""
     imports: tuple[ImportedMaterial, ...] = ()  # EXTERNAL keys: every associated material
+    before_update: KeyState | None = None  # the state an Updating key returns to
 
     @property
     def rotation_enabled(self) -> bool:
@@ -337,18 +338,27 @@ def apply(key: Key, event: ev.Event, at_ms: int = 0) -> Key:
                            next_rotation_ms=n, current_material_id=m.material_id,
                            imports=imports,
                            rotations=(*key.rotations, Rotation(m.material_id, at_ms, t)))
-        case ev.KeyMaterialReplicated(material=m, rotation_type=t):
+        case ev.KeyMaterialReplicated(material=m, rotation_type=t, rotated_at_ms=when):
             if key.material(m.material_id) is not None:
                 return key
             rotations = key.rotations
-            if t:
-                rotations = (*rotations, Rotation(m.material_id, at_ms, t))
+            if t:  # the primary's rotation date, not the time it reached this region
+                rotations = (*rotations, Rotation(m.material_id, when or at_ms, t))
             state = KeyState.ENABLED if key.state is KeyState.CREATING else key.state
             return replace(key, materials=(*key.materials, m), rotations=rotations,
                            current_material_id=m.material_id, state=state)
-        case ev.KeyDeletionScheduled(window_days=w, deletion_ms=d):
-            return replace(key, state=KeyState.PENDING_DELETION, deletion_ms=d,
-                           pending_window_days=w)
+        case ev.KeyDeletionScheduled(window_days=w, deletion_ms=d, awaiting_replicas=wait):
+            state = KeyState.PENDING_REPLICA_DELETION if wait else KeyState.PENDING_DELETION
+            return replace(key, state=state, deletion_ms=d, pending_window_days=w)
+        case ev.KeyUpdateStarted():
+            if key.state is KeyState.UPDATING:
+                return key
+            return replace(key, state=KeyState.UPDATING, before_update=key.state)
+        case ev.KeyUpdateFinished():
+            if key.state is not KeyState.UPDATING:
+                return key
+            return replace(key, state=key.before_update or KeyState.ENABLED,
+                           before_update=None)
         case ev.KeyDeletionCancelled():
             # A key with no usable material goes back to waiting for its import.
             back = KeyState.DISABLED if key.has_all_material else KeyState.PENDING_IMPORT
@@ -410,6 +420,7 @@ def _material_deleted(key: Key, e: ev.KeyMaterialDeleted) -> Key:
     )
     materials = tuple(m for m in key.materials if m.material_id not in gone)
     changed = dataclasses.replace(key, materials=materials, imports=imports)
-    if gone - pending_gone and key.state is not KeyState.PENDING_DELETION:
+    if gone - pending_gone and key.state not in (KeyState.PENDING_DELETION,
+                                                 KeyState.PENDING_REPLICA_DELETION):
         changed = dataclasses.replace(changed, state=KeyState.PENDING_IMPORT)
     return changed

@@ -1,10 +1,12 @@
 """The shared side of a multi-region key, folded from its ``mrk/<key id>`` stream.
 
-Rules: pure; only the primary region writes the stream, and every member region folds the
-same events (they reach replicas by replication), so each sees the same set: which region
-is primary, which hold replicas, and every material version sealed to whom. Regional
-properties (description, policy, tags, enabled state) are not here: each region's own
-``key/<key id>`` stream holds them.
+Rules: pure; the primary region writes the shared properties (under its epoch), a replica's
+region writes only that its replica was deleted, and every member region folds the same
+events (they reach the others by replication), so each sees the same set: which region is
+primary, which hold replicas, every material version sealed to whom, the rotation schedule.
+Epochs fence primaries: the primary is the region named at the highest epoch seen, and a
+primary's event from a lower epoch than that is ignored. Regional properties (description,
+policy, tags, enabled state) are not here: each region's ``key/<key id>`` stream holds them.
 """
 
 from __future__ import annotations
@@ -13,9 +15,13 @@ import dataclasses
 from dataclasses import dataclass
 
 from kms.domain import events as ev
-from kms.domain.errors import UnsupportedOperationException
+from kms.domain.errors import (
+    KMSInvalidStateException,
+    NotFoundException,
+    UnsupportedOperationException,
+)
 from kms.domain.ids import key_arn
-from kms.domain.key import Key
+from kms.domain.key import Key, KeyState, check_state
 
 MRK_PREFIX = "mrk/"
 
@@ -43,6 +49,7 @@ class SharedMaterial:
     public_key: bytes
     sealed_for: tuple[tuple[str, bytes], ...]
     rotation_type: str
+    rotated_at_ms: int = 0
 
     def sealed_to(self, region: str) -> bytes | None:
         for r, blob in self.sealed_for:
@@ -61,6 +68,14 @@ class MultiRegionKey:
     origin: str
     replicas: tuple[Replica, ...] = ()
     materials: tuple[SharedMaterial, ...] = ()  # in the order they were made
+    epoch: int = 1  # the highest primary epoch seen; the primary is the one it names
+    accepted_epoch: int = 1  # the epoch the primary has taken over (< epoch: handing over)
+    rotation_period_days: int = 0  # the shared automatic-rotation setting (0: off)
+    next_rotation_ms: int = 0
+
+    @property
+    def handing_over(self) -> bool:
+        return self.accepted_epoch < self.epoch
 
     @property
     def primary_arn(self) -> str:
@@ -95,15 +110,37 @@ def created(e: ev.MultiRegionKeyCreated) -> MultiRegionKey:
                           e.origin)
 
 
+def _fenced(mrk: MultiRegionKey, epoch: int) -> bool:
+    """A primary's event written under an epoch older than the highest seen (0: older logs)."""
+    return 0 < epoch < mrk.epoch
+
+
 def apply(mrk: MultiRegionKey, event: ev.Event) -> MultiRegionKey:
     replace = dataclasses.replace
+    if _fenced(mrk, getattr(event, "epoch", 0)) and not isinstance(
+            event, ev.PrimaryRegionUpdated | ev.PrimaryRegionAccepted):
+        return mrk
     match event:
         case ev.ReplicaAdded(region=region, description=d, policy=p, tags=t):
-            if mrk.replica(region) is not None:
+            if mrk.replica(region) is not None or region == mrk.primary_region:
                 return mrk
             return replace(mrk, replicas=(*mrk.replicas, Replica(region, d, p, t)))
+        case ev.ReplicaDeleted(region=region):
+            return replace(mrk, replicas=tuple(r for r in mrk.replicas if r.region != region))
+        case ev.RotationScheduleShared(period_days=days, next_rotation_ms=nxt):
+            return replace(mrk, rotation_period_days=days, next_rotation_ms=nxt)
+        case ev.PrimaryRegionUpdated(primary_region=new, previous_region=old, epoch=n):
+            if n <= mrk.epoch or mrk.replica(new) is None:
+                return mrk
+            others = tuple(r for r in mrk.replicas if r.region != new)
+            return replace(mrk, primary_region=new, epoch=n,
+                           replicas=(*others, Replica(old, "", "", ())))
+        case ev.PrimaryRegionAccepted(region=region, epoch=n):
+            if n == mrk.epoch and region == mrk.primary_region:
+                return replace(mrk, accepted_epoch=n)
+            return mrk
         case ev.MaterialShared(material_id=mid, public_key=pub, sealed_for=sealed,
-                               rotation_type=rt):
+                               rotation_type=rt, rotated_at_ms=when):
             for i, m in enumerate(mrk.materials):
                 if m.material_id == mid:  # shared again, to a region added later
                     known = {r for r, _ in m.sealed_for}
@@ -111,7 +148,8 @@ def apply(mrk: MultiRegionKey, event: ev.Event) -> MultiRegionKey:
                     merged = replace(m, sealed_for=(*m.sealed_for, *more))
                     return replace(mrk, materials=(*mrk.materials[:i], merged,
                                                    *mrk.materials[i + 1:]))
-            return replace(mrk, materials=(*mrk.materials, SharedMaterial(mid, pub, sealed, rt)))
+            return replace(mrk, materials=(*mrk.materials,
+                                           SharedMaterial(mid, pub, sealed, rt, when)))
     return mrk
 
 
@@ -139,3 +177,47 @@ def check_primary(key: Key, mrk: MultiRegionKey | None, action: str) -> None:
 
 def is_replica(key: Key, mrk: MultiRegionKey | None) -> bool:
     return key.multi_region and mrk is not None and mrk.primary_region != key.region
+
+
+def is_primary(key: Key, mrk: MultiRegionKey | None) -> bool:
+    """This region holds the primary at the highest epoch it has seen."""
+    return key.multi_region and mrk is not None and mrk.primary_region == key.region
+
+
+def schedule_deletion(key: Key, mrk: MultiRegionKey | None,
+                      scheduled: ev.KeyDeletionScheduled) -> ev.KeyDeletionScheduled:
+    """A primary that still has replicas waits for them (PendingReplicaDeletion): its window
+    is kept and starts only when its last replica is deleted."""
+    if is_primary(key, mrk) and mrk is not None and mrk.replicas:
+        return dataclasses.replace(scheduled, deletion_ms=0, awaiting_replicas=True)
+    return scheduled
+
+
+def replicas_gone(key: Key, mrk: MultiRegionKey, now_ms: int, day_ms: int,
+                  ) -> ev.KeyDeletionScheduled | None:
+    """A primary in PendingReplicaDeletion whose last replica is deleted: its waiting
+    period starts now."""
+    if key.state is not KeyState.PENDING_REPLICA_DELETION or mrk.replicas:
+        return None
+    return ev.KeyDeletionScheduled(key.key_id, key.pending_window_days,
+                                   now_ms + key.pending_window_days * day_ms)
+
+
+def update_primary(key: Key, mrk: MultiRegionKey | None, region: str) -> list[ev.Event]:
+    """UpdatePrimaryRegion, decided by the current primary; the shared event, under the next
+    epoch. Checks in order: a multi-region key, the primary, its state, the target."""
+    if not key.multi_region or mrk is None:
+        raise UnsupportedOperationException(
+            f"{key.arn} is not a multi-Region key. UpdatePrimaryRegion is supported only on "
+            "multi-Region primary keys.")
+    check_primary(key, mrk, "UpdatePrimaryRegion")
+    check_state("UpdatePrimaryRegion", key)
+    if mrk.handing_over:  # the last handover has not finished here yet
+        raise KMSInvalidStateException(f"{key.arn} is updating.")
+    if region == key.region:
+        raise UnsupportedOperationException(
+            f"{key.arn} is already the primary key in {region}.")
+    if mrk.replica(region) is None:
+        raise NotFoundException(
+            f"Key '{mrk.arn_in(region)}' does not exist")
+    return [ev.PrimaryRegionUpdated(key.key_id, region, key.region, mrk.epoch + 1)]

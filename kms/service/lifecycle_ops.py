@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from kms.domain import events as ev
 from kms.domain import lifecycle
+from kms.domain import multi_region as mr
 from kms.domain.key import Key, KeyState
 from kms.domain.specs import SYMMETRIC
 from kms.service import region_ops
@@ -25,22 +27,27 @@ from kms.store.state import key_stream
 async def enable_key_rotation(svc: Service, call: Call, p: dict[str, Any]) -> None:
     key = svc.managed_key(call, p["KeyId"])
     region_ops.check_not_replica(svc, key, "EnableKeyRotation")
-    call.emit(key_stream(key.key_id),
-              lifecycle.enable_rotation(key, p.get("RotationPeriodInDays"), call.at_ms))
+    decided = lifecycle.enable_rotation(key, p.get("RotationPeriodInDays"), call.at_ms)
+    call.emit(key_stream(key.key_id), decided)
+    region_ops.share_schedule(svc, call, key, decided)
 
 
 @operation("DisableKeyRotation", read_only=False)
 async def disable_key_rotation(svc: Service, call: Call, p: dict[str, Any]) -> None:
     key = svc.managed_key(call, p["KeyId"])
     region_ops.check_not_replica(svc, key, "DisableKeyRotation")
-    call.emit(key_stream(key.key_id), lifecycle.disable_rotation(key))
+    decided = lifecycle.disable_rotation(key)
+    call.emit(key_stream(key.key_id), decided)
+    region_ops.share_schedule(svc, call, key, decided)
 
 
 @operation("GetKeyRotationStatus", read_only=True)
 async def get_key_rotation_status(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
     key = svc.key_for(call, p["KeyId"], "GetKeyRotationStatus", allow_alias=False)
     lifecycle.check_rotatable(key)
-    enabled = key.rotation_enabled and key.state is not KeyState.PENDING_DELETION
+    # A replica's setting is its primary's (synchronized into it by the multi-region layer).
+    enabled = key.rotation_enabled and key.state not in (KeyState.PENDING_DELETION,
+                                                         KeyState.PENDING_REPLICA_DELETION)
     out: dict[str, Any] = {"KeyRotationEnabled": enabled, "KeyId": key.arn}
     if enabled:
         out["RotationPeriodInDays"] = key.rotation_period_days
@@ -120,11 +127,19 @@ def _rotation_entry(key: Key, material_id: str) -> dict[str, Any]:
 async def schedule_key_deletion(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
     key = svc.managed_key(call, p["KeyId"])
     events = lifecycle.schedule_deletion(key, p.get("PendingWindowInDays"), call.at_ms)
-    call.emit(key_stream(key.key_id), events)
-    scheduled = events[0]
-    return {"KeyId": key.arn, "DeletionDate": seconds(scheduled.deletion_ms),  # type: ignore[attr-defined]
-            "KeyState": KeyState.PENDING_DELETION.value,
-            "PendingWindowInDays": scheduled.window_days}  # type: ignore[attr-defined]
+    first = events[0]
+    assert isinstance(first, ev.KeyDeletionScheduled)
+    # A multi-region primary with replicas waits for them (PendingReplicaDeletion).
+    scheduled = mr.schedule_deletion(key, svc.state.mrks.get(key.key_id), first)
+    call.emit(key_stream(key.key_id), [scheduled, *events[1:]])
+    out: dict[str, Any] = {"KeyId": key.arn}
+    if scheduled.awaiting_replicas:
+        out["KeyState"] = KeyState.PENDING_REPLICA_DELETION.value
+    else:
+        out["DeletionDate"] = seconds(scheduled.deletion_ms)
+        out["KeyState"] = KeyState.PENDING_DELETION.value
+    out["PendingWindowInDays"] = scheduled.window_days
+    return out
 
 
 @operation("CancelKeyDeletion", read_only=False)

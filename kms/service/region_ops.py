@@ -1,4 +1,5 @@
-"""Multi-region operations: ReplicateKey, and sharing a primary's new material versions.
+"""Multi-region operations: ReplicateKey, UpdatePrimaryRegion, and sharing a primary's new
+material versions and rotation schedule.
 
 Rules: shared properties change only in the primary's region, on the key's ``mrk/<key id>``
 stream, which the multi-region layer (``Service.regions``, implemented in ``regions``)
@@ -20,6 +21,7 @@ from kms.service import authz
 from kms.service.core import Call, Service, operation
 from kms.service.keys import check_policy, default_policy, tags_of
 from kms.service.views import key_metadata
+from kms.store.state import key_stream
 
 
 async def _identity_of(svc: Service, key: Key, region: str) -> bytes:
@@ -57,13 +59,21 @@ async def replicate_key(svc: Service, call: Call, p: dict[str, Any]) -> dict[str
     tags = tags_of(p)
     keys.check_tags(tags)
     public = await _identity_of(svc, key, region)
-    rotated = {r.material_id: r.rotation_type for r in key.rotations}
-    added = ev.ReplicaAdded(key.key_id, region, p.get("Description", ""), policy, tags)
+    rotated = {r.material_id: r for r in key.rotations}
+    added = ev.ReplicaAdded(key.key_id, region, p.get("Description", ""), policy, tags,
+                            mrk.epoch)
     shared: list[ev.Event] = [added]
     for material in key.materials:  # every version, oldest first: the last is current
+        r = rotated.get(material.material_id)
         shared.append(ev.MaterialShared(key.key_id, material.material_id, material.public_key,
                                         _sealed(svc, key, material, {region: public}),
-                                        rotated.get(material.material_id, "")))
+                                        r.rotation_type if r else "", r.at_ms if r else 0,
+                                        mrk.epoch))
+    if (mrk.rotation_period_days, mrk.next_rotation_ms) != (key.rotation_period_days,
+                                                           key.next_rotation_ms):
+        # A schedule set before it was shared (older logs): the new replica takes it too.
+        shared.append(ev.RotationScheduleShared(key.key_id, key.rotation_period_days,
+                                                key.next_rotation_ms, mrk.epoch))
     stream = mr.mrk_stream(key.key_id)
     call.seen.setdefault(stream, svc.log.version(stream))
     call.emit(stream, shared)
@@ -93,17 +103,66 @@ async def replica_identities(svc: Service, key: Key) -> dict[str, bytes]:
     return found
 
 
-def share_rotation(svc: Service, call: Call, key: Key, material: ev.Material,
-                   rotation_type: str, identities: dict[str, bytes]) -> None:
-    """A primary's new material version, sealed to every replica region, on the shared
-    stream with the rotation itself."""
-    if not identities:
-        return
+def _shared_mrk(svc: Service, call: Call, key: Key) -> mr.MultiRegionKey | None:
+    """The shared side of a primary held here, its stream's version recorded (a handover
+    committed meanwhile makes the decision run again, and refuse)."""
+    mrk = svc.state.mrks.get(key.key_id)
+    if not mr.is_primary(key, mrk):
+        return None
     stream = mr.mrk_stream(key.key_id)
     call.seen.setdefault(stream, svc.log.version(stream))
-    call.emit(stream, [ev.MaterialShared(key.key_id, material.material_id, material.public_key,
-                                         _sealed(svc, key, material, identities),
-                                         rotation_type)])
+    return mrk
+
+
+def share_rotation(svc: Service, call: Call, key: Key, material: ev.Material,
+                   rotation_type: str, identities: dict[str, bytes],
+                   next_rotation_ms: int | None = None) -> None:
+    """A primary's new material version, sealed to every replica region, on the shared
+    stream with the rotation itself (and its date); an automatic rotation also moves the
+    shared schedule (``next_rotation_ms``)."""
+    mrk = _shared_mrk(svc, call, key)
+    if mrk is None:
+        return
+    stream = mr.mrk_stream(key.key_id)
+    shared: list[ev.Event] = []
+    if identities:
+        shared.append(ev.MaterialShared(key.key_id, material.material_id, material.public_key,
+                                        _sealed(svc, key, material, identities),
+                                        rotation_type, call.at_ms, mrk.epoch))
+    if next_rotation_ms is not None:
+        shared.append(ev.RotationScheduleShared(key.key_id, key.rotation_period_days,
+                                                next_rotation_ms, mrk.epoch))
+    call.emit(stream, shared)
+
+
+def share_schedule(svc: Service, call: Call, key: Key, decided: list[ev.Event]) -> None:
+    """EnableKeyRotation/DisableKeyRotation on a primary: the setting is a shared property."""
+    mrk = _shared_mrk(svc, call, key)
+    if mrk is None:
+        return
+    shared: list[ev.Event] = []
+    for e in decided:
+        if isinstance(e, ev.KeyRotationEnabled):
+            shared.append(ev.RotationScheduleShared(key.key_id, e.period_days,
+                                                    e.next_rotation_ms, mrk.epoch))
+        elif isinstance(e, ev.KeyRotationDisabled):
+            shared.append(ev.RotationScheduleShared(key.key_id, 0, 0, mrk.epoch))
+    call.emit(mr.mrk_stream(key.key_id), shared)
+
+
+@operation("UpdatePrimaryRegion", read_only=False)
+async def update_primary_region(svc: Service, call: Call, p: dict[str, Any]) -> None:
+    """The old primary records the handover under the next epoch and is Updating until the
+    new primary's region has taken over (regions/replication.py's Reactor)."""
+    key = svc.resolve(call, p["KeyId"], allow_alias=False)
+    authz.authorize(call.caller, "UpdatePrimaryRegion", key)
+    mrk = svc.state.mrks.get(key.key_id)
+    shared = mr.update_primary(key, mrk, p["PrimaryRegion"])
+    stream = mr.mrk_stream(key.key_id)
+    call.seen.setdefault(stream, svc.log.version(stream))
+    call.emit(stream, shared)
+    call.emit(key_stream(key.key_id), [ev.KeyUpdateStarted(key.key_id)])
+    call.additional["primaryRegion"] = p["PrimaryRegion"]
 
 
 def check_not_replica(svc: Service, key: Key, action: str) -> None:

@@ -46,6 +46,8 @@ def key_metadata(key: Key, mrk: MultiRegionKey | None = None) -> dict[str, Any]:
         md["CurrentKeyMaterialId"] = key.current_material_id
     if key.state is KeyState.PENDING_DELETION:
         md["DeletionDate"] = seconds(key.deletion_ms)
+    elif key.state is KeyState.PENDING_REPLICA_DELETION:  # no date until its replicas go
+        md["PendingDeletionWindowInDays"] = key.pending_window_days
     if key.origin == "EXTERNAL" and key.expiration_model:
         md["ExpirationModel"] = key.expiration_model
         if key.valid_to_ms:

@@ -25,7 +25,7 @@ from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.slow
 
-PRIMARY, REPLICA, LATE = "us-east-1", "eu-west-1", "ap-southeast-2"
+PRIMARY, REPLICA, LATE, FOURTH = "us-east-1", "eu-west-1", "ap-southeast-2", "ap-northeast-1"
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 @pytest.fixture(scope="module")
 def kms(node: ServerProcess) -> dict[str, Any]:
-    return {r: client_for(node.url, region=r) for r in (PRIMARY, REPLICA, LATE)}
+    return {r: client_for(node.url, region=r) for r in (PRIMARY, REPLICA, LATE, FOURTH)}
 
 
 def region_dir(node: ServerProcess, region: str) -> Path:
@@ -293,3 +293,197 @@ def test_automatic_rotation_reaches_the_replica_and_replicas_survive_a_restart(
         assert len(kms[REPLICA].list_key_rotations(KeyId=key_id)["Rotations"]) == 2
     finally:
         server.stop()
+
+
+# -- shared rotation settings, deletion of replicas and primaries, UpdatePrimaryRegion ---------
+DAY = 86_400
+
+
+def config_in(client: Any, key_id: str) -> dict[str, Any]:
+    md = client.describe_key(KeyId=key_id)["KeyMetadata"]
+    return {"type": md["MultiRegionConfiguration"]["MultiRegionKeyType"],
+            "primary": md["MultiRegionConfiguration"]["PrimaryKey"]["Region"],
+            "replicas": sorted(r["Region"] for r in md["MultiRegionConfiguration"]["ReplicaKeys"]),
+            "state": md["KeyState"]}
+
+
+def _types_in(node: ServerProcess, region: str, key_id: str) -> list[str]:
+    db = region_dir(node, region) / "events.sqlite3"
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        rows = conn.execute("SELECT type FROM events WHERE stream IN (?, ?) ORDER BY seq",
+                            (f"key/{key_id}", mr.mrk_stream(key_id))).fetchall()
+    return [t for t, in rows]
+
+
+def test_rotation_settings_and_dates_are_the_primarys_in_every_replica(
+        node: ServerProcess, kms: dict[str, Any]) -> None:
+    key_id = kms[PRIMARY].create_key(MultiRegion=True)["KeyMetadata"]["KeyId"]
+    replicate(kms, key_id, REPLICA)
+
+    kms[PRIMARY].enable_key_rotation(KeyId=key_id, RotationPeriodInDays=180)
+
+    primary = kms[PRIMARY].get_key_rotation_status(KeyId=key_id)
+    wait_for(lambda: kms[REPLICA].get_key_rotation_status(KeyId=key_id)["KeyRotationEnabled"],
+             "the setting in the replica")
+    seen = kms[REPLICA].get_key_rotation_status(KeyId=key_id)
+    assert (seen["RotationPeriodInDays"], seen["NextRotationDate"]) == (
+        180, primary["NextRotationDate"])
+    assert seen["KeyId"].startswith(f"arn:aws:kms:{REPLICA}:")
+
+    kms[PRIMARY].rotate_key_on_demand(KeyId=key_id)
+    node.post("/_kms/clock", {"advance_seconds": DAY})  # a late replica syncs a day later
+    replicate(kms, key_id, LATE)
+    dates = {r: [(x["KeyMaterialId"], x["RotationDate"]) for x in kms[r].list_key_rotations(
+        KeyId=key_id)["Rotations"]] for r in (PRIMARY, LATE)}
+    assert dates[LATE] == dates[PRIMARY] and len(dates[PRIMARY]) == 1
+    assert kms[LATE].get_key_rotation_status(KeyId=key_id)["NextRotationDate"] == primary[
+        "NextRotationDate"]
+
+    kms[PRIMARY].disable_key_rotation(KeyId=key_id)
+    for region in (REPLICA, LATE):
+        wait_for(lambda r=region: not kms[r].get_key_rotation_status(KeyId=key_id)[
+            "KeyRotationEnabled"], f"rotation off in {region}")
+        code, _ = error_of(kms[region].disable_key_rotation, KeyId=key_id)
+        assert code == "UnsupportedOperationException"
+
+
+def test_a_primary_with_replicas_waits_in_pending_replica_deletion(
+        node: ServerProcess, kms: dict[str, Any]) -> None:
+    key_id = kms[PRIMARY].create_key(MultiRegion=True)["KeyMetadata"]["KeyId"]
+    for region in (REPLICA, LATE):
+        replicate(kms, key_id, region)
+    arn = kms[PRIMARY].describe_key(KeyId=key_id)["KeyMetadata"]["Arn"]
+
+    out = kms[PRIMARY].schedule_key_deletion(KeyId=key_id, PendingWindowInDays=7)
+
+    assert (out["KeyId"], out["KeyState"], out["PendingWindowInDays"]) == (
+        arn, "PendingReplicaDeletion", 7)
+    assert "DeletionDate" not in out
+    md = kms[PRIMARY].describe_key(KeyId=key_id)["KeyMetadata"]
+    assert (md["KeyState"], md["PendingDeletionWindowInDays"], md["Enabled"]) == (
+        "PendingReplicaDeletion", 7, False)
+    assert "DeletionDate" not in md
+    assert error_of(kms[PRIMARY].encrypt, KeyId=key_id, Plaintext=b"x")[0] == (
+        "KMSInvalidStateException")
+    # CancelKeyDeletion works on it as on PendingDeletion: the key comes back Disabled.
+    assert kms[PRIMARY].cancel_key_deletion(KeyId=key_id)["KeyId"] == arn
+    assert state_in(kms[PRIMARY], key_id) == "Disabled"
+    kms[PRIMARY].schedule_key_deletion(KeyId=key_id, PendingWindowInDays=7)
+
+    # Replicas can be deleted at any time; each leaves the set in every member.
+    kms[REPLICA].schedule_key_deletion(KeyId=key_id, PendingWindowInDays=7)
+    kms[LATE].schedule_key_deletion(KeyId=key_id, PendingWindowInDays=30)
+    node.post("/_kms/clock", {"advance_seconds": 8 * DAY})
+    with pytest.raises(ClientError) as info:
+        kms[REPLICA].describe_key(KeyId=key_id)
+    assert info.value.response["Error"]["Code"] == "NotFoundException"
+    for region in (PRIMARY, LATE):
+        wait_for(lambda r=region: config_in(kms[r], key_id)["replicas"] == [LATE],
+                 f"the deleted replica gone from {region}'s set")
+    assert state_in(kms[PRIMARY], key_id) == "PendingReplicaDeletion"
+
+    now = float(node.post("/_kms/clock", {"advance_seconds": 23 * DAY})["now"])  # type: ignore[arg-type]
+    wait_for(lambda: state_in(kms[PRIMARY], key_id) == "PendingDeletion",
+             "the primary's waiting period to start")
+    md = kms[PRIMARY].describe_key(KeyId=key_id)["KeyMetadata"]
+    assert md["MultiRegionConfiguration"]["ReplicaKeys"] == []
+    assert "PendingDeletionWindowInDays" not in md
+    deletion = md["DeletionDate"].timestamp()
+    assert now + 7 * DAY - 60 <= deletion <= now + 7 * DAY + 60
+    node.post("/_kms/clock", {"advance_seconds": 8 * DAY})
+    with pytest.raises(ClientError) as info:
+        kms[PRIMARY].describe_key(KeyId=key_id)
+    assert info.value.response["Error"]["Code"] == "NotFoundException"
+
+
+def test_update_primary_region_hands_the_primary_over(node: ServerProcess,
+                                                      kms: dict[str, Any]) -> None:
+    key_id = kms[PRIMARY].create_key(MultiRegion=True, Description="p")["KeyMetadata"]["KeyId"]
+    kms[PRIMARY].enable_key_rotation(KeyId=key_id, RotationPeriodInDays=100)
+    for region in (REPLICA, LATE):
+        replicate(kms, key_id, region)
+    blob = kms[PRIMARY].encrypt(KeyId=key_id, Plaintext=b"before")["CiphertextBlob"]
+
+    assert kms[PRIMARY].update_primary_region(KeyId=key_id, PrimaryRegion=REPLICA)[
+        "ResponseMetadata"]["HTTPStatusCode"] == 200
+
+    want = {PRIMARY: "REPLICA", REPLICA: "PRIMARY", LATE: "REPLICA"}
+    for region, kind in want.items():
+        wait_for(lambda r=region, k=kind: config_in(kms[r], key_id) == {
+            "type": k, "primary": REPLICA, "replicas": [LATE, PRIMARY], "state": "Enabled"},
+            f"the new set in {region}")
+    for region in (PRIMARY, REPLICA):  # both passed through Updating
+        types = _types_in(node, region, key_id)
+        assert types.count("KeyUpdateStarted") == types.count("KeyUpdateFinished") == 1
+    assert "PrimaryRegionAccepted" in _types_in(node, LATE, key_id)
+    assert kms[PRIMARY].describe_key(KeyId=key_id)["KeyMetadata"]["Description"] == "p"
+    assert kms[REPLICA].decrypt(CiphertextBlob=blob)["Plaintext"] == b"before"
+    assert kms[REPLICA].get_key_rotation_status(KeyId=key_id)["RotationPeriodInDays"] == 100
+
+    # Rotation and replication now belong to the new primary.
+    old_arn = kms[PRIMARY].describe_key(KeyId=key_id)["KeyMetadata"]["Arn"]
+    code, message = error_of(kms[PRIMARY].rotate_key_on_demand, KeyId=key_id)
+    assert code == "UnsupportedOperationException"
+    assert message.startswith(f"{old_arn} is not a multi-Region primary key.")
+    assert error_of(kms[PRIMARY].replicate_key, KeyId=key_id, ReplicaRegion=FOURTH)[0] == (
+        "UnsupportedOperationException")
+    kms[REPLICA].rotate_key_on_demand(KeyId=key_id)
+    current = kms[REPLICA].describe_key(KeyId=key_id)["KeyMetadata"]["CurrentKeyMaterialId"]
+    for region in (PRIMARY, LATE):
+        wait_for(lambda r=region: kms[r].describe_key(KeyId=key_id)["KeyMetadata"][
+            "CurrentKeyMaterialId"] == current, f"the new primary's rotation in {region}")
+    out = kms[REPLICA].replicate_key(KeyId=key_id, ReplicaRegion=FOURTH)
+    assert out["ReplicaKeyMetadata"]["MultiRegionConfiguration"]["PrimaryKey"]["Region"] == (
+        REPLICA)
+    wait_for(lambda: state_in(kms[FOURTH], key_id) == "Enabled", "the new primary's replica")
+    assert kms[FOURTH].decrypt(CiphertextBlob=blob)["Plaintext"] == b"before"
+    for region in (PRIMARY, REPLICA, LATE, FOURTH):
+        wait_for(lambda r=region: config_in(kms[r], key_id)["replicas"] == sorted(
+            [PRIMARY, LATE, FOURTH]), f"the fourth member known in {region}")
+
+    # And the primary can move back, under a further epoch.
+    kms[REPLICA].update_primary_region(KeyId=key_id, PrimaryRegion=PRIMARY)
+    for region in (PRIMARY, REPLICA, LATE, FOURTH):
+        wait_for(lambda r=region: config_in(kms[r], key_id)["primary"] == PRIMARY
+                 and config_in(kms[r], key_id)["state"] == "Enabled", f"back in {region}")
+    kms[PRIMARY].rotate_key_on_demand(KeyId=key_id)
+
+
+def test_update_primary_region_refusals(node: ServerProcess, kms: dict[str, Any]) -> None:
+    single = kms[PRIMARY].create_key()["KeyMetadata"]
+    key_id = kms[PRIMARY].create_key(MultiRegion=True)["KeyMetadata"]["KeyId"]
+    replicate(kms, key_id, REPLICA)
+    arn = kms[PRIMARY].describe_key(KeyId=key_id)["KeyMetadata"]["Arn"]
+    replica_arn = kms[REPLICA].describe_key(KeyId=key_id)["KeyMetadata"]["Arn"]
+    before = {r: config_in(kms[r], key_id) for r in (PRIMARY, REPLICA)}
+    account = arn.split(":")[4]
+
+    code, message = error_of(kms[PRIMARY].update_primary_region, KeyId=single["KeyId"],
+                             PrimaryRegion=REPLICA)
+    assert (code, message.split(" is ")[0]) == ("UnsupportedOperationException", single["Arn"])
+    assert "not a multi-Region key" in message
+    code, message = error_of(kms[REPLICA].update_primary_region, KeyId=key_id,
+                             PrimaryRegion=PRIMARY)
+    assert code == "UnsupportedOperationException"
+    assert message.startswith(f"{replica_arn} is not a multi-Region primary key.")
+    assert error_of(kms[PRIMARY].update_primary_region, KeyId=key_id,
+                    PrimaryRegion=LATE) == (
+        "NotFoundException", f"Key 'arn:aws:kms:{LATE}:{account}:key/{key_id}' does not exist")
+    code, message = error_of(kms[PRIMARY].update_primary_region, KeyId=key_id,
+                             PrimaryRegion=PRIMARY)
+    assert (code, message) == ("UnsupportedOperationException",
+                               f"{arn} is already the primary key in {PRIMARY}.")
+    kms[PRIMARY].disable_key(KeyId=key_id)
+    assert error_of(kms[PRIMARY].update_primary_region, KeyId=key_id,
+                    PrimaryRegion=REPLICA) == ("DisabledException", f"{arn} is disabled.")
+    kms[PRIMARY].enable_key(KeyId=key_id)
+    kms[PRIMARY].schedule_key_deletion(KeyId=key_id, PendingWindowInDays=7)
+    assert error_of(kms[PRIMARY].update_primary_region, KeyId=key_id,
+                    PrimaryRegion=REPLICA)[0] == "KMSInvalidStateException"
+    kms[PRIMARY].cancel_key_deletion(KeyId=key_id)
+    kms[PRIMARY].enable_key(KeyId=key_id)
+
+    assert {r: config_in(kms[r], key_id) for r in (PRIMARY, REPLICA)} == before
+    for region in (PRIMARY, REPLICA):
+        types = _types_in(node, region, key_id)
+        assert "PrimaryRegionUpdated" not in types and "KeyUpdateStarted" not in types

@@ -185,6 +185,8 @@ OPS: dict[str, Op] = {
         CiphertextBlob=_companion_blob(kms, s), DestinationKeyId=s.key_id)),
     "ReplicateKey": Op("mrk", lambda kms, s: kms.replicate_key(KeyId=s.key_id,
                                                                ReplicaRegion="eu-west-1")),
+    "UpdatePrimaryRegion": Op("mrk", lambda kms, s: kms.update_primary_region(
+        KeyId=s.key_id, PrimaryRegion="eu-west-1")),
     "ScheduleKeyDeletion": Op("sym", lambda kms, s: kms.schedule_key_deletion(
         KeyId=s.key_id, PendingWindowInDays=7)),
     "TagResource": Op("sym", lambda kms, s: kms.tag_resource(KeyId=s.key_id, Tags=TAG)),
