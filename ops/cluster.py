@@ -389,8 +389,8 @@ class Cluster:
         tmp.write_text(json.dumps(doc, indent=2) + "\n")
         tmp.replace(self.state_file)
 
-    def _wait_healthy(self, timeout: float) -> None:
-        waiting = {n.region: n for n in self.nodes}
+    def _wait_healthy(self, timeout: float, only: str | None = None) -> None:
+        waiting = {n.region: n for n in self.nodes if only in (None, n.region)}
         deadline = time.monotonic() + timeout
         while waiting:
             for region, node in list(waiting.items()):
@@ -422,6 +422,33 @@ class Cluster:
         check = [a.replace(f"127.0.0.1:{port}", f"{LOOPBACK}:{node.port}")
                  .replace(f"localhost:{port}", f"{LOOPBACK}:{node.port}") for a in check]
         return subprocess.run(check, capture_output=True, timeout=30).returncode
+
+    def stop(self, region: str, timeout: float = 10.0) -> str:
+        """Stop one region's node (SIGTERM; SIGKILL after ``timeout``), as a region's loss;
+        its data and port stay for ``start``. Returns "stopped", "killed" or "not running"."""
+        pid, proc = self.pids.get(region), self.procs.get(region)
+        if pid is None or not _alive(pid, proc):
+            return "not running"
+        for how, sig in (("stopped", signal.SIGTERM), ("killed", signal.SIGKILL)):
+            self._signal(pid, sig)
+            deadline = time.monotonic() + timeout
+            while _alive(pid, proc) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not _alive(pid, proc):
+                if proc is not None:
+                    proc.wait(timeout=1)
+                return how
+        return "still running"
+
+    def start(self, region: str, project: Path | str = ".", timeout: float = 60.0) -> None:
+        """Start one stopped region's node again, same command, port and data dir, and wait
+        until it is healthy. ``project`` is the directory compose.yaml is in."""
+        node = next(n for n in self.nodes if n.region == region)
+        if _alive(self.pids[region], self.procs.get(region)):
+            raise ClusterError(f"{region} is already running")
+        self._start(node, Path(project).resolve())
+        self._save()
+        self._wait_healthy(timeout, only=region)
 
     def down(self, timeout: float = 10.0, *, quiet: bool = False) -> dict[str, str]:
         """Stop every node (SIGTERM; SIGKILL after ``timeout``) and remove the state file;

@@ -18,6 +18,7 @@ from kms.cli import build_parser, fail, load_config, serve
 from kms.node import Node
 from regions.forward import Forwarder
 from regions.host import RegionHost
+from regions.peering import Peering
 from regions.topology import Topology
 
 
@@ -47,8 +48,10 @@ def make_app(node: Node, topology: Topology) -> web.Application:
     forwarder = Forwarder(node.config.region)
     host = RegionHost(node, topology,
                       {region: forwarder.to(peer) for region, peer in topology.peers.items()})
+    host.peering = Peering(host, topology)
     app = create_app(node, host)
     app.cleanup_ctx.append(forwarder.session_ctx)
+    host.peering.install(app)
     return app
 
 

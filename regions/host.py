@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -23,6 +24,9 @@ from kms.domain.errors import KMSInternalException
 from kms.node import Node
 from regions.replication import DevReplication
 from regions.topology import Topology
+
+if TYPE_CHECKING:
+    from regions.peering import Peering
 
 log = structlog.get_logger("regions.host")
 
@@ -42,6 +46,7 @@ class RegionHost(Regions):
         self._opening = asyncio.Lock()
         self._started = False
         self.replication = DevReplication()  # between the regions hosted here
+        self.peering: Peering | None = None  # the peers over HTTP (regions.peering)
         if self.dev:
             for region in self.on_disk():
                 self.routes[region] = self._host(region)
@@ -101,19 +106,39 @@ class RegionHost(Regions):
             self._replicate(node)
 
     def _replicate(self, node: Node) -> None:
-        node.service.regions = self
+        node.service.regions = self if node is self.own else _Hosted(self)
         self.replication.add(node)
 
     async def identity_public_key(self, region: str) -> bytes | None:
         """kms.service.core.RegionDirectory: the identity of a region hosted here (opened
-        on first use in ``--dev``); None for any other (peers: not yet)."""
+        on first use in ``--dev``), or of a peer (configured, pinned, or pinned now on
+        first contact); None for any other."""
+        if region in self.topology.peers:
+            return await self.peering.identity(region) if self.peering else None
         route = self.routes.get(region) or await self.open(region)
         if not isinstance(route, Node) or not self._started:
             return None
         return self.replication.identity_of(route).public_key
+
+    def peer_health(self) -> dict[str, Any]:
+        """Per peer: cursor, lag, seconds since the last pull, reachability (for health)."""
+        return self.peering.health() if self.peering else {}
 
     async def stop(self) -> None:
         async with self._opening:  # no region opens while the others close
             self._started = False
             await self.replication.stop()
             await super().stop()
+
+
+class _Hosted:
+    """The RegionDirectory of a region hosted here other than the own one: peers follow
+    only the own region, so it replicates only to the regions hosted in this process."""
+
+    def __init__(self, host: RegionHost) -> None:
+        self.host = host
+
+    async def identity_public_key(self, region: str) -> bytes | None:
+        if region in self.host.topology.peers:
+            return None
+        return await self.host.identity_public_key(region)

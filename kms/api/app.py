@@ -358,6 +358,9 @@ async def with_regions(request: web.Request) -> web.Response:
     response = await health(request)
     doc = json.loads(response.text or "{}")
     doc["regions"] = [n.config.region for n in request.app[REGIONS].nodes()]
+    peers = getattr(request.app[REGIONS], "peer_health", None)  # regions' per-peer figures
+    if peers is not None:
+        doc["peers"] = peers()
     return web.json_response(doc, status=response.status)
 
 

@@ -1,0 +1,426 @@
+"""Peers over HTTP: what a node serves its peers, and how it follows each of them.
+
+Rules: ``GET /_kms/region`` names this node's region and its X25519 identity public key
+(public, open to anyone). ``GET /_kms/replication?origin=R&after=N&limit=L&wait=S`` serves
+the own region's shared (``mrk/``) rows after a cursor through ``EventLog.read_for_peer``
+(bodies base64, exactly as stored: material in them is only ever sealed to a receiving
+region), with ``next_cursor``; with ``wait > 0`` and nothing new it long-polls, woken by the
+log's own commits (never by polling), for at most ``WAIT_MAX`` seconds, and returns early
+when the node shuts down. Only configured peers may read it: in ``--dev`` a loopback caller
+is admitted; otherwise the caller names itself in ``X-Kms-Peer-Region``, which must be a
+configured peer, and must connect from an address that peer's configured URL host resolves
+to (interim, until issue 9's principals sign peer traffic).
+
+Each peer has one follower task for the node's life (``cleanup_ctx``): on (re)contact it
+reads the peer's ``/_kms/region``, checks the region, and pins the key (``PeerPins``; a
+configured ``identity_key`` wins; a changed key is refused, logged once, shown in health,
+and that peer is neither followed nor replicated to). Then it long-polls the peer from the
+durable ``log.cursor(peer)``, appends with ``append_replicated`` (a replay appends
+nothing), and runs the own region's Reactor. A peer that is down is retried with backoff,
+logged once per outage (``peer_unreachable``, then ``peer_reachable``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import ipaddress
+import socket
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from kms.crypto import transport
+from kms.domain import events as ev
+from kms.domain import multi_region as mr
+from kms.node import Node
+from kms.store.log import EventLog
+from kms.store.replication import ReplicatedRow
+from regions.identity import PeerIdentityChanged, PeerPins
+from regions.replication import Reactor
+from regions.topology import Peer, Topology
+
+if TYPE_CHECKING:
+    from regions.host import RegionHost
+
+log = structlog.get_logger("regions.peering")
+
+PEER_REGION_HEADER = "X-Kms-Peer-Region"
+WAIT_MAX = 20.0  # seconds a replication read may be held open
+FOLLOW_WAIT = 15.0  # what a follower asks for
+LIMIT_DEFAULT, LIMIT_MAX = 500, 1000
+CONTACT_TIMEOUT = aiohttp.ClientTimeout(total=5, sock_connect=3)
+BACKOFF_MIN, BACKOFF_MAX = 0.1, 2.0
+REFUSED_RETRY = 30.0  # a peer whose identity was refused is asked again this rarely
+RESOLVE_TTL = 30.0
+
+
+class PeerAnswerInvalid(ValueError):
+    """A peer's answer is not what a kms node serves."""
+
+
+class PeerRefused(Exception):
+    """A peer that answers, but cannot be trusted as the configured region."""
+
+
+# ---------------------------------------------------------------- serving
+
+class CommitSignal:
+    """An event that fires once per commit of a shared stream in one log (and on a wipe):
+    a waiter takes ``current()`` before it reads, so a commit between its read and its wait
+    still wakes it."""
+
+    def __init__(self, log_: EventLog) -> None:
+        self._event = asyncio.Event()
+        log_.subscribe(self._committed)
+
+    def _committed(self, envelopes: Sequence[ev.Envelope] | None) -> None:
+        if envelopes is None or any(mr.is_shared_stream(e.stream) for e in envelopes):
+            self.fire()
+
+    def fire(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    def current(self) -> asyncio.Event:
+        return self._event
+
+
+class PeerGate:
+    """Who may read this node's replication stream (interim: see the module's rules)."""
+
+    def __init__(self, topology: Topology, dev: bool) -> None:
+        self.topology = topology
+        self.dev = dev
+        self._resolved: dict[str, tuple[float, frozenset[str]]] = {}
+
+    async def refusal(self, request: web.Request) -> str | None:
+        """Why ``request`` may not read replication (None: it may)."""
+        remote = request.remote or ""
+        if self.dev and _loopback(remote):
+            return None
+        claimed = request.headers.get(PEER_REGION_HEADER, "")
+        peer = self.topology.peer(claimed)
+        if peer is None:
+            return (f"Replication is served only to this node's configured peers; name the "
+                    f"calling region in {PEER_REGION_HEADER}.")
+        if remote not in await self._addresses(peer, fresh=False) and \
+                remote not in await self._addresses(peer, fresh=True):
+            return f"Region {peer.region} is configured at {peer.url}, not at {remote}."
+        return None
+
+    async def _addresses(self, peer: Peer, *, fresh: bool) -> frozenset[str]:
+        host = urlsplit(peer.url).hostname or ""
+        known = self._resolved.get(host)
+        if known is not None and not fresh and time.monotonic() - known[0] < RESOLVE_TTL:
+            return known[1]
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, None,
+                                                                 type=socket.SOCK_STREAM)
+            found = frozenset(str(info[4][0]) for info in infos)
+        except OSError:
+            found = frozenset()
+        self._resolved[host] = (time.monotonic(), found)
+        return found
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def _bad(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"__type": code, "message": message}, status=status)
+
+
+def row_json(row: ReplicatedRow) -> dict[str, Any]:
+    return {"origin_seq": row.origin_seq, "stream": row.stream, "type_name": row.type_name,
+            "at_ms": row.at_ms, "body": base64.b64encode(row.body).decode("ascii")}
+
+
+def row_from_json(doc: Any) -> ReplicatedRow:
+    try:
+        return ReplicatedRow(int(doc["origin_seq"]), str(doc["stream"]), str(doc["type_name"]),
+                             int(doc["at_ms"]), base64.b64decode(doc["body"], validate=True))
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise PeerAnswerInvalid(f"a replicated row is malformed: {exc}") from None
+
+
+# ---------------------------------------------------------------- following
+
+@dataclass
+class PeerLink:
+    """What this node knows of one peer, for the follower and for health."""
+
+    peer: Peer
+    reachable: bool | None = None  # None: not tried yet
+    identity: bytes | None = None  # the key accepted at the last contact
+    refused: str | None = None  # why the peer's identity was refused, if it was
+    error: str | None = None
+    last_ok: float | None = None  # monotonic time of the last answer
+    peer_last_seq: int | None = None
+    cursor_seen: int = 0
+    waiting: bool = False
+
+    def health(self, cursor: int) -> dict[str, Any]:
+        doc: dict[str, Any] = {"url": self.peer.url, "reachable": bool(self.reachable),
+                               "cursor": cursor}
+        if self.peer_last_seq is not None:
+            doc["lag_events"] = max(0, self.peer_last_seq - cursor)
+        if self.last_ok is not None:
+            doc["seconds_since_pull"] = round(time.monotonic() - self.last_ok, 3)
+        if self.identity is not None:
+            doc["identity_fingerprint"] = transport.fingerprint(self.identity)
+        if self.refused is not None:
+            doc["identity_refused"] = self.refused
+        if self.error is not None and not self.reachable:
+            doc["error"] = self.error
+        return doc
+
+
+class Peering:
+    """The node's side of its peers: the two endpoints, a follower per peer, pinned keys."""
+
+    def __init__(self, host: RegionHost, topology: Topology) -> None:
+        """Raises DataDirRefused for a damaged peers.json."""
+        self.host = host
+        self.node: Node = host.own
+        self.topology = topology
+        self.region = topology.region
+        config = self.node.config
+        self.pins = PeerPins.load(config.data_dir)
+        self.gate = PeerGate(topology, config.dev)
+        self.links = {r: PeerLink(p) for r, p in topology.peers.items()}
+        self._signal: CommitSignal | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = asyncio.Event()
+
+    def install(self, app: web.Application) -> None:
+        """Add the endpoints, and the followers' life, to ``app`` (after the nodes' own
+        start in ``cleanup_ctx``, so they start after and stop before the nodes)."""
+        app.add_routes([web.get("/_kms/region", self.region_info),
+                        web.get("/_kms/replication", self.replication)])
+        app.cleanup_ctx.append(self._ctx)
+        app.on_shutdown.append(self._shutdown)
+
+    async def _ctx(self, app: web.Application) -> AsyncIterator[None]:
+        self._signal = CommitSignal(self.node.log)
+        self._session = aiohttp.ClientSession(skip_auto_headers=("User-Agent",))
+        self._tasks = [asyncio.create_task(self._follow(link), name=f"follow-{region}")
+                       for region, link in self.links.items()]
+        yield
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        self._tasks.clear()
+        await self._session.close()
+        self._session = None
+
+    async def _shutdown(self, app: web.Application) -> None:
+        self._closing.set()  # held replication reads answer now, not after their wait
+        if self._signal is not None:
+            self._signal.fire()
+
+    # -- endpoints ---------------------------------------------------------------------
+    async def region_info(self, request: web.Request) -> web.Response:
+        if not self.node.serving:
+            return _bad(503, "KMSInternalException", "The node is starting.")
+        identity = self.host.replication.identity_of(self.node)
+        return web.json_response({"region": self.region,
+                                  "identity_public_key": identity.public_key_b64,
+                                  "fingerprint": identity.fingerprint})
+
+    async def replication(self, request: web.Request) -> web.Response:
+        refusal = await self.gate.refusal(request)
+        if refusal is not None:
+            log.warning("replication_read_refused", remote=request.remote,
+                        claimed=request.headers.get(PEER_REGION_HEADER, "")[:40])
+            return _bad(403, "AccessDeniedException", refusal)
+        q = request.query
+        origin = q.get("origin", self.region)
+        if origin != self.region:
+            return _bad(400, "ValidationException",
+                        f"This node serves replication for {self.region} only, "
+                        f"not {origin[:40]!r}.")
+        try:
+            after = int(q.get("after", "0"))
+            limit = int(q.get("limit", str(LIMIT_DEFAULT)))
+            wait = float(q.get("wait", "0"))
+            if after < 0 or not 1 <= limit <= LIMIT_MAX or not 0 <= wait <= WAIT_MAX:
+                raise ValueError
+        except ValueError:
+            return _bad(400, "ValidationException",
+                        f"after >= 0, 1 <= limit <= {LIMIT_MAX}, 0 <= wait <= {WAIT_MAX:g}.")
+        node, signal = self.node, self._signal
+        if not node.serving or signal is None:
+            return _bad(503, "KMSInternalException", "The node is starting.")
+        woken = signal.current()
+        complete = node.log.last_seq
+        rows, through = await node.log.read_for_peer(after, mr.is_shared_stream, limit)
+        if not rows and through >= complete and wait > 0 and not self._closing.is_set():
+            try:
+                await asyncio.wait_for(woken.wait(), wait)
+            except TimeoutError:
+                pass
+            if node.serving:  # woken, or at the end of the wait: the cursor moves on
+                rows, through = await node.log.read_for_peer(after, mr.is_shared_stream, limit)
+        return web.json_response({"origin": self.region, "rows": [row_json(r) for r in rows],
+                                  "next_cursor": through, "last_seq": node.log.last_seq})
+
+    # -- identities --------------------------------------------------------------------
+    async def identity(self, region: str) -> bytes | None:
+        """The identity key to seal material to ``region`` (a peer): the configured one,
+        else the pin, else what first contact pins; None if refused or never reached."""
+        link = self.links.get(region)
+        if link is None or link.refused is not None:
+            return None
+        if link.peer.identity_key is not None:
+            return link.peer.identity_key
+        pinned = self.pins.get(region)
+        if pinned is not None:
+            return pinned
+        try:
+            return await self._contact(link)
+        except (PeerRefused, PeerAnswerInvalid, aiohttp.ClientError, TimeoutError, OSError):
+            return None
+
+    async def _contact(self, link: PeerLink) -> bytes:
+        """Read the peer's /_kms/region and pin its key; PeerRefused if it is not the
+        configured region or presents another key than the pinned or configured one."""
+        peer = link.peer
+        assert self._session is not None, "peers are contacted only while the node serves"
+        async with self._session.get(peer.url + "/_kms/region",
+                                     timeout=CONTACT_TIMEOUT) as reply:
+            if reply.status != 200:
+                raise PeerAnswerInvalid(f"/_kms/region answered HTTP {reply.status}")
+            try:
+                doc = await reply.json(content_type=None)
+                said = str(doc["region"])
+                key = transport.public_from_text(str(doc["identity_public_key"]))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise PeerAnswerInvalid(f"/_kms/region is malformed: {exc}") from None
+        if said != peer.region:
+            raise self._refuse(link, f"{peer.url} serves region {said[:40]!r}, "
+                                     f"not {peer.region}")
+        configured = (transport.public_to_text(peer.identity_key)
+                      if peer.identity_key is not None else None)
+        try:
+            if self.pins.pin(peer.region, key, configured):
+                log.info("peer_pinned", region=peer.region, url=peer.url,
+                         fingerprint=transport.fingerprint(key),
+                         source="configured" if configured else "first contact")
+        except PeerIdentityChanged as exc:
+            raise self._refuse(link, str(exc)) from None
+        except ValueError as exc:  # the key itself is not a usable X25519 public key
+            raise PeerAnswerInvalid(str(exc)) from None
+        link.identity, link.refused = key, None
+        return key
+
+    def _refuse(self, link: PeerLink, why: str) -> PeerRefused:
+        if link.refused != why:
+            log.error("peer_identity_refused", region=link.peer.region, url=link.peer.url,
+                      reason=why)
+        link.refused = why
+        return PeerRefused(why)
+
+    # -- following ---------------------------------------------------------------------
+    async def _read(self, link: PeerLink, after: int, wait: float,
+                    ) -> tuple[list[ReplicatedRow], int, int]:
+        peer = link.peer
+        assert self._session is not None
+        params = {"origin": peer.region, "after": str(after), "limit": str(LIMIT_DEFAULT),
+                  "wait": f"{wait:g}"}
+        timeout = aiohttp.ClientTimeout(total=wait + 10, sock_connect=3)
+        link.waiting = True
+        try:
+            async with self._session.get(peer.url + "/_kms/replication", params=params,
+                                         headers={PEER_REGION_HEADER: self.region},
+                                         timeout=timeout) as reply:
+                if reply.status != 200:
+                    text = (await reply.text())[:200]
+                    raise PeerAnswerInvalid(f"/_kms/replication answered HTTP "
+                                            f"{reply.status}: {text}")
+                try:
+                    doc = await reply.json(content_type=None)
+                    rows = [row_from_json(r) for r in doc["rows"]]
+                    through, last_seq = int(doc["next_cursor"]), int(doc["last_seq"])
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise PeerAnswerInvalid(f"/_kms/replication is malformed: {exc}") from None
+        finally:
+            link.waiting = False
+        return rows, through, last_seq
+
+    async def _follow(self, link: PeerLink) -> None:
+        region, node = link.peer.region, self.node
+        reactor = self.host.replication.reactors.get(self.region)
+        await self._reconcile(reactor)  # finish what a crash or stop left undone
+        delay, contacted, behind = BACKOFF_MIN, False, True
+        while True:
+            try:
+                if not contacted:
+                    await self._contact(link)
+                    contacted, behind = True, True
+                after = node.log.cursor(region)
+                # Catch up at once (after each contact, and while pages come full), then
+                # hold a read open until the peer commits.
+                rows, through, last_seq = await self._read(link, after,
+                                                           0 if behind else FOLLOW_WAIT)
+                behind = len(rows) >= LIMIT_DEFAULT
+                if rows or through > after:
+                    await node.log.append_replicated(region, rows, through)
+                link.last_ok, link.peer_last_seq, link.error = time.monotonic(), last_seq, None
+                if not link.reachable:
+                    if link.reachable is False:
+                        log.info("peer_reachable", region=region, url=link.peer.url,
+                                 cursor=node.log.cursor(region))
+                    link.reachable = True
+                if rows:
+                    await self._reconcile(reactor)
+                delay = BACKOFF_MIN
+            except asyncio.CancelledError:
+                raise
+            except PeerRefused:
+                contacted = False
+                link.reachable = True
+                await asyncio.sleep(REFUSED_RETRY)
+            except (aiohttp.ClientError, TimeoutError, OSError, PeerAnswerInvalid) as exc:
+                contacted = False
+                link.error = f"{type(exc).__name__}: {exc}"[:300]
+                if link.reachable is not False:  # once per outage, not per attempt
+                    log.warning("peer_unreachable", region=region, url=link.peer.url,
+                                error=link.error)
+                link.reachable = False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+            except Exception:
+                log.exception("replication_failed", origin=region, region=self.region)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+
+    async def _reconcile(self, reactor: Reactor | None) -> None:
+        if reactor is None:
+            return
+        try:
+            await reactor.reconcile()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("replication_failed", region=self.region)
+
+    def health(self) -> dict[str, Any]:
+        return {region: link.health(self.node.log.cursor(region))
+                for region, link in self.links.items()}
