@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import threading
 import time
 import urllib.error
@@ -290,3 +291,50 @@ def test_replication_reads_are_refused_to_callers_that_are_not_peers(
         assert peers[EU]["reachable"] is False  # nothing listens there
     finally:
         node.stop()
+
+
+def test_a_peer_whose_identity_key_changed_is_refused_and_reported(tmp_path: Path) -> None:
+    eu_port = free_port()
+    eu = ServerProcess(tmp_path / "eu", region=EU, port=eu_port).start()
+    us_log = tmp_path / "us.log"
+    us = ServerProcess(tmp_path / "us", region=US,
+                       extra=["--peer", f"{EU}=http://127.0.0.1:{eu_port}"])
+    with open(us_log, "w") as err:  # the node logs to stderr
+        us.proc = subprocess.Popen(us.command(), stdout=subprocess.DEVNULL, stderr=err,
+                                   text=True)
+    try:
+        pinned = wait_for(lambda: _peers_of(us)[EU].get("identity_fingerprint"),
+                          "us-east-1 to pin eu-west-1")
+        eu.stop()
+        (tmp_path / "eu" / "region-identity.key").unlink()  # a new identity at restart
+        eu.start()
+        _, info = get_json(eu.url + "/_kms/region")
+        assert info["fingerprint"] != pinned
+
+        def refused() -> Any:
+            return _peers_of(us)[EU].get("identity_refused")
+
+        why = wait_for(refused, "us-east-1 to refuse the new key")
+        assert why == (f"peer region {EU} presented identity key {info['fingerprint']}, but its "
+                       f"pinned key is {pinned}; refusing it (if the peer's key was replaced "
+                       "on purpose, give the new key in its peer config)")
+        client: Any = client_for(us.url, region=US)
+        key_id = client.create_key(MultiRegion=True)["KeyMetadata"]["KeyId"]
+        with pytest.raises(ClientError) as exc:
+            client.replicate_key(KeyId=key_id, ReplicaRegion=EU)
+        assert exc.value.response["Error"]["Code"] == "UnsupportedOperationException"
+        kept = json.loads((tmp_path / "us" / "peers.json").read_text())
+        assert transport.fingerprint(base64.b64decode(kept[EU])) == pinned  # the pin stays
+    finally:
+        us.stop()
+        eu.stop()
+    refusals = [line for line in us_log.read_text().splitlines()
+                if '"peer_identity_refused"' in line]
+    assert len(refusals) == 1 and json.loads(refusals[0])["reason"] == why  # once, not per retry
+
+
+def _peers_of(node: ServerProcess) -> Any:
+    try:
+        return node.health()["peers"]
+    except OSError:  # not listening yet
+        return {EU: {}}
