@@ -289,7 +289,7 @@ class Peering:
         if link is None or link.refused is not None:
             return None
         if link.peer.identity_key is not None:
-            return link.peer.identity_key
+            return transport.public_from_text(link.peer.identity_key)
         pinned = self.pins.get(region)
         if pinned is not None:
             return pinned
@@ -316,8 +316,7 @@ class Peering:
         if said != peer.region:
             raise self._refuse(link, f"{peer.url} serves region {said[:40]!r}, "
                                      f"not {peer.region}")
-        configured = (transport.public_to_text(peer.identity_key)
-                      if peer.identity_key is not None else None)
+        configured = peer.identity_key  # base64 text, as PeerPins.pin takes it
         try:
             if self.pins.pin(peer.region, key, configured):
                 log.info("peer_pinned", region=peer.region, url=peer.url,

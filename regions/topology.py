@@ -4,19 +4,20 @@ Rules: parsed from ``--peer REGION=URL`` flags and the config's ``[[peers]]`` ta
 for a region the file names replaces that peer's URL, keeping its ``identity_key``); every
 mistake is a ``ValueError`` whose message is one line naming the offending value: a malformed
 flag, a region name that is not one, the node's own region, a region named twice in one
-source, a URL that is not http(s)://host[:port], an identity key that is not base64.
+source, a URL that is not http(s)://host[:port], an identity key that is not a usable X25519
+public key (kms.crypto.transport's check: base64 of 32 bytes, not a low-order point). The key
+is kept as its base64 text, the one form PeerPins and the peers' answers use.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from kms.config import is_region_name
+from kms.crypto import transport
 
 PEER_FIELDS = frozenset({"region", "url", "identity_key"})
 
@@ -27,7 +28,7 @@ class Peer:
 
     region: str
     url: str  # scheme://host[:port], no trailing slash
-    identity_key: bytes | None = None
+    identity_key: str | None = None  # base64 text, checked (transport.public_from_text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,12 +106,10 @@ def _url(url: str, where: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def _identity_key(text: str, where: str) -> bytes:
+def _identity_key(text: str, where: str) -> str:
+    """The configured key as canonical base64 text, once checked like a peer's answer."""
     try:
-        key = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError(f"{where}: identity_key is not base64") from None
-    if len(key) != 32:  # an X25519 public key
-        raise ValueError(f"{where}: identity_key must be 32 bytes (an X25519 public key), "
-                         f"not {len(key)}")
-    return key
+        raw = transport.public_from_text(text)
+    except ValueError as exc:
+        raise ValueError(f"{where}: identity_key: {exc}") from None
+    return transport.public_to_text(raw)
