@@ -214,10 +214,13 @@ class SqliteLog(EventLog):
             return [tuple(r) for r in await cur.fetchall()]  # type: ignore[misc]
 
     async def _read_own(self, after_seq: int, limit: int) -> list[ReplicatedRow]:
+        # Own rows have origin_seq == seq: asked by origin_seq, the UNIQUE (origin_region,
+        # origin_seq) index bounds the range and gives the order (no scan of every own row,
+        # no temporary B-tree per call on the writer's connection).
         async with self.db.execute(
-            "SELECT seq, stream, type, at_ms, body FROM events WHERE seq > ? AND"
-            " origin_region = ? AND stream != ? ORDER BY seq LIMIT ?",
-            (after_seq, self.region, AUDIT_STREAM, limit),
+            "SELECT seq, stream, type, at_ms, body FROM events WHERE origin_region = ? AND"
+            " origin_seq > ? AND stream != ? ORDER BY origin_seq LIMIT ?",
+            (self.region, after_seq, AUDIT_STREAM, limit),
         ) as cur:
             return [ReplicatedRow(int(q), str(st), str(t), int(a), bytes(b))
                     for q, st, t, a, b in await cur.fetchall()]

@@ -335,3 +335,30 @@ async def test_a_second_insert_of_an_origin_row_trips_unique_but_a_replay_does_n
         assert again.writable and [e.seq for e in ok] == [4]
     finally:
         await b.close_all()
+
+
+async def test_a_peer_read_is_bounded_by_the_origin_index_not_a_scan_and_sort(
+        tmp_path: Path) -> None:
+    """read_for_peer runs on the writer's connection for every pull: SQLite must seek into
+    UNIQUE (origin_region, origin_seq) at the cursor and read in its order, never sort
+    every own row in a temporary B-tree (0.137 s a call at 1M audit rows)."""
+    b = ReplicationSqlite(tmp_path / "events.sqlite3")
+    try:
+        origin = await origin_with_history(b)
+        assert isinstance(origin, SqliteLog)
+        statements: list[str] = []
+        conn = origin.db._conn
+        await origin.db._execute(conn.set_trace_callback, statements.append)
+        rows, _ = await pull_all(origin, after=1)
+        await origin.db._execute(conn.set_trace_callback, None)
+        assert [r.stream for r in rows] == [SHARED, "key/mrk-2"]
+        reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+        assert reads, statements
+        for sql in reads:
+            plan = " | ".join(str(r[3]) for r in await origin.db.execute_fetchall(
+                "EXPLAIN QUERY PLAN " + sql))
+            assert "USING INDEX sqlite_autoindex_events_2 (origin_region=? AND origin_seq>?)" \
+                in plan, plan
+            assert "TEMP B-TREE" not in plan, plan
+    finally:
+        await b.close_all()
