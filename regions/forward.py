@@ -2,7 +2,8 @@
 
 Rules: the request is sent as it came (method, path, query, body and headers, Host and
 Authorization included, so the peer verifies the very signature the client made; only
-hop-by-hop headers are dropped); the peer's status, body, ``x-amzn-RequestId`` and
+hop-by-hop headers are dropped: the fixed list, and any the request's ``Connection`` header
+names, RFC 9110 §7.6.1); the peer's status, body, ``x-amzn-RequestId`` and
 ``Content-Type`` are relayed as they are. The peer audits the call; this node only logs it.
 A peer that cannot be reached is a 503 with an AWS JSON error body and a warning line.
 One ClientSession serves the node's life (``cleanup_ctx``).
@@ -34,6 +35,14 @@ FORWARDED_BY = "X-Kms-Forwarded-By"
 TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=5)
 
 
+def hop_by_hop(request: web.Request) -> frozenset[str]:
+    """The headers meant for this hop only: the fixed ones, and those the client's
+    ``Connection`` header names (lower case), which a proxy must not pass on."""
+    named = {token.strip().lower() for value in request.headers.getall("Connection", ())
+             for token in value.split(",")}
+    return HOP_BY_HOP | named if named else HOP_BY_HOP
+
+
 class Forwarder:
     """Sends requests to peers' nodes over one ClientSession."""
 
@@ -61,8 +70,9 @@ class Forwarder:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise PayloadTooLarge("The request body is too large.") from None
+        dropped = hop_by_hop(request)
         headers = CIMultiDict((k, v) for k, v in request.headers.items()
-                              if k.lower() not in HOP_BY_HOP)
+                              if k.lower() not in dropped)
         target = request.headers.get("X-Amz-Target", "")
         if FORWARDED_BY in request.headers:
             return self._refused(peer, target, "forwarding_loop", 508,

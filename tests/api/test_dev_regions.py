@@ -3,11 +3,14 @@ for hosted in one ``--dev`` process, and forwarding to a peer's node."""
 
 from __future__ import annotations
 
+import http.client
+import http.server
 import json
 import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -283,3 +286,76 @@ def test_a_region_dir_that_is_not_its_region_is_refused_at_start(tmp_path: Path)
     assert done.stderr == (f"kms: error: data dir {eu} belongs to region eu-central-1, "
                            f"account {ACCOUNT}; refusing to serve it as region eu-west-1, "
                            f"account {ACCOUNT}\n")
+
+
+class RecordingPeer:
+    """A stand-in peer node on a loopback port that keeps the headers of each request it
+    gets and answers an empty AWS JSON body (a real node would refuse the fake signature)."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, str]] = []
+        peer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802  (http.server's name)
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                peer.seen.append({k.lower(): v for k, v in self.headers.items()})
+                body = b"{}"
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-amz-json-1.1")
+                self.send_header("x-amzn-RequestId", "peer-request")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> RecordingPeer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+
+def test_headers_the_connection_header_names_are_not_forwarded(tmp_path: Path) -> None:
+    """RFC 9110 §7.6.1: a proxy drops the headers ``Connection`` names, not only the fixed
+    hop-by-hop ones; the rest (signature included) reaches the peer as sent."""
+    with RecordingPeer() as peer:
+        a = ServerProcess(tmp_path / "a", region="us-east-1",
+                          extra=["--peer", f"eu-west-1={peer.url}"]).start()
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", a.port, timeout=30)
+            try:
+                conn.putrequest("POST", "/", skip_accept_encoding=True)
+                for name, value in (
+                        ("Content-Type", "application/x-amz-json-1.1"),
+                        ("X-Amz-Target", "TrentService.ListKeys"),
+                        ("Authorization", "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20250101/"
+                                          "eu-west-1/kms/aws4_request, SignedHeaders=host, "
+                                          "Signature=00"),
+                        ("Connection", "keep-alive, X-Secret"),
+                        ("X-Secret", "1"), ("X-Kept", "2"), ("Content-Length", "2")):
+                    conn.putheader(name, value)
+                conn.endheaders(b"{}")
+                reply = conn.getresponse()
+                assert (reply.status, reply.read()) == (200, b"{}")
+            finally:
+                conn.close()
+        finally:
+            a.stop()
+    assert len(peer.seen) == 1
+    got = peer.seen[0]
+    assert "x-secret" not in got
+    assert got["x-kept"] == "2"
+    assert got["x-amz-target"] == "TrentService.ListKeys"
+    assert "Credential=AKIDEXAMPLE/20250101/eu-west-1/" in got["authorization"]
