@@ -85,6 +85,8 @@ class Scheduler:
         if is_replica(key, svc.state.mrks.get(key.key_id)):
             return False  # a replica's versions come from its primary, never from here
         identities = await replica_identities(svc, key)
+        if svc.state.keys.get(key.key_id) is not key:
+            return False  # it changed while the replicas were looked up: the next tick decides
 
         def decide(call: Call, k: Key) -> None:
             material = svc.keyring.seal(k.key_id, svc.symmetric_material())

@@ -66,8 +66,11 @@ class Reactor:
                     continue
                 key = svc.state.keys.get(mrk.key_id)
                 if key is None:
-                    if svc.log.version(key_stream(mrk.key_id)) > 0:
-                        continue  # it was deleted here: a replica is never brought back
+                    replica = mrk.replica(self.region)
+                    assert replica is not None
+                    if svc.log.version(key_stream(mrk.key_id)) > 0 and not (
+                            replica.after_deletion):
+                        continue  # deleted here with no ReplicaDeleted (older logs): stays so
                     done += await self._create(mrk)
                     key = svc.state.keys.get(mrk.key_id)
                     if key is None:
@@ -83,8 +86,8 @@ class Reactor:
 
     async def _take_materials(self, mrk: mr.MultiRegionKey) -> int:
         key = self.service.state.keys.get(mrk.key_id)
-        if key is None:
-            return 0
+        if key is None or mrk.origin == "EXTERNAL":
+            return 0  # an imported key's replica is given its material by ImportKeyMaterial
         missing = [(m, blob) for m, blob in mrk.shared_with(self.region)
                    if key.material(m.material_id) is None]
         return await self._synchronize(mrk, missing) if missing else 0
@@ -161,7 +164,7 @@ class Reactor:
                 key_usage=mrk.key_usage, origin=mrk.origin, key_manager="CUSTOMER",
                 multi_region=True, policy=replica.policy, tags=replica.tags, material=None,
                 # An imported key's replica waits for the same material (PendingImport).
-                replica=mrk.origin != "EXTERNAL")])
+                replica=mrk.origin != "EXTERNAL", created_ms=replica.created_ms)])
             call.additional["primaryRegion"] = mrk.primary_region
 
         ok = await svc.service_action("CreateKey", mrk.arn_in(self.region),
@@ -173,29 +176,34 @@ class Reactor:
 
     async def _synchronize(self, mrk: mr.MultiRegionKey,
                            missing: list[tuple[mr.SharedMaterial, bytes]]) -> int:
+        """Open each version sealed to this region and reseal it under its KEK, in order,
+        up to the first that does not open; nothing is recorded when none did."""
         svc = self.service
         key_id = mrk.key_id
+        taken: list[ev.Event] = []
+        for shared, blob in missing:
+            context = mr.transport_context(key_id, shared.material_id, mrk.primary_region,
+                                           self.region)
+
+            def seal_here(raw: bytes, s: mr.SharedMaterial = shared) -> bytes:
+                return svc.keyring.seal(key_id, raw, s.public_key, s.material_id).sealed
+
+            try:
+                resealed = self.identity.reseal(blob, context, seal_here)
+            except KMSInternalException:
+                log.error("replica_material_unreadable", key_id=key_id,
+                          material_id=shared.material_id, region=self.region,
+                          primary=mrk.primary_region)
+                break  # keep the order of versions: the rest waits for this one
+            material = ev.Material(shared.material_id, resealed, shared.public_key)
+            taken.append(ev.KeyMaterialReplicated(key_id, material, shared.rotation_type,
+                                                  shared.rotated_at_ms))
+        if not taken:
+            return 0
 
         def decide(call: Call) -> None:
-            taken: list[ev.Event] = []
-            for shared, blob in missing:
-                context = mr.transport_context(key_id, shared.material_id, mrk.primary_region,
-                                               self.region)
-
-                def seal_here(raw: bytes, s: mr.SharedMaterial = shared) -> bytes:
-                    return svc.keyring.seal(key_id, raw, s.public_key, s.material_id).sealed
-
-                try:
-                    resealed = self.identity.reseal(blob, context, seal_here)
-                except KMSInternalException:
-                    log.error("replica_material_unreadable", key_id=key_id,
-                              material_id=shared.material_id, region=self.region,
-                              primary=mrk.primary_region)
-                    break  # keep the order of versions: the rest waits for this one
-                material = ev.Material(shared.material_id, resealed, shared.public_key)
-                taken.append(ev.KeyMaterialReplicated(key_id, material, shared.rotation_type,
-                                                      shared.rotated_at_ms))
-                call.additional.setdefault("keyMaterialIds", []).append(shared.material_id)
+            call.additional["keyMaterialIds"] = [
+                e.material.material_id for e in taken if isinstance(e, ev.KeyMaterialReplicated)]
             call.emit(key_stream(key_id), taken)
 
         ok = await svc.service_action("SynchronizeMultiRegionKey", mrk.arn_in(self.region),

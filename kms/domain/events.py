@@ -52,6 +52,7 @@ class KeyCreated(Event):
     tags: Tags
     material: Material | None
     replica: bool = False  # a multi-region replica: Creating until its material is in
+    created_ms: int = 0  # a replica's CreationDate, as ReplicateKey answered (0: the row's time)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +214,7 @@ class ReplicaAdded(Event):
     policy: str
     tags: Tags
     epoch: int = 0  # 0: older logs (accepted)
+    created_ms: int = 0  # the replica's CreationDate (0, older logs: this event's time)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +229,16 @@ class MaterialShared(Event):
     sealed_for: tuple[tuple[str, bytes], ...]
     rotation_type: str = ""  # "" for the key's first material
     rotated_at_ms: int = 0  # when the primary rotated to it
+    epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ImportedMaterialNamed(Event):
+    """The KeyMaterialId of a material imported into an EXTERNAL primary: its id only, never
+    the material (each replica must be given the same bytes by ImportKeyMaterial)."""
+
+    key_id: str
+    material_id: str
     epoch: int = 0
 
 
@@ -389,7 +401,7 @@ register(
     KeyMaterialDeleted, AliasCreated, AliasUpdated, AliasDeleted, ApiCallRecorded,
     KeyMaterialReplicated, MultiRegionKeyCreated, ReplicaAdded, MaterialShared,
     KeyUpdateStarted, KeyUpdateFinished, RotationScheduleShared, ReplicaDeleted,
-    PrimaryRegionUpdated, PrimaryRegionAccepted,
+    PrimaryRegionUpdated, PrimaryRegionAccepted, ImportedMaterialNamed,
 )
 
 

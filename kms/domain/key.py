@@ -300,7 +300,7 @@ def created(e: ev.KeyCreated, at_ms: int) -> Key:
         account=e.account,
         region=e.region,
         arn=key_arn(e.region, e.account, e.key_id),
-        created_at_ms=at_ms,
+        created_at_ms=e.created_ms or at_ms,
         description=e.description,
         key_spec=e.key_spec,
         key_usage=e.key_usage,

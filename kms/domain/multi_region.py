@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from kms.domain import events as ev
 from kms.domain.errors import (
+    IncorrectKeyMaterialException,
     KMSInvalidStateException,
     NotFoundException,
     UnsupportedOperationException,
@@ -41,6 +42,8 @@ class Replica:
     description: str
     policy: str
     tags: ev.Tags
+    created_ms: int = 0  # its CreationDate (ReplicateKey's answer)
+    after_deletion: bool = False  # added again after a replica in its region was deleted
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,8 @@ class MultiRegionKey:
     accepted_epoch: int = 1  # the epoch the primary has taken over (< epoch: handing over)
     rotation_period_days: int = 0  # the shared automatic-rotation setting (0: off)
     next_rotation_ms: int = 0
+    imported_ids: tuple[str, ...] = ()  # an EXTERNAL primary's KeyMaterialIds (no material)
+    deleted_in: tuple[str, ...] = ()  # regions whose replica was deleted (ReplicaDeleted)
 
     @property
     def handing_over(self) -> bool:
@@ -115,18 +120,26 @@ def _fenced(mrk: MultiRegionKey, epoch: int) -> bool:
     return 0 < epoch < mrk.epoch
 
 
-def apply(mrk: MultiRegionKey, event: ev.Event) -> MultiRegionKey:
+def apply(mrk: MultiRegionKey, event: ev.Event, at_ms: int = 0) -> MultiRegionKey:
+    """Fold one shared event (committed at ``at_ms``)."""
     replace = dataclasses.replace
     if _fenced(mrk, getattr(event, "epoch", 0)) and not isinstance(
             event, ev.PrimaryRegionUpdated | ev.PrimaryRegionAccepted):
         return mrk
     match event:
-        case ev.ReplicaAdded(region=region, description=d, policy=p, tags=t):
+        case ev.ReplicaAdded(region=region, description=d, policy=p, tags=t, created_ms=c):
             if mrk.replica(region) is not None or region == mrk.primary_region:
                 return mrk
-            return replace(mrk, replicas=(*mrk.replicas, Replica(region, d, p, t)))
+            return replace(mrk, replicas=(*mrk.replicas, Replica(
+                region, d, p, t, c or at_ms, region in mrk.deleted_in)))
         case ev.ReplicaDeleted(region=region):
-            return replace(mrk, replicas=tuple(r for r in mrk.replicas if r.region != region))
+            deleted = mrk.deleted_in if region in mrk.deleted_in else (*mrk.deleted_in, region)
+            return replace(mrk, replicas=tuple(r for r in mrk.replicas if r.region != region),
+                           deleted_in=deleted)
+        case ev.ImportedMaterialNamed(material_id=mid):
+            if mid in mrk.imported_ids:
+                return mrk
+            return replace(mrk, imported_ids=(*mrk.imported_ids, mid))
         case ev.RotationScheduleShared(period_days=days, next_rotation_ms=nxt):
             return replace(mrk, rotation_period_days=days, next_rotation_ms=nxt)
         case ev.PrimaryRegionUpdated(primary_region=new, previous_region=old, epoch=n):
@@ -142,10 +155,10 @@ def apply(mrk: MultiRegionKey, event: ev.Event) -> MultiRegionKey:
         case ev.MaterialShared(material_id=mid, public_key=pub, sealed_for=sealed,
                                rotation_type=rt, rotated_at_ms=when):
             for i, m in enumerate(mrk.materials):
-                if m.material_id == mid:  # shared again, to a region added later
-                    known = {r for r, _ in m.sealed_for}
-                    more = tuple((r, b) for r, b in sealed if r not in known)
-                    merged = replace(m, sealed_for=(*m.sealed_for, *more))
+                if m.material_id == mid:  # shared again, to a region added (again) later
+                    again = {r for r, _ in sealed}
+                    kept = tuple((r, b) for r, b in m.sealed_for if r not in again)
+                    merged = replace(m, sealed_for=(*kept, *sealed))
                     return replace(mrk, materials=(*mrk.materials[:i], merged,
                                                    *mrk.materials[i + 1:]))
             return replace(mrk, materials=(*mrk.materials,
@@ -173,6 +186,15 @@ def check_primary(key: Key, mrk: MultiRegionKey | None, action: str) -> None:
         raise UnsupportedOperationException(
             f"{key.arn} is not a multi-Region primary key. {action} is not supported on "
             f"multi-Region replica keys; call it on the primary key {mrk.primary_arn}.")
+
+
+def check_replica_import(key: Key, mrk: MultiRegionKey | None, material_id: str) -> None:
+    """A replica of an EXTERNAL primary takes only the primary's own material: the same
+    bytes give the same KeyMaterialId in every region (kms.crypto.wrapping)."""
+    if is_replica(key, mrk) and mrk is not None and material_id not in mrk.imported_ids:
+        raise IncorrectKeyMaterialException(
+            "The key material you are importing is not the same as the key material of the "
+            f"primary key {mrk.primary_arn}.")
 
 
 def is_replica(key: Key, mrk: MultiRegionKey | None) -> bool:

@@ -18,6 +18,7 @@ from kms.crypto import asymmetric, mac, wrapping
 from kms.crypto.keyring import material_vault_id
 from kms.domain import events as ev
 from kms.domain import lifecycle
+from kms.domain import multi_region as mr
 from kms.domain.errors import IncorrectKeyMaterialException, InvalidImportTokenException
 from kms.domain.key import Key, check_state
 from kms.domain.specs import SPECS
@@ -83,6 +84,7 @@ async def import_key_material(svc: Service, call: Call, p: dict[str, Any]) -> di
                                   p["EncryptedKeyMaterial"])
     public = await asyncio.to_thread(_check_material, key.key_spec, raw)
     material_id = wrapping.imported_material_id(key.key_id, raw)
+    mr.check_replica_import(key, svc.state.mrks.get(key.key_id), material_id)
     decision = lifecycle.decide_import(key, material_id, p.get("ImportType"),
                                        p.get("KeyMaterialId"), p.get("KeyMaterialDescription"))
     material = _seal_imported(svc, call, key.key_id, material_id, raw, public,

@@ -4,12 +4,15 @@ material versions and rotation schedule.
 Rules: shared properties change only in the primary's region, on the key's ``mrk/<key id>``
 stream, which the multi-region layer (``Service.regions``, implemented in ``regions``)
 ships to the other regions; material enters that stream only sealed to each replica
-region's identity key. What a replica region asked for (description, policy, tags) is
-recorded once, in ReplicaAdded, and never synchronized afterwards.
+region's identity key, and never an EXTERNAL key's material (only its KeyMaterialIds: each
+replica is given the same bytes by ImportKeyMaterial). What a replica region asked for
+(description, policy, tags) is recorded once, in ReplicaAdded, and never synchronized
+afterwards.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from kms.domain import events as ev
@@ -61,9 +64,12 @@ async def replicate_key(svc: Service, call: Call, p: dict[str, Any]) -> dict[str
     public = await _identity_of(svc, key, region)
     rotated = {r.material_id: r for r in key.rotations}
     added = ev.ReplicaAdded(key.key_id, region, p.get("Description", ""), policy, tags,
-                            mrk.epoch)
+                            mrk.epoch, call.at_ms)
     shared: list[ev.Event] = [added]
-    for material in key.materials:  # every version, oldest first: the last is current
+    if key.origin == "EXTERNAL":  # the replica waits in PendingImport for the same bytes
+        shared.extend(ev.ImportedMaterialNamed(key.key_id, i.material_id, mrk.epoch)
+                      for i in key.imports if i.material_id not in mrk.imported_ids)
+    for material in _shareable(key):  # every version, oldest first: the last is current
         r = rotated.get(material.material_id)
         shared.append(ev.MaterialShared(key.key_id, material.material_id, material.public_key,
                                         _sealed(svc, key, material, {region: public}),
@@ -88,19 +94,36 @@ async def replicate_key(svc: Service, call: Call, p: dict[str, Any]) -> dict[str
             "ReplicaTags": [{"TagKey": k, "TagValue": v} for k, v in tags]}
 
 
-async def replica_identities(svc: Service, key: Key) -> dict[str, bytes]:
+def _shareable(key: Key) -> tuple[ev.Material, ...]:
+    """The material versions a replica is sent: none of an imported key's."""
+    return () if key.origin == "EXTERNAL" else key.materials
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaIdentities:
+    """A primary's replica regions' identity keys, and the version of its shared stream
+    when the set was read: a rotation pins that version, so a replica added meanwhile
+    (ReplicaAdded) makes it decide again, with the new region sealed for."""
+
+    stream_version: int = 0
+    by_region: dict[str, bytes] = field(default_factory=dict)
+
+
+async def replica_identities(svc: Service, key: Key) -> ReplicaIdentities:
     """The identity keys of a primary's replica regions (none for other keys). A region
     that cannot be reached now is left out: it gets the version when it is replicated
     again (not yet: see README)."""
+    stream = mr.mrk_stream(key.key_id)
+    version = svc.log.version(stream)  # before the set is read, never after
     mrk = svc.state.mrks.get(key.key_id)
     if mrk is None or mrk.primary_region != svc.region or svc.regions is None:
-        return {}
+        return ReplicaIdentities(version)
     found: dict[str, bytes] = {}
     for replica in mrk.replicas:
         public = await svc.regions.identity_public_key(replica.region)
         if public is not None:
             found[replica.region] = public
-    return found
+    return ReplicaIdentities(version, found)
 
 
 def _shared_mrk(svc: Service, call: Call, key: Key) -> mr.MultiRegionKey | None:
@@ -115,20 +138,26 @@ def _shared_mrk(svc: Service, call: Call, key: Key) -> mr.MultiRegionKey | None:
 
 
 def share_rotation(svc: Service, call: Call, key: Key, material: ev.Material,
-                   rotation_type: str, identities: dict[str, bytes],
+                   rotation_type: str, identities: ReplicaIdentities,
                    next_rotation_ms: int | None = None) -> None:
     """A primary's new material version, sealed to every replica region, on the shared
     stream with the rotation itself (and its date); an automatic rotation also moves the
-    shared schedule (``next_rotation_ms``)."""
+    shared schedule (``next_rotation_ms``). The shared stream is pinned at the version
+    the replica set was read at, with or without replicas (a concurrent ReplicateKey
+    makes the rotation decide again). An imported key's material is never shared."""
+    stream = mr.mrk_stream(key.key_id)
+    if mr.is_primary(key, svc.state.mrks.get(key.key_id)):
+        call.seen.setdefault(stream, identities.stream_version)
     mrk = _shared_mrk(svc, call, key)
     if mrk is None:
         return
-    stream = mr.mrk_stream(key.key_id)
     shared: list[ev.Event] = []
-    if identities:
+    if identities.by_region and key.origin != "EXTERNAL":
         shared.append(ev.MaterialShared(key.key_id, material.material_id, material.public_key,
-                                        _sealed(svc, key, material, identities),
+                                        _sealed(svc, key, material, identities.by_region),
                                         rotation_type, call.at_ms, mrk.epoch))
+    if key.origin == "EXTERNAL" and material.material_id not in mrk.imported_ids:
+        shared.append(ev.ImportedMaterialNamed(key.key_id, material.material_id, mrk.epoch))
     if next_rotation_ms is not None:
         shared.append(ev.RotationScheduleShared(key.key_id, key.rotation_period_days,
                                                 next_rotation_ms, mrk.epoch))

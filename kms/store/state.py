@@ -44,7 +44,7 @@ class State:
     def apply(self, env: ev.Envelope) -> None:
         e = env.event
         if mrks.is_shared_stream(env.stream):
-            self._apply_shared(e)
+            self._apply_shared(e, env.at_ms)
             return
         match e:
             case ev.KeyCreated():
@@ -65,13 +65,13 @@ class State:
                 if key_id is not None and key_id in self.keys:
                     self.keys[key_id] = keys.apply(self.keys[key_id], e, env.at_ms)
 
-    def _apply_shared(self, e: ev.Event) -> None:
+    def _apply_shared(self, e: ev.Event, at_ms: int) -> None:
         if isinstance(e, ev.MultiRegionKeyCreated):
             self.mrks[e.key_id] = mrks.created(e)
             return
         key_id = getattr(e, "key_id", None)
         if key_id is not None and key_id in self.mrks:
-            self.mrks[key_id] = mrks.apply(self.mrks[key_id], e)
+            self.mrks[key_id] = mrks.apply(self.mrks[key_id], e, at_ms)
 
     def aliases_of(self, key_id: str) -> list[Alias]:
         return [a for a in self.aliases.values() if a.key_id == key_id]
