@@ -24,6 +24,7 @@ class Config:
     account_id: str = "111122223333"
     dev: bool = False
     log_format: str = "auto"  # "json", "console" or "auto" (console on a terminal)
+    max_dev_regions: int = 32  # --dev: regions hosted in one process at most, own included
     principals: tuple[dict[str, Any], ...] = field(default_factory=tuple)
     # The top-level ``[[peers]]`` tables, raw: the regions layer parses and validates them.
     peers: tuple[dict[str, Any], ...] = field(default_factory=tuple)
@@ -65,13 +66,15 @@ class Config:
             raise ValueError(f"region {self.region!r} is not a region name like us-east-1")
         if not _ACCOUNT.fullmatch(self.account_id):
             raise ValueError(f"account id {self.account_id!r} is not 12 digits")
+        if self.max_dev_regions < 1:
+            raise ValueError(f"max_dev_regions must be at least 1, not {self.max_dev_regions}")
         if self.log_format not in _LOG_FORMATS:
             raise ValueError(f"log_format must be one of {', '.join(_LOG_FORMATS)}")
 
 
 _SETTING_TYPES: dict[str, type] = {
     "host": str, "port": int, "region": str, "data_dir": str, "account_id": str,
-    "dev": bool, "log_format": str,
+    "dev": bool, "log_format": str, "max_dev_regions": int,
 }
 _LOG_FORMATS = ("auto", "json", "console")
 _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+", re.ASCII)  # AWS's shape: eu-west-1

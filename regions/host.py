@@ -1,26 +1,31 @@
 """Which node serves each region: the own node, in-process regions (``--dev``), peers' nodes.
 
-Rules: with ``--dev`` every valid region a request is signed for gets a kms Node of its own,
-created on first use, in ``<data-dir>/regions/<region>/`` (own log, root key, node.json,
-checked by kms.datadir like any data dir; its own scheduler; the own node's clock), and the
-regions already on disk are opened at start; the own region keeps ``<data-dir>`` itself. A
-region the topology names as a peer is never hosted here: its requests go to the peer.
-Without ``--dev`` only the own region is served here, as by kms alone.
+Rules: with ``--dev`` every known AWS region (botocore's KMS regions, read once at start, and
+the node's own) that a parsed request is signed for gets a kms Node of its own, created on
+first use, in ``<data-dir>/regions/<region>/`` (own log, root key, node.json, checked by
+kms.datadir like any data dir; its own scheduler; the own node's clock), at most
+``max_dev_regions`` in all, and the known regions already on disk are opened at start; the
+own region keeps ``<data-dir>`` itself. A region that fails to open is stopped, its dir
+released, and refused from then on without another try. A region the topology names as a
+peer is never hosted here: its requests go to the peer. Without ``--dev`` only the own region
+is served here, as by kms alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import botocore.session
 import structlog
 
-from kms.api.app import Forward, Regions, Route
+from kms.api.app import Forward, Regions
 from kms.config import is_region_name
-from kms.datadir import DataDir, DataDirRefused, open_data_dir
-from kms.domain.errors import KMSInternalException
+from kms.datadir import DataDir, open_data_dir
+from kms.domain.errors import KMSInternalException, LimitExceededException
 from kms.node import Node
 from regions.replication import DevReplication
 from regions.topology import Topology
@@ -33,6 +38,12 @@ log = structlog.get_logger("regions.host")
 REGIONS_DIR = "regions"
 
 
+def known_regions() -> frozenset[str]:
+    """The regions AWS offers KMS in (commercial partition, whose ARNs this node makes), as
+    the installed botocore knows them; reads botocore's endpoint data, so call it once."""
+    return frozenset(botocore.session.get_session().get_available_regions("kms"))
+
+
 class RegionHost(Regions):
     def __init__(self, node: Node, topology: Topology,
                  forward: dict[str, Forward] | None = None) -> None:
@@ -42,7 +53,10 @@ class RegionHost(Regions):
         self.dev = node.config.dev
         self.routing = self.dev or bool(topology.peers)
         self.routes.update(forward or {})
-        self._opened: list[DataDir] = []  # their locks are held for the life of the process
+        self.known = (known_regions() | {topology.region}) if self.dev else frozenset()
+        self.max_regions = node.config.max_dev_regions
+        self._opened: dict[str, DataDir] = {}  # their locks are held while the region is
+        self._refused: dict[str, str] = {}  # region -> why it could not be opened (logged once)
         self._opening = asyncio.Lock()
         self._started = False
         self.replication = DevReplication()  # between the regions hosted here
@@ -59,7 +73,7 @@ class RegionHost(Regions):
         root = Path(self.own.config.data_dir) / REGIONS_DIR
         if not root.is_dir():
             return []
-        found = []
+        found: list[str] = []
         for path in sorted(root.iterdir()):
             name = path.name
             if not path.is_dir() or not is_region_name(name) or name == self.topology.region:
@@ -68,6 +82,14 @@ class RegionHost(Regions):
                 log.warning("region_dir_not_hosted", region=name, path=str(path),
                             reason="the region is a configured peer")
                 continue
+            if name not in self.known:
+                log.warning("region_dir_not_hosted", region=name, path=str(path),
+                            reason="not a region AWS offers KMS in (botocore's list)")
+                continue
+            if len(found) + 1 >= self.max_regions:
+                log.warning("region_dir_not_hosted", region=name, path=str(path),
+                            reason=f"max_dev_regions ({self.max_regions}) reached")
+                continue
             found.append(name)
         return found
 
@@ -75,29 +97,68 @@ class RegionHost(Regions):
         """A (not yet started) node for ``region`` on its own data dir."""
         path = self.region_dir(region)
         data = open_data_dir(path, region=region, account_id=self.own.config.account_id)
-        self._opened.append(data)
+        self._opened[region] = data
         config = replace(self.own.config, region=region, data_dir=path)
         return Node(config, root_key=data.root_key, clock=self.own.clock)
 
-    async def open(self, region: str) -> Route | None:
-        if not self.dev or not is_region_name(region) or region in self.topology.peers:
+    async def open(self, region: str) -> Node | None:
+        """The node for a known region not hosted yet (``--dev``), or None (not one to host
+        here). LimitExceededException past ``max_dev_regions``; KMSInternalException for a
+        region that cannot be opened (then and on every later request, without a retry)."""
+        if (not self.dev or region not in self.known or region in self.topology.peers
+                or region == self.topology.region):
             return None
         async with self._opening:  # first use only: two first requests make one node
             found = self.routes.get(region)
-            if found is not None:
+            if isinstance(found, Node):
                 return found
+            if region in self._refused:
+                raise KMSInternalException(self._refused[region])
+            if len(self.nodes()) >= self.max_regions:
+                raise LimitExceededException(
+                    f"This --dev node hosts {self.max_regions} regions, its max_dev_regions; "
+                    f"region {region} is not opened.")
+            node: Node | None = None
             try:
                 node = await asyncio.to_thread(self._host, region)
                 if self._started:
                     await node.start()
                     self._replicate(node)
-            except (DataDirRefused, OSError, ValueError) as exc:
-                log.error("region_not_opened", region=region, error=str(exc))
-                raise KMSInternalException(
-                    f"Region {region} cannot be opened by this node.") from None
+            except Exception as exc:  # LogCorrupted, a damaged identity, a locked dir, ...
+                await self._abandon(region, node)
+                message = f"Region {region} cannot be opened by this node."
+                self._refused[region] = message
+                log.error("region_not_opened", region=region, error=str(exc) or
+                          type(exc).__name__, retry="never, until the node restarts")
+                raise KMSInternalException(message) from None
             self.routes[region] = node
             log.info("region_opened", region=region, path=str(self.region_dir(region)))
             return node
+
+    async def _abandon(self, region: str, node: Node | None) -> None:
+        """Undo a region that failed to open: no puller, no scheduler, no writer, no lock."""
+        if node is not None:
+            self._unreplicate(node)
+            try:
+                await node.stop()
+            except Exception as exc:
+                log.error("region_stop_failed", region=region, error=str(exc))
+        data = self._opened.pop(region, None)
+        if data is not None:
+            os.close(data.lock_fd)  # releases the dir's flock
+
+    def _unreplicate(self, node: Node) -> None:
+        """Take ``node`` out of the in-process replication (pullers it received or fed)."""
+        rep = self.replication
+        for puller in [p for p in rep.pullers if p.receiver is node
+                       or p.origin_region == node.config.region]:
+            rep.pullers.remove(puller)
+            task = getattr(puller, "_task", None)
+            if task is not None:
+                task.cancel()
+        if rep.nodes.get(node.config.region) is node:
+            del rep.nodes[node.config.region]
+        rep.reactors.pop(node.config.region, None)
 
     async def start(self) -> None:
         await super().start()
@@ -108,6 +169,21 @@ class RegionHost(Regions):
     def _replicate(self, node: Node) -> None:
         node.service.regions = self if node is self.own else _Hosted(self)
         self.replication.add(node)
+
+    async def reset(self) -> None:
+        """Wipe every hosted region with no pull under way: a pull fetched before one
+        region's wipe must not land in another after its wipe (stale rows, or a cursor
+        ahead of the new log). The pullers stop, every node is wiped, then they start
+        again from the (now empty) cursors."""
+        async with self._opening:  # no region opens (and gets pullers) meanwhile
+            started = self._started
+            await self.replication.stop()
+            try:
+                await super().reset()
+            finally:
+                if started:
+                    for node in self.nodes():
+                        self._replicate(node)
 
     async def identity_public_key(self, region: str) -> bytes | None:
         """kms.service.core.RegionDirectory: the identity of a region hosted here (opened

@@ -24,6 +24,7 @@ from aiohttp import web
 from kms.api.sigv4 import SigV4Verifier
 from kms.api.validation import RequestModel
 from kms.domain.errors import (
+    InvalidSignatureException,
     KMSError,
     KMSInternalException,
     SerializationException,
@@ -128,8 +129,8 @@ class Regions:
     own node's); a layer above overrides ``open`` to host more regions or forward to peers.
 
     Rules: ``routes`` is the hot path (one dict lookup per request); ``open`` is called only
-    for a region not in it yet, and adds what it returns; every hosted node starts and stops
-    with the app, and /_kms/reset and /_kms/clock act on each."""
+    for a region not in it yet, once the request parsed, and adds what it returns; every
+    hosted node starts and stops with the app, and /_kms/reset and /_kms/clock act on each."""
 
     routing = False  # whether the gateway looks at the signed region at all
 
@@ -142,8 +143,10 @@ class Regions:
         return [self.own, *(r for r in self.routes.values()
                             if isinstance(r, Node) and r is not self.own)]
 
-    async def open(self, region: str) -> Route | None:
-        """The route for a region seen for the first time, or None (the own node answers)."""
+    async def open(self, region: str) -> Node | None:
+        """The node for a region seen for the first time, or None (not served here: the
+        wrong-region error). Called only for a request that parsed into a known operation,
+        so a malformed or unknown call never makes a region; may raise a KMSError."""
         return None
 
     async def start(self) -> None:
@@ -197,26 +200,30 @@ class Gateway:
         assert principal is not None  # the verifier knew its secret
         return Caller(principal.arn, principal.account, access_key, ip, agent)
 
-    async def route(self, request: web.Request) -> Route:
-        """The node (or peer) for the request's signed region; the own node by default."""
-        m = _SCOPE_REGION.search(request.headers.get("Authorization", ""))
-        if m is None or m.group(1) == self.region:
-            return self.node
-        region = m.group(1)
-        found = self.regions.routes.get(region)
-        if found is None:
-            found = await self.regions.open(region)
-        return self.node if found is None else found
-
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if self.regions.routing:
-            route = await self.route(request)
-            if not isinstance(route, Node):  # a peer's region: its node audits and answers
-                return await route(request)
-            return await self.serve(request, route)
+            m = _SCOPE_REGION.search(request.headers.get("Authorization", ""))
+            if m is not None and m.group(1) != self.region:
+                found = self.regions.routes.get(m.group(1))
+                if found is None:  # opened (or refused) only once the request has parsed
+                    return await self.serve(request, self.node, opening=m.group(1))
+                if not isinstance(found, Node):  # a peer's region: its node audits, answers
+                    return await found(request)
+                return await self.serve(request, found)
         return await self.serve(request, self.node)
 
-    async def serve(self, request: web.Request, node: Node) -> web.Response:
+    async def opened(self, region: str) -> Node:
+        """The node for ``region`` not hosted yet, or the wrong-region error (in --dev the
+        signature is not checked, so this is where an unservable region is refused)."""
+        found = await self.regions.open(region)
+        if found is None:
+            raise InvalidSignatureException(
+                f"Credential should be scoped to a valid region. This node serves "
+                f"{self.region}, not '{region[:40]}'.")
+        return found
+
+    async def serve(self, request: web.Request, node: Node,
+                    opening: str | None = None) -> web.Response:
         request[SERVED_BY] = node
         request_id = self.request_id()
         request[REQUEST_ID] = request_id
@@ -231,6 +238,8 @@ class Gateway:
                 raise PayloadTooLarge("The request body is too large.") from None
             caller = self.caller(request, body)
             params = parse_request(request, operation, target, body)
+            if opening is not None:  # refusals before this are the own node's to audit
+                node = request[SERVED_BY] = await self.opened(opening)
         except Exception as exc:
             err = as_error(exc, request_id)
             if operation or target:
@@ -335,33 +344,57 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     return error_response(err, request_id)
 
 
-async def health(request: web.Request) -> web.Response:
-    node = request.app[NODE]
+async def node_health(node: Node) -> dict[str, Any]:
+    """One node's condition: ``status`` (ok, starting, degraded, failed) and its log's."""
     if not node.serving:
-        return web.json_response({"status": "starting", "region": node.config.region}, status=503)
+        return {"status": "starting", "region": node.config.region}
     log_ = node.log
-    doc: dict[str, object] = {"region": node.config.region, "log_seq": log_.last_seq,
-                              "failed_commits": log_.failed_commits}
+    doc: dict[str, Any] = {"region": node.config.region, "log_seq": log_.last_seq,
+                           "failed_commits": log_.failed_commits}
     if log_.last_error is not None:
         doc |= {"last_error": log_.last_error, "last_error_at_ms": log_.last_error_at_ms}
     if not log_.writable:  # the writer stopped: nothing can be answered until a restart
-        return web.json_response({"status": "failed", **doc}, status=503)
+        return {"status": "failed", **doc}
     # The last commit failed. A node taken out of rotation gets no commit to clear that,
     # so ask the store itself whether it would take one now.
     if log_.degraded and not await log_.probe():
-        return web.json_response({"status": "degraded", **doc}, status=503)
-    return web.json_response({"status": "ok", **doc})
+        return {"status": "degraded", **doc}
+    return {"status": "ok", **doc}
+
+
+async def health(request: web.Request) -> web.Response:
+    doc = await node_health(request.app[NODE])
+    return web.json_response(doc, status=200 if doc["status"] == "ok" else 503)
+
+
+UNHEALTHY = ("failed", "degraded")  # worst first: a hosted region in either fails health
 
 
 async def with_regions(request: web.Request) -> web.Response:
-    """``health``'s answer plus the regions this process hosts."""
-    response = await health(request)
-    doc = json.loads(response.text or "{}")
-    doc["regions"] = [n.config.region for n in request.app[REGIONS].nodes()]
-    peers = getattr(request.app[REGIONS], "peer_health", None)  # regions' per-peer figures
+    """``health``'s answer for the own node, plus each region this process hosts: its
+    names in ``regions``, its status and log_seq in ``region_status``; 503 (and the worst
+    status) when any hosted region's log is failed or degraded."""
+    regions = request.app[REGIONS]
+    nodes = regions.nodes()
+    doc = await node_health(nodes[0])
+    doc["regions"] = [n.config.region for n in nodes]
+    status: dict[str, dict[str, Any]] = {nodes[0].config.region: _brief(doc)}
+    for node in nodes[1:]:
+        status[node.config.region] = _brief(await node_health(node))
+    doc["region_status"] = status
+    if doc["status"] not in UNHEALTHY:
+        worst = next((bad for bad in UNHEALTHY
+                      if any(s["status"] == bad for s in status.values())), None)
+        doc["status"] = worst or doc["status"]
+    peers = getattr(regions, "peer_health", None)  # regions' per-peer figures
     if peers is not None:
         doc["peers"] = peers()
-    return web.json_response(doc, status=response.status)
+    return web.json_response(doc, status=200 if doc["status"] == "ok" else 503)
+
+
+def _brief(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: doc[k] for k in ("status", "log_seq", "failed_commits", "last_error")
+            if k in doc}
 
 
 async def dev_reset(request: web.Request) -> web.Response:

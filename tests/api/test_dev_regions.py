@@ -3,6 +3,7 @@ for hosted in one ``--dev`` process, and forwarding to a peer's node."""
 
 from __future__ import annotations
 
+import fcntl
 import http.client
 import http.server
 import json
@@ -11,9 +12,11 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -359,3 +362,191 @@ def test_headers_the_connection_header_names_are_not_forwarded(tmp_path: Path) -
     assert got["x-kept"] == "2"
     assert got["x-amz-target"] == "TrentService.ListKeys"
     assert "Credential=AKIDEXAMPLE/20250101/eu-west-1/" in got["authorization"]
+
+
+# -- which regions a --dev node hosts, and how it fails ----------------------------------------
+
+
+def signed_for(region: str, target: str, body: bytes = b"{}") -> dict[str, str]:
+    """Headers of a raw call scoped to ``region`` (--dev checks no signature)."""
+    return {"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": target,
+            "Authorization": f"AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20250101/{region}/kms/"
+                             "aws4_request, SignedHeaders=host;x-amz-date, Signature=00",
+            "X-Amz-Date": "20250101T000000Z"}
+
+
+def state_events(data_dir: Path) -> int:
+    with closing(sqlite3.connect(data_dir / "events.sqlite3")) as db:
+        return int(db.execute("SELECT COUNT(*) FROM events WHERE stream != 'audit'"
+                              ).fetchone()[0])
+
+
+def health_of(node: ServerProcess) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(node.url + "/_kms/health", timeout=10) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+
+
+@pytest.mark.parametrize("region", ["zz-bogus-1", "xx-north-99", "us-east-17"])
+def test_a_region_aws_does_not_have_is_refused_and_creates_nothing(
+        dev_node: ServerProcess, region: str) -> None:
+    with pytest.raises(ClientError) as info:
+        client_for(dev_node.url, region=region).create_key()
+    err = info.value.response
+    assert err["Error"]["Code"] == "InvalidSignatureException"
+    assert err["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert err["Error"]["Message"] == (
+        "Credential should be scoped to a valid region. This node serves us-east-1, "
+        f"not '{region}'.")
+    assert not (dev_node.data_dir / "regions").exists()
+    assert dev_node.health()["regions"] == ["us-east-1"]
+    assert state_events(dev_node.data_dir) == 0  # only the refused call's audit fact
+    assert audit_facts(dev_node.data_dir) == 1
+
+
+def test_a_call_that_does_not_parse_opens_no_region(dev_node: ServerProcess) -> None:
+    """A region is opened for a known operation only: an unknown target, or a body that is
+    not JSON, signed for a real region, is refused by the own node and creates nothing."""
+    cases = [("TrentService.NoSuchOperation", b"{}", "UnknownOperationException"),
+             ("Nonsense", b"{}", "UnknownOperationException"),
+             ("TrentService.ListKeys", b"{not json", "SerializationException")]
+    for target, body, code in cases:
+        status, _, doc = raw_post(dev_node.url + "/", body, signed_for("eu-west-1", target))
+        assert (status, doc["__type"]) == (400, code), doc
+    assert not (dev_node.data_dir / "regions").exists()
+    assert dev_node.health()["regions"] == ["us-east-1"]
+    assert state_events(dev_node.data_dir) == 0
+    # ... while a call that parses opens it
+    status, _, doc = raw_post(dev_node.url + "/", b"{}",
+                              signed_for("eu-west-1", "TrentService.ListKeys"))
+    assert (status, doc["Keys"]) == (200, [])
+    assert (dev_node.data_dir / "regions" / "eu-west-1" / "events.sqlite3").is_file()
+
+
+def test_regions_past_max_dev_regions_are_refused(tmp_path: Path) -> None:
+    config = tmp_path / "kms.toml"
+    config.write_text("[node]\nmax_dev_regions = 2\n")
+    node = ServerProcess(tmp_path / "data", extra=["--config", str(config)]).start()
+    try:
+        client_for(node.url, region="eu-west-1").create_key()
+        with pytest.raises(ClientError) as info:
+            client_for(node.url, region="ap-southeast-2").create_key()
+        err = info.value.response
+        assert err["Error"]["Code"] == "LimitExceededException"
+        assert err["ResponseMetadata"]["HTTPStatusCode"] == 400
+        assert err["Error"]["Message"] == ("This --dev node hosts 2 regions, its "
+                                           "max_dev_regions; region ap-southeast-2 is not "
+                                           "opened.")
+        assert sorted(p.name for p in (node.data_dir / "regions").iterdir()) == ["eu-west-1"]
+        assert node.health()["regions"] == ["us-east-1", "eu-west-1"]
+    finally:
+        node.stop()
+
+
+def test_a_region_that_fails_to_open_is_released_and_refused_without_retrying(
+        tmp_path: Path) -> None:
+    """The node starts, then its identity cannot be read: it is stopped again, its dir lock
+    let go, and later requests get the same answer without another attempt."""
+    node = LoggedNode(tmp_path / "data", region="us-east-1").start()
+    eu = node.data_dir / "regions" / "eu-west-1"
+    try:
+        eu.mkdir(parents=True)
+        (eu / "region-identity.key").write_text("not a sealed identity!")
+        eu_kms = client_for(node.url, region="eu-west-1")
+        for _ in range(3):
+            with pytest.raises(ClientError) as info:
+                eu_kms.list_keys()
+            err = info.value.response
+            assert err["Error"] == {"Code": "KMSInternalException",
+                                    "Message": "Region eu-west-1 cannot be opened by this node."}
+            assert err["ResponseMetadata"]["HTTPStatusCode"] == 500
+        with open(eu / "kms.lock", "rb+") as held:  # nobody holds the dir any more
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(held, fcntl.LOCK_UN)
+        status, doc = health_of(node)
+        assert (status, doc["regions"]) == (200, ["us-east-1"])
+        assert listed(client_for(node.url)) == set()  # the own region still serves
+    finally:
+        node.stop()
+    lines = [json.loads(line) for line in node.read_stdout().splitlines()
+             if line.startswith("{")]
+    refused = [d for d in lines if d.get("event") == "region_not_opened"]
+    assert len(refused) == 1 and refused[0]["region"] == "eu-west-1"
+    assert "not a sealed region identity" in refused[0]["error"]
+
+
+def test_health_reports_each_hosted_region_and_fails_when_one_is_degraded(
+        dev_node: ServerProcess) -> None:
+    eu = client_for(dev_node.url, region="eu-west-1")
+    eu.create_key()
+    status, doc = health_of(dev_node)
+    assert status == 200 and doc["status"] == "ok"
+    assert doc["regions"] == ["us-east-1", "eu-west-1"]
+    assert doc["region_status"]["us-east-1"] == {"status": "ok", "log_seq": doc["log_seq"],
+                                                 "failed_commits": 0}
+    assert doc["region_status"]["eu-west-1"]["status"] == "ok"
+    assert doc["region_status"]["eu-west-1"]["log_seq"] >= 2
+    # Another process holds eu-west-1's write lock past the busy timeout: its commit fails
+    # and, while the lock is held, health says so although us-east-1 is fine.
+    with closing(sqlite3.connect(dev_node.data_dir / "regions" / "eu-west-1" /
+                                 "events.sqlite3", isolation_level=None)) as other:
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            with pytest.raises(ClientError) as info:
+                eu.create_key(Description="never written")
+            assert info.value.response["Error"]["Code"] == "KMSInternalException"
+            status, doc = health_of(dev_node)
+        finally:
+            other.execute("ROLLBACK")
+    assert status == 503 and doc["status"] == "degraded"
+    assert doc["region"] == "us-east-1"
+    assert doc["region_status"]["us-east-1"]["status"] == "ok"
+    eu_status = doc["region_status"]["eu-west-1"]
+    assert eu_status["status"] == "degraded" and eu_status["failed_commits"] >= 1
+    # the lock is gone: the probe clears it
+    status, doc = health_of(dev_node)
+    assert (status, doc["status"], doc["region_status"]["eu-west-1"]["status"]) == (
+        200, "ok", "ok")
+
+
+def wait_for(check: Any, what: str, deadline_s: float = 15.0) -> None:
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            if check():
+                return
+        except ClientError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def test_reset_while_replicating_leaves_every_region_empty_and_replication_working(
+        dev_node: ServerProcess) -> None:
+    """Reset stops the in-process pullers, wipes every region, then starts them again: a
+    pull fetched before one region's wipe never lands in another after its wipe (where it
+    would bring back a wiped key, or move a cursor past the new log's rows)."""
+    kms = clients(dev_node)
+    primary, replicas = REGIONS[-1], REGIONS[:-1]  # the primary's region is wiped last
+    for attempt in range(8):
+        key_id = kms[primary].create_key(MultiRegion=True)["KeyMetadata"]["KeyId"]
+        for region in replicas:
+            kms[primary].replicate_key(KeyId=key_id, ReplicaRegion=region)
+        if attempt % 2:  # every other time, reset with the replication done
+            for region in replicas:
+                wait_for(lambda r=region, k=key_id: kms[r].describe_key(KeyId=k)[
+                    "KeyMetadata"]["KeyState"] == "Enabled",
+                    f"attempt {attempt}: the replica in {region}")
+        dev_node.reset()  # else while the replicas are still being made
+        for region in REGIONS:
+            assert listed(kms[region]) == set(), (attempt, region)
+    key_id = kms[primary].create_key(MultiRegion=True)["KeyMetadata"]["KeyId"]
+    for region in replicas:
+        kms[primary].replicate_key(KeyId=key_id, ReplicaRegion=region)
+        wait_for(lambda r=region: kms[r].describe_key(KeyId=key_id)["KeyMetadata"][
+            "KeyState"] == "Enabled", f"the replica in {region} after the resets")
+    for region in REGIONS:  # nothing came back from before the resets
+        assert listed(kms[region]) == {key_id}, region
