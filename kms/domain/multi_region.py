@@ -120,6 +120,23 @@ def _fenced(mrk: MultiRegionKey, epoch: int) -> bool:
     return 0 < epoch < mrk.epoch
 
 
+def waits(mrk: MultiRegionKey | None, event: ev.Event) -> bool:
+    """Whether a shared event arrived ahead of what it follows. A region pulls each origin
+    on its own, so a later region's event can land before the earlier one it answers (the
+    new primary's epoch-2 events before the old primary's hand-over; a replica's deletion
+    before the ReplicaAdded that made it): such an event is held until it can be folded."""
+    if isinstance(event, ev.MultiRegionKeyCreated):
+        return False
+    if mrk is None:
+        return True
+    epoch = getattr(event, "epoch", 0)
+    if isinstance(event, ev.PrimaryRegionUpdated):
+        return epoch > mrk.epoch + 1
+    if isinstance(event, ev.ReplicaDeleted):
+        return mrk.replica(event.region) is None and event.region not in mrk.deleted_in
+    return epoch > mrk.epoch
+
+
 def apply(mrk: MultiRegionKey, event: ev.Event, at_ms: int = 0) -> MultiRegionKey:
     """Fold one shared event (committed at ``at_ms``)."""
     replace = dataclasses.replace

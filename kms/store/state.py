@@ -30,6 +30,8 @@ class State:
         self.aliases: dict[str, Alias] = {}
         # Multi-region keys this region knows of (member or not): their shared side.
         self.mrks: dict[str, mrks.MultiRegionKey] = {}
+        # Shared events that arrived ahead of what they follow (mrks.waits), per key.
+        self._held: dict[str, list[tuple[ev.Event, int]]] = {}
 
     def __call__(self, envelopes: Sequence[ev.Envelope] | None) -> None:
         if envelopes is None:
@@ -37,6 +39,7 @@ class State:
             self.key_seq.clear()
             self.aliases.clear()
             self.mrks.clear()
+            self._held.clear()
             return
         for env in envelopes:
             self.apply(env)
@@ -66,11 +69,27 @@ class State:
                     self.keys[key_id] = keys.apply(self.keys[key_id], e, env.at_ms)
 
     def _apply_shared(self, e: ev.Event, at_ms: int) -> None:
-        if isinstance(e, ev.MultiRegionKeyCreated):
-            self.mrks[e.key_id] = mrks.created(e)
-            return
         key_id = getattr(e, "key_id", None)
-        if key_id is not None and key_id in self.mrks:
+        if key_id is None:
+            return
+        if mrks.waits(self.mrks.get(key_id), e):  # ahead of what it follows: hold it
+            self._held.setdefault(key_id, []).append((e, at_ms))
+            return
+        self._fold_shared(key_id, e, at_ms)
+        held = self._held.get(key_id)
+        while held:  # what was held for this key may follow now, in arrival order
+            ready = next((h for h in held if not mrks.waits(self.mrks.get(key_id), h[0])), None)
+            if ready is None:
+                break
+            held.remove(ready)
+            self._fold_shared(key_id, *ready)
+        if not held:
+            self._held.pop(key_id, None)
+
+    def _fold_shared(self, key_id: str, e: ev.Event, at_ms: int) -> None:
+        if isinstance(e, ev.MultiRegionKeyCreated):
+            self.mrks[key_id] = mrks.created(e)
+        else:
             self.mrks[key_id] = mrks.apply(self.mrks[key_id], e, at_ms)
 
     def aliases_of(self, key_id: str) -> list[Alias]:
