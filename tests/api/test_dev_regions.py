@@ -12,7 +12,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.conftest import ACCOUNT, client_for
+from tests.support.expect import eventually
 from tests.support.server import ServerProcess, free_port
 
 pytestmark = pytest.mark.slow
@@ -511,18 +511,6 @@ def test_health_reports_each_hosted_region_and_fails_when_one_is_degraded(
         200, "ok", "ok")
 
 
-def wait_for(check: Any, what: str, deadline_s: float = 15.0) -> None:
-    deadline = time.monotonic() + deadline_s
-    while True:
-        try:
-            if check():
-                return
-        except ClientError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
 
 def test_reset_while_replicating_leaves_every_region_empty_and_replication_working(
         dev_node: ServerProcess) -> None:
@@ -537,7 +525,7 @@ def test_reset_while_replicating_leaves_every_region_empty_and_replication_worki
             kms[primary].replicate_key(KeyId=key_id, ReplicaRegion=region)
         if attempt % 2:  # every other time, reset with the replication done
             for region in replicas:
-                wait_for(lambda r=region, k=key_id: kms[r].describe_key(KeyId=k)[
+                eventually(lambda r=region, k=key_id: kms[r].describe_key(KeyId=k)[
                     "KeyMetadata"]["KeyState"] == "Enabled",
                     f"attempt {attempt}: the replica in {region}")
         dev_node.reset()  # else while the replicas are still being made
@@ -546,7 +534,7 @@ def test_reset_while_replicating_leaves_every_region_empty_and_replication_worki
     key_id = kms[primary].create_key(MultiRegion=True)["KeyMetadata"]["KeyId"]
     for region in replicas:
         kms[primary].replicate_key(KeyId=key_id, ReplicaRegion=region)
-        wait_for(lambda r=region: kms[r].describe_key(KeyId=key_id)["KeyMetadata"][
+        eventually(lambda r=region: kms[r].describe_key(KeyId=key_id)["KeyMetadata"][
             "KeyState"] == "Enabled", f"the replica in {region} after the resets")
     for region in REGIONS:  # nothing came back from before the resets
         assert listed(kms[region]) == {key_id}, region

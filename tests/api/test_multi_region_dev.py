@@ -10,7 +10,6 @@ import os
 import shutil
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +25,7 @@ from kms.domain import multi_region as mr
 from regions.identity import RegionIdentity
 from tests.api.test_import import import_material
 from tests.conftest import client_for
+from tests.support.expect import eventually
 from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -51,28 +51,13 @@ def region_dir(node: ServerProcess, region: str) -> Path:
     return node.data_dir if region == node.region else node.data_dir / "regions" / region
 
 
-def wait_for(check: Callable[[], Any], what: str, deadline_s: float = 10.0) -> Any:
-    """Poll ``check`` until it returns something truthy (replication is asynchronous)."""
-    deadline = time.monotonic() + deadline_s
-    while True:
-        try:
-            got = check()
-        except ClientError:
-            got = None
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 def state_in(client: Any, key_id: str) -> str:
     return str(client.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"])
 
 
 def replicate(kms: dict[str, Any], key_id: str, region: str, **extra: Any) -> dict[str, Any]:
     out: dict[str, Any] = kms[PRIMARY].replicate_key(KeyId=key_id, ReplicaRegion=region, **extra)
-    wait_for(lambda: state_in(kms[region], key_id) == "Enabled", f"the replica in {region}")
+    eventually(lambda: state_in(kms[region], key_id) == "Enabled", f"the replica in {region}")
     return out
 
 
@@ -104,7 +89,7 @@ def test_a_replica_starts_creating_then_decrypts_what_the_primary_encrypted(
     assert replica_md["MultiRegionConfiguration"]["MultiRegionKeyType"] == "REPLICA"
     assert out["ReplicaTags"] == [{"TagKey": "where", "TagValue": "eu"}]
     assert '"kms:*"' in out["ReplicaPolicy"]
-    wait_for(lambda: state_in(kms[REPLICA], key_id) == "Enabled", "the replica to be Enabled")
+    eventually(lambda: state_in(kms[REPLICA], key_id) == "Enabled", "the replica to be Enabled")
 
     seen = kms[REPLICA].describe_key(KeyId=key_id)["KeyMetadata"]
     assert (seen["Arn"], seen["Description"], seen["Enabled"]) == (replica_arn, "replica", True)
@@ -132,7 +117,7 @@ def test_rotation_on_the_primary_reaches_replicas_even_one_made_after_three(
         blobs.append(kms[PRIMARY].encrypt(KeyId=key_id, Plaintext=b"v%d" % n)["CiphertextBlob"])
     current = kms[PRIMARY].describe_key(KeyId=key_id)["KeyMetadata"]["CurrentKeyMaterialId"]
 
-    wait_for(lambda: kms[REPLICA].describe_key(KeyId=key_id)["KeyMetadata"][
+    eventually(lambda: kms[REPLICA].describe_key(KeyId=key_id)["KeyMetadata"][
         "CurrentKeyMaterialId"] == current, "the rotation to reach the replica")
     replicate(kms, key_id, LATE)
 
@@ -214,7 +199,7 @@ def test_material_crosses_only_sealed_to_its_region(node: ServerProcess,
     key_id = kms[PRIMARY].create_key(MultiRegion=True)["KeyMetadata"]["KeyId"]
     replicate(kms, key_id, REPLICA)
     kms[PRIMARY].rotate_key_on_demand(KeyId=key_id)
-    wait_for(lambda: len([r for r in _shared_rows(
+    eventually(lambda: len([r for r in _shared_rows(
         region_dir(node, REPLICA) / "events.sqlite3") if r[0] == mr.mrk_stream(key_id)]) == 2,
         "both versions in the replica's log")
 
@@ -281,7 +266,7 @@ def test_automatic_rotation_reaches_the_replica_and_replicas_survive_a_restart(
         rotations = kms[PRIMARY].list_key_rotations(KeyId=key_id)["Rotations"]
         assert [r["RotationType"] for r in rotations] == ["AUTOMATIC"]
         current = kms[PRIMARY].describe_key(KeyId=key_id)["KeyMetadata"]["CurrentKeyMaterialId"]
-        wait_for(lambda: kms[REPLICA].describe_key(KeyId=key_id)["KeyMetadata"][
+        eventually(lambda: kms[REPLICA].describe_key(KeyId=key_id)["KeyMetadata"][
             "CurrentKeyMaterialId"] == current, "the automatic rotation in the replica")
         new = kms[PRIMARY].encrypt(KeyId=key_id, Plaintext=b"new")["CiphertextBlob"]
         server.stop()
@@ -293,7 +278,7 @@ def test_automatic_rotation_reaches_the_replica_and_replicas_survive_a_restart(
         # The restarted replica resumed at its cursor: the next rotation still arrives.
         kms[PRIMARY].rotate_key_on_demand(KeyId=key_id)
         latest = kms[PRIMARY].describe_key(KeyId=key_id)["KeyMetadata"]["CurrentKeyMaterialId"]
-        wait_for(lambda: kms[REPLICA].describe_key(KeyId=key_id)["KeyMetadata"][
+        eventually(lambda: kms[REPLICA].describe_key(KeyId=key_id)["KeyMetadata"][
             "CurrentKeyMaterialId"] == latest, "a rotation after the restart")
         assert len(kms[REPLICA].list_key_rotations(KeyId=key_id)["Rotations"]) == 2
     finally:
@@ -328,7 +313,7 @@ def test_rotation_settings_and_dates_are_the_primarys_in_every_replica(
     kms[PRIMARY].enable_key_rotation(KeyId=key_id, RotationPeriodInDays=180)
 
     primary = kms[PRIMARY].get_key_rotation_status(KeyId=key_id)
-    wait_for(lambda: kms[REPLICA].get_key_rotation_status(KeyId=key_id)["KeyRotationEnabled"],
+    eventually(lambda: kms[REPLICA].get_key_rotation_status(KeyId=key_id)["KeyRotationEnabled"],
              "the setting in the replica")
     seen = kms[REPLICA].get_key_rotation_status(KeyId=key_id)
     assert (seen["RotationPeriodInDays"], seen["NextRotationDate"]) == (
@@ -346,7 +331,7 @@ def test_rotation_settings_and_dates_are_the_primarys_in_every_replica(
 
     kms[PRIMARY].disable_key_rotation(KeyId=key_id)
     for region in (REPLICA, LATE):
-        wait_for(lambda r=region: not kms[r].get_key_rotation_status(KeyId=key_id)[
+        eventually(lambda r=region: not kms[r].get_key_rotation_status(KeyId=key_id)[
             "KeyRotationEnabled"], f"rotation off in {region}")
         code, _ = error_of(kms[region].disable_key_rotation, KeyId=key_id)
         assert code == "UnsupportedOperationException"
@@ -383,12 +368,12 @@ def test_a_primary_with_replicas_waits_in_pending_replica_deletion(
         kms[REPLICA].describe_key(KeyId=key_id)
     assert info.value.response["Error"]["Code"] == "NotFoundException"
     for region in (PRIMARY, LATE):
-        wait_for(lambda r=region: config_in(kms[r], key_id)["replicas"] == [LATE],
+        eventually(lambda r=region: config_in(kms[r], key_id)["replicas"] == [LATE],
                  f"the deleted replica gone from {region}'s set")
     assert state_in(kms[PRIMARY], key_id) == "PendingReplicaDeletion"
 
     now = float(node.post("/_kms/clock", {"advance_seconds": 23 * DAY})["now"])  # type: ignore[arg-type]
-    wait_for(lambda: state_in(kms[PRIMARY], key_id) == "PendingDeletion",
+    eventually(lambda: state_in(kms[PRIMARY], key_id) == "PendingDeletion",
              "the primary's waiting period to start")
     md = kms[PRIMARY].describe_key(KeyId=key_id)["KeyMetadata"]
     assert md["MultiRegionConfiguration"]["ReplicaKeys"] == []
@@ -414,7 +399,7 @@ def test_update_primary_region_hands_the_primary_over(node: ServerProcess,
 
     want = {PRIMARY: "REPLICA", REPLICA: "PRIMARY", LATE: "REPLICA"}
     for region, kind in want.items():
-        wait_for(lambda r=region, k=kind: config_in(kms[r], key_id) == {
+        eventually(lambda r=region, k=kind: config_in(kms[r], key_id) == {
             "type": k, "primary": REPLICA, "replicas": [LATE, PRIMARY], "state": "Enabled"},
             f"the new set in {region}")
     for region in (PRIMARY, REPLICA):  # both passed through Updating
@@ -435,21 +420,21 @@ def test_update_primary_region_hands_the_primary_over(node: ServerProcess,
     kms[REPLICA].rotate_key_on_demand(KeyId=key_id)
     current = kms[REPLICA].describe_key(KeyId=key_id)["KeyMetadata"]["CurrentKeyMaterialId"]
     for region in (PRIMARY, LATE):
-        wait_for(lambda r=region: kms[r].describe_key(KeyId=key_id)["KeyMetadata"][
+        eventually(lambda r=region: kms[r].describe_key(KeyId=key_id)["KeyMetadata"][
             "CurrentKeyMaterialId"] == current, f"the new primary's rotation in {region}")
     out = kms[REPLICA].replicate_key(KeyId=key_id, ReplicaRegion=FOURTH)
     assert out["ReplicaKeyMetadata"]["MultiRegionConfiguration"]["PrimaryKey"]["Region"] == (
         REPLICA)
-    wait_for(lambda: state_in(kms[FOURTH], key_id) == "Enabled", "the new primary's replica")
+    eventually(lambda: state_in(kms[FOURTH], key_id) == "Enabled", "the new primary's replica")
     assert kms[FOURTH].decrypt(CiphertextBlob=blob)["Plaintext"] == b"before"
     for region in (PRIMARY, REPLICA, LATE, FOURTH):
-        wait_for(lambda r=region: config_in(kms[r], key_id)["replicas"] == sorted(
+        eventually(lambda r=region: config_in(kms[r], key_id)["replicas"] == sorted(
             [PRIMARY, LATE, FOURTH]), f"the fourth member known in {region}")
 
     # And the primary can move back, under a further epoch.
     kms[REPLICA].update_primary_region(KeyId=key_id, PrimaryRegion=PRIMARY)
     for region in (PRIMARY, REPLICA, LATE, FOURTH):
-        wait_for(lambda r=region: config_in(kms[r], key_id)["primary"] == PRIMARY
+        eventually(lambda r=region: config_in(kms[r], key_id)["primary"] == PRIMARY
                  and config_in(kms[r], key_id)["state"] == "Enabled", f"back in {region}")
     kms[PRIMARY].rotate_key_on_demand(KeyId=key_id)
 
@@ -517,7 +502,7 @@ def test_a_rotation_racing_replicate_key_still_reaches_the_new_replica(
 
     for key_id in key_ids:
         blob = kms[PRIMARY].encrypt(KeyId=key_id, Plaintext=b"after")["CiphertextBlob"]
-        wait_for(lambda k=key_id, b=blob: kms[REPLICA].decrypt(
+        eventually(lambda k=key_id, b=blob: kms[REPLICA].decrypt(
             KeyId=k, CiphertextBlob=b)["Plaintext"] == b"after",
             f"the replica of {key_id} to decrypt with the rotated version")
         current = kms[PRIMARY].describe_key(KeyId=key_id)["KeyMetadata"]["CurrentKeyMaterialId"]
@@ -535,7 +520,7 @@ def test_a_replica_of_an_imported_primary_takes_the_same_material_by_import(
 
     kms[PRIMARY].replicate_key(KeyId=key_id, ReplicaRegion=REPLICA)
 
-    wait_for(lambda: state_in(kms[REPLICA], key_id) == "PendingImport", "the replica")
+    eventually(lambda: state_in(kms[REPLICA], key_id) == "PendingImport", "the replica")
     md = kms[REPLICA].describe_key(KeyId=key_id)["KeyMetadata"]
     assert md["Origin"] == "EXTERNAL" and "CurrentKeyMaterialId" not in md
     assert error_of(kms[REPLICA].decrypt, CiphertextBlob=blob)[0] == "KMSInvalidStateException"
@@ -590,13 +575,13 @@ def test_material_that_does_not_open_records_no_synchronization(tmp_path: Path) 
         shutil.rmtree(region_dir(server, REPLICA))
         server.start()
         kms = {r: client_for(server.url, region=r) for r in (PRIMARY, REPLICA)}
-        wait_for(lambda: state_in(kms[REPLICA], key_id) == "Creating", "the replica again")
+        eventually(lambda: state_in(kms[REPLICA], key_id) == "Creating", "the replica again")
         # More wakes of the replica region's reactor: another key replicated there.
         other = kms[PRIMARY].create_key(MultiRegion=True)["KeyMetadata"]["KeyId"]
         replicate(kms, other, REPLICA)
         kms[PRIMARY].rotate_key_on_demand(KeyId=other)
         current = kms[PRIMARY].describe_key(KeyId=other)["KeyMetadata"]["CurrentKeyMaterialId"]
-        wait_for(lambda: kms[REPLICA].describe_key(KeyId=other)["KeyMetadata"][
+        eventually(lambda: kms[REPLICA].describe_key(KeyId=other)["KeyMetadata"][
             "CurrentKeyMaterialId"] == current, "the other key's rotation")
 
         arn = kms[REPLICA].describe_key(KeyId=key_id)["KeyMetadata"]["Arn"]
@@ -614,19 +599,19 @@ def test_replicating_again_into_a_region_whose_replica_was_deleted(
     blob = kms[PRIMARY].encrypt(KeyId=key_id, Plaintext=b"kept")["CiphertextBlob"]
     kms[REPLICA].schedule_key_deletion(KeyId=key_id, PendingWindowInDays=7)
     node.post("/_kms/clock", {"advance_seconds": 8 * DAY})
-    wait_for(lambda: config_in(kms[PRIMARY], key_id)["replicas"] == [], "the replica gone")
+    eventually(lambda: config_in(kms[PRIMARY], key_id)["replicas"] == [], "the replica gone")
     kms[PRIMARY].rotate_key_on_demand(KeyId=key_id)  # a version the first replica never had
     after = kms[PRIMARY].encrypt(KeyId=key_id, Plaintext=b"after")["CiphertextBlob"]
 
     out = kms[PRIMARY].replicate_key(KeyId=key_id, ReplicaRegion=REPLICA, Description="second")
 
     assert out["ReplicaKeyMetadata"]["KeyState"] == "Creating"
-    wait_for(lambda: state_in(kms[REPLICA], key_id) == "Enabled", "the new replica")
+    eventually(lambda: state_in(kms[REPLICA], key_id) == "Enabled", "the new replica")
     md = kms[REPLICA].describe_key(KeyId=key_id)["KeyMetadata"]
     assert md["Description"] == "second"
     assert md["CreationDate"] == out["ReplicaKeyMetadata"]["CreationDate"]
     assert [kms[REPLICA].decrypt(CiphertextBlob=b)["Plaintext"] for b in (blob, after)] == [
         b"kept", b"after"]
     for region in (PRIMARY, REPLICA):
-        wait_for(lambda r=region: config_in(kms[r], key_id)["replicas"] == [REPLICA],
+        eventually(lambda r=region: config_in(kms[r], key_id)["replicas"] == [REPLICA],
                  f"the new replica in {region}'s set")

@@ -11,10 +11,9 @@ import base64
 import json
 import subprocess
 import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from kms.domain import multi_region as mr
 from ops.cluster import Cluster
 from regions.identity import RegionIdentity
 from tests.conftest import client_for
+from tests.support.expect import eventually
 from tests.support.server import ServerProcess, free_port
 
 pytestmark = pytest.mark.slow
@@ -52,20 +52,6 @@ def kms(cluster: Cluster) -> dict[str, Any]:
     return {r: client_for(url, region=r) for r, url in cluster.urls.items()}
 
 
-def wait_for(check: Callable[[], Any], what: str, deadline_s: float = 15.0) -> Any:
-    """Poll ``check`` until it returns something truthy (replication is asynchronous)."""
-    deadline = time.monotonic() + deadline_s
-    while True:
-        try:
-            got = check()
-        except ClientError:
-            got = None
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
 
 def state_in(client: Any, key_id: str) -> str:
     return str(client.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"])
@@ -74,7 +60,7 @@ def state_in(client: Any, key_id: str) -> str:
 def replicate(kms: dict[str, Any], key_id: str, region: str) -> None:
     out = kms[US].replicate_key(KeyId=key_id, ReplicaRegion=region)
     assert out["ReplicaKeyMetadata"]["KeyState"] == "Creating"
-    wait_for(lambda: state_in(kms[region], key_id) == "Enabled", f"the replica in {region}")
+    eventually(lambda: state_in(kms[region], key_id) == "Enabled", f"the replica in {region}")
 
 
 def get_json(url: str, headers: dict[str, str] | None = None,
@@ -114,7 +100,7 @@ def test_replicas_in_separate_processes_become_enabled_and_see_the_whole_set(
         return md["Arn"], md["KeyState"], got
 
     # ap-southeast-2 learns of the eu-west-1 replica from the primary's shared stream
-    wait_for(lambda: config_in(AP)[2]["ReplicaKeys"] == members["ReplicaKeys"],
+    eventually(lambda: config_in(AP)[2]["ReplicaKeys"] == members["ReplicaKeys"],
              "the whole set in ap-southeast-2")
     assert config_in(US) == (arn[US], "Enabled", {"MultiRegionKeyType": "PRIMARY", **members})
     for region in (EU, AP):
@@ -154,7 +140,7 @@ def test_rotation_on_demand_reaches_both_replicas(kms: dict[str, Any], symmetric
     blob = kms[US].encrypt(KeyId=symmetric, Plaintext=b"after rotation")["CiphertextBlob"]
     for region in (EU, AP):
         client = kms[region]
-        wait_for(lambda: decrypts(client, blob, b"after rotation"),  # noqa: B023
+        eventually(lambda: decrypts(client, blob, b"after rotation"),  # noqa: B023
                  f"the new version in {region}")
     with pytest.raises(ClientError) as info:
         kms[EU].rotate_key_on_demand(KeyId=symmetric)
@@ -168,7 +154,7 @@ def test_a_stopped_region_catches_up_after_it_restarts(cluster: Cluster, kms: di
     assert cluster.stop(EU) == "stopped"
     kms[US].rotate_key_on_demand(KeyId=symmetric)  # sealed to eu-west-1's pinned identity
     blob = kms[US].encrypt(KeyId=symmetric, Plaintext=b"while eu was down")["CiphertextBlob"]
-    wait_for(lambda: decrypts(kms[AP], blob, b"while eu was down"), "ap-southeast-2")
+    eventually(lambda: decrypts(kms[AP], blob, b"while eu was down"), "ap-southeast-2")
 
     def eu_seen_from_us() -> dict[str, Any]:
         return cluster.health()[US]["peers"][EU]  # type: ignore[index,no-any-return]
@@ -177,13 +163,13 @@ def test_a_stopped_region_catches_up_after_it_restarts(cluster: Cluster, kms: di
         seen = eu_seen_from_us()
         return seen if seen["reachable"] is False else None
 
-    down = wait_for(eu_down, "us-east-1 to see eu-west-1 down")
+    down = eventually(eu_down, "us-east-1 to see eu-west-1 down")
     assert down["url"] == cluster.urls[EU] and "Cannot connect" in down["error"]
 
     cluster.start(EU, ROOT)
-    assert wait_for(lambda: decrypts(kms[EU], blob, b"while eu was down"),
+    assert eventually(lambda: decrypts(kms[EU], blob, b"while eu was down"),
                     "eu-west-1 to catch up")
-    wait_for(lambda: eu_seen_from_us()["reachable"], "us-east-1 to reach eu-west-1 again")
+    eventually(lambda: eu_seen_from_us()["reachable"], "us-east-1 to reach eu-west-1 again")
     lines = [json.loads(line) for line in us_log.read_text().splitlines()[logged_before:]]
     about_eu = [line["event"] for line in lines
                 if line.get("region") == EU and line["event"].startswith("peer_")]
@@ -201,7 +187,7 @@ def test_health_shows_each_peer_cursor_lag_and_reachability(cluster: Cluster,
                     return None
         return health
 
-    health = wait_for(settled, "every peer reachable and caught up")
+    health = eventually(settled, "every peer reachable and caught up")
     for region, doc in health.items():
         peers = doc["peers"]
         assert sorted(peers) == sorted(r for r in (US, EU, AP) if r != region)
@@ -258,7 +244,7 @@ def test_a_held_replication_read_answers_when_the_origin_commits(cluster: Cluste
     reader = threading.Thread(target=lambda: got.update(page=get_json(
         url + f"/_kms/replication?origin={US}&after={cursor}&wait=20")[1]))
     reader.start()
-    key_id = wait_for(lambda: kms[US].create_key(MultiRegion=True)["KeyMetadata"]["KeyId"],
+    key_id = eventually(lambda: kms[US].create_key(MultiRegion=True)["KeyMetadata"]["KeyId"],
                       "a new key")
     reader.join(timeout=30)
     page = got["page"]
@@ -303,7 +289,7 @@ def test_a_peer_whose_identity_key_changed_is_refused_and_reported(tmp_path: Pat
         us.proc = subprocess.Popen(us.command(), stdout=subprocess.DEVNULL, stderr=err,
                                    text=True)
     try:
-        pinned = wait_for(lambda: _peers_of(us)[EU].get("identity_fingerprint"),
+        pinned = eventually(lambda: _peers_of(us)[EU].get("identity_fingerprint"),
                           "us-east-1 to pin eu-west-1")
         eu.stop()
         (tmp_path / "eu" / "region-identity.key").unlink()  # a new identity at restart
@@ -314,7 +300,7 @@ def test_a_peer_whose_identity_key_changed_is_refused_and_reported(tmp_path: Pat
         def refused() -> Any:
             return _peers_of(us)[EU].get("identity_refused")
 
-        why = wait_for(refused, "us-east-1 to refuse the new key")
+        why = eventually(refused, "us-east-1 to refuse the new key")
         assert why == (f"peer region {EU} presented identity key {info['fingerprint']}, but its "
                        f"pinned key is {pinned}; refusing it (if the peer's key was replaced "
                        "on purpose, give the new key in its peer config)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -29,3 +31,19 @@ def refused_message(call: Any, code: str, message: str | None = None, **params: 
 def advance(server: Any, seconds: float) -> float:
     """Move a dev node's clock (the scheduler runs before it answers); returns its now."""
     return float(server.post("/_kms/clock", {"advance_seconds": seconds})["now"])
+
+
+def eventually(check: Callable[[], Any], what: str, deadline_s: float = 15.0) -> Any:
+    """Poll ``check`` until it returns something truthy (replication is asynchronous); a
+    ClientError counts as not yet. Waits on the condition, bounded by ``deadline_s``."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            got = check()
+        except ClientError:
+            got = None
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
