@@ -18,6 +18,13 @@ from typing import Any
 import msgpack
 import pytest
 from botocore.exceptions import ClientError
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_der_public_key,
+)
 
 from kms.crypto import transport
 from kms.crypto.sealing import RootKey
@@ -615,3 +622,61 @@ def test_replicating_again_into_a_region_whose_replica_was_deleted(
     for region in (PRIMARY, REPLICA):
         eventually(lambda r=region: config_in(kms[r], key_id)["replicas"] == [REPLICA],
                  f"the new replica in {region}'s set")
+
+
+# -- asymmetric keys in every member: RSA encrypt, ECDH, RSA sign ------------------------------
+def _public_key_in(client: Any, key_id: str) -> Any:
+    return load_der_public_key(client.get_public_key(KeyId=key_id)["PublicKey"])
+
+
+def test_rsa_decrypt_in_every_member_of_what_a_replicas_public_key_encrypted(
+        kms: dict[str, Any]) -> None:
+    key_id = kms[PRIMARY].create_key(MultiRegion=True, KeySpec="RSA_2048",
+                                     KeyUsage="ENCRYPT_DECRYPT")["KeyMetadata"]["KeyId"]
+    replicate(kms, key_id, REPLICA)
+    alg = "RSAES_OAEP_SHA_256"
+
+    assert (kms[REPLICA].get_public_key(KeyId=key_id)["PublicKey"]
+            == kms[PRIMARY].get_public_key(KeyId=key_id)["PublicKey"])
+    offline = _public_key_in(kms[REPLICA], key_id).encrypt(b"made offline", padding.OAEP(
+        mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None))
+    for region in (PRIMARY, REPLICA):
+        got = kms[region].decrypt(KeyId=key_id, CiphertextBlob=offline, EncryptionAlgorithm=alg)
+        assert got["Plaintext"] == b"made offline"
+        assert got["KeyId"] == kms[region].describe_key(KeyId=key_id)["KeyMetadata"]["Arn"]
+    blob = kms[REPLICA].encrypt(KeyId=key_id, Plaintext=b"from eu",
+                                EncryptionAlgorithm=alg)["CiphertextBlob"]
+    assert kms[PRIMARY].decrypt(KeyId=key_id, CiphertextBlob=blob,
+                                EncryptionAlgorithm=alg)["Plaintext"] == b"from eu"
+
+
+def test_ecdh_gives_the_same_shared_secret_in_every_member(kms: dict[str, Any]) -> None:
+    key_id = kms[PRIMARY].create_key(MultiRegion=True, KeySpec="ECC_NIST_P256",
+                                     KeyUsage="KEY_AGREEMENT")["KeyMetadata"]["KeyId"]
+    replicate(kms, key_id, REPLICA)
+    peer = ec.generate_private_key(ec.SECP256R1())
+    peer_der = peer.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+    secrets = [kms[region].derive_shared_secret(
+        KeyId=key_id, KeyAgreementAlgorithm="ECDH", PublicKey=peer_der)["SharedSecret"]
+        for region in (PRIMARY, REPLICA)]
+
+    offline = peer.exchange(ec.ECDH(), _public_key_in(kms[REPLICA], key_id))
+    assert secrets == [offline, offline]
+
+
+def test_rsa_signature_from_a_replica_verifies_in_the_primary_and_offline(
+        kms: dict[str, Any]) -> None:
+    key_id = kms[PRIMARY].create_key(MultiRegion=True, KeySpec="RSA_2048",
+                                     KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    replicate(kms, key_id, REPLICA)
+    alg = "RSASSA_PSS_SHA_256"
+
+    signature = kms[REPLICA].sign(KeyId=key_id, Message=b"m",
+                                  SigningAlgorithm=alg)["Signature"]
+
+    assert kms[PRIMARY].verify(KeyId=key_id, Message=b"m", Signature=signature,
+                               SigningAlgorithm=alg)["SignatureValid"]
+    _public_key_in(kms[PRIMARY], key_id).verify(  # raises InvalidSignature if not
+        signature, b"m", padding.PSS(mgf=padding.MGF1(hashes.SHA256()),
+                                     salt_length=hashes.SHA256.digest_size), hashes.SHA256())
