@@ -5,12 +5,8 @@ log line with its principal, keys and error; console lines carry readable timest
 from __future__ import annotations
 
 import json
-import os
 import re
 import sqlite3
-import subprocess
-import time
-import urllib.request
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -29,32 +25,11 @@ class LoggedServer(ServerProcess):
     """A node whose log lines (stderr) go to a file, read once it has stopped."""
 
     def __init__(self, data_dir: Path, log_path: Path, **kwargs: Any) -> None:
-        super().__init__(data_dir, **kwargs)
-        self.log_path = log_path
-
-    def start(self, timeout: float = 20.0) -> LoggedServer:
-        with self.log_path.open("w") as sink:  # the child keeps its own descriptor
-            self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=sink,
-                                         text=True, env={**os.environ, **(self.env or {})})
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"node exited with {self.proc.returncode}")
-            try:
-                with urllib.request.urlopen(self.url + "/_kms/health", timeout=1) as r:
-                    if json.load(r).get("status") == "ok":
-                        return self
-            except OSError:
-                pass
-            time.sleep(0.05)  # polling the health condition, as ServerProcess does
-        self.stop()
-        raise RuntimeError("node did not become healthy")
+        super().__init__(data_dir, log_path=log_path, **kwargs)
 
     def lines(self) -> list[str]:
+        assert self.log_path is not None
         return self.log_path.read_text().splitlines()
-
-    def json_lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.lines() if line.startswith("{")]
 
 
 # -- strict UTF-8 -------------------------------------------------------------------------------
@@ -116,7 +91,7 @@ def client(node: ServerProcess) -> Any:
 
 
 def request_line(node: LoggedServer, request_id: str) -> dict[str, Any]:
-    [line] = [d for d in node.json_lines()
+    [line] = [d for d in node.log_lines()
               if d.get("event") == "request" and d.get("request_id") == request_id]
     return line
 
@@ -182,7 +157,7 @@ def test_a_refused_request_logs_its_principal_and_error(logged: LoggedServer) ->
     status, doc = post(logged, "CreateKey", b'{"Description": "\xed\xa0\x80"}')
     assert status == 400
     logged.stop()
-    [line] = [d for d in logged.json_lines() if d.get("event") == "request"]
+    [line] = [d for d in logged.log_lines() if d.get("event") == "request"]
     assert line["op"] == "CreateKey" and line["error"] == "SerializationException"
     assert line["message"] == doc["message"]
     assert line["principal"] == "arn:aws:iam::111122223333:root"
@@ -211,7 +186,7 @@ def test_an_unrecordable_call_fails_closed_with_a_warning_line(logged: LoggedSer
     assert line["level"] == "warning" and line["status"] == 500
     assert line["error"] == "KMSInternalException"
     assert line["message"] == response["Error"]["Message"]
-    failed = [d for d in logged.json_lines()
+    failed = [d for d in logged.log_lines()
               if d.get("event") == "audit_failed" and d.get("request_id") == request_id]
     assert failed and all(d["level"] == "error" and d["op"] == "CreateKey" for d in failed)
     assert "never written" not in logged.log_path.read_text()
@@ -224,7 +199,7 @@ def test_dev_reset_writes_a_log_line(logged: LoggedServer) -> None:
     logged.reset()
     assert logged.health()["log_seq"] == 0
     logged.stop()
-    [line] = [d for d in logged.json_lines() if d.get("event") == "dev_reset"]
+    [line] = [d for d in logged.log_lines() if d.get("event") == "dev_reset"]
     assert line["log_seq"] == seq and line["level"] == "info"
 
 

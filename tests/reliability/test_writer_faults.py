@@ -40,19 +40,7 @@ class LoggedServer(ServerProcess):
     """A node whose log lines (stderr, JSON) are kept in a file the test reads."""
 
     def __init__(self, data_dir: Path, log_file: Path) -> None:
-        super().__init__(data_dir)
-        self.log_file = log_file
-
-    def command(self) -> list[str]:
-        return ["sh", "-c", 'exec "$@" 2>>"$KMS_TEST_LOG"', "sh", *super().command()]
-
-    def start(self, timeout: float = 20.0) -> ServerProcess:
-        self.env = {"KMS_TEST_LOG": str(self.log_file)}
-        return super().start(timeout)
-
-    def log_lines(self) -> list[dict[str, Any]]:
-        lines = self.log_file.read_text().splitlines()
-        return [json.loads(line) for line in lines if line.startswith("{")]
+        super().__init__(data_dir, log_path=log_file)
 
 
 def client(url: str) -> Any:
@@ -109,7 +97,7 @@ def test_a_locked_database_fails_the_blocked_call_and_writes_resume_once_release
     assert len(failures) == failed_commits
     assert all((f["level"], f["error"], f["batch_calls"], f["writer"]) ==
                ("error", "database is locked", 1, "serving") for f in failures)
-    assert SECRET_TEXT not in node.log_file.read_text()
+    assert SECRET_TEXT not in node.log_path.read_text()
 
 
 def test_health_is_ok_again_once_the_lock_goes_even_with_no_write_since(

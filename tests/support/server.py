@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -25,8 +26,9 @@ def free_port() -> int:
 class ServerProcess:
     def __init__(self, data_dir: Path, *, dev: bool = True, region: str = "us-east-1",
                  port: int | None = None, extra: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, log_path: Path | None = None) -> None:
         self.data_dir = data_dir
+        self.log_path = log_path  # where the node's log lines (stderr) go; None: discarded
         self.dev = dev
         self.region = region
         self.port = port or free_port()
@@ -48,8 +50,13 @@ class ServerProcess:
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
         env = {**os.environ, **(self.env or {})}
-        self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True, env=env)
+        if self.log_path is None:
+            self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE,
+                                         stderr=subprocess.DEVNULL, text=True, env=env)
+        else:
+            with self.log_path.open("a") as sink:  # the child keeps its own descriptor
+                self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE,
+                                             stderr=sink, text=True, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -63,6 +70,12 @@ class ServerProcess:
             time.sleep(0.05)
         self.stop()
         raise RuntimeError("node did not become healthy")
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        """The node's JSON log lines so far (``log_path`` must be set)."""
+        assert self.log_path is not None
+        lines = self.log_path.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
 
     def read_stdout(self) -> str:
         """What the node printed (only after it stopped)."""
