@@ -26,8 +26,9 @@ from structlog.testing import capture_logs
 
 from kms.domain import events as ev
 from kms.domain.errors import KMSInternalException
-from kms.store.log import AUDIT_STREAM, GENESIS, Append, row_hash
+from kms.store.log import AUDIT_STREAM, Append
 from kms.store.sqlite import SqliteLog
+from tests.reliability.test_log_integrity import chain_ok
 from tests.support.expect import refused
 from tests.support.server import ServerProcess
 
@@ -140,17 +141,6 @@ def stored_rows(path: Path) -> list[tuple[Any, ...]]:
     with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
         return db.execute("SELECT seq, stream, version, type, origin_region, origin_seq, "
                           "at_ms, body, prev_hash, hash FROM events ORDER BY seq").fetchall()
-
-
-def chain_ok(rows: list[tuple[Any, ...]]) -> bool:
-    prev = GENESIS
-    for n, (seq, stream, version, type_name, region, oseq, at_ms, body, p, h) in enumerate(
-            rows, start=1):
-        if seq != n or p != prev or row_hash(prev, seq, stream, version, type_name, region,
-                                             oseq, at_ms, body) != h:
-            return False
-        prev = h
-    return True
 
 
 async def test_a_full_disk_fails_the_batch_and_writes_resume_when_space_frees(
