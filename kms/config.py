@@ -25,7 +25,12 @@ class Config:
     dev: bool = False
     log_format: str = "auto"  # "json", "console" or "auto" (console on a terminal)
     max_dev_regions: int = 32  # --dev: regions hosted in one process at most, own included
+    # The top-level ``[[principals]]`` tables, raw: kms.identity parses and validates them.
     principals: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    # Top-level lists of principal ARNs: who may run ``kms region`` admin actions (promote),
+    # and who may read the audit stream (``/_kms/audit``), on a node without --dev.
+    admins: tuple[str, ...] = field(default_factory=tuple)
+    audit_readers: tuple[str, ...] = field(default_factory=tuple)
     # The top-level ``[[peers]]`` tables, raw: the regions layer parses and validates them.
     peers: tuple[dict[str, Any], ...] = field(default_factory=tuple)
 
@@ -41,7 +46,7 @@ class Config:
             node = doc.get("node", {})
             if not isinstance(node, dict):
                 raise ValueError(f"{path}: [node] must be a table")
-            known = {f.name for f in fields(cls)} - {"principals", "peers"}
+            known = {f.name for f in fields(cls)} - _TOP_LEVEL
             unknown = set(node) - known
             if unknown:
                 raise ValueError(
@@ -51,6 +56,8 @@ class Config:
             peers = doc.get("peers", [])
             if not isinstance(peers, list) or not all(isinstance(p, dict) for p in peers):
                 raise ValueError(f"{path}: peers must be an array of tables ([[peers]])")
+            top = _top_level(path, doc)
+            cfg = replace(cfg, **top)
             cfg = replace(cfg, **node, principals=tuple(doc.get("principals", ())),
                           peers=tuple(peers))
         cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
@@ -70,6 +77,27 @@ class Config:
             raise ValueError(f"max_dev_regions must be at least 1, not {self.max_dev_regions}")
         if self.log_format not in _LOG_FORMATS:
             raise ValueError(f"log_format must be one of {', '.join(_LOG_FORMATS)}")
+
+
+_TOP_LEVEL = frozenset({"principals", "peers", "admins", "audit_readers"})
+
+
+def _top_level(path: Path, doc: dict[str, Any]) -> dict[str, Any]:
+    """The settings a file may give outside ``[node]``: ``account_id`` (as issue 9's
+    principal files write it; ``[node] account_id`` wins), ``admins``, ``audit_readers``."""
+    out: dict[str, Any] = {}
+    unknown = set(doc) - {"node", "account_id", *_TOP_LEVEL}
+    if unknown:
+        raise ValueError(f"{path}: unknown top-level settings: {', '.join(sorted(unknown))}")
+    if "account_id" in doc:
+        _check_setting(path, "account_id", doc["account_id"])
+        out["account_id"] = doc["account_id"]
+    for name in ("admins", "audit_readers"):
+        value = doc.get(name, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{path}: {name} must be a list of principal ARNs")
+        out[name] = tuple(value)
+    return out
 
 
 _SETTING_TYPES: dict[str, type] = {

@@ -36,7 +36,7 @@ async def create_alias(svc: Service, call: Call, p: dict[str, Any]) -> None:
     name = check_new_alias_name(p["AliasName"])
     stream = _seen_alias(svc, call, name)
     key = svc.resolve(call, p["TargetKeyId"], allow_alias=False)
-    authz.authorize(call.caller, "CreateAlias", key)
+    authz.authorize(call, "CreateAlias", key)
     events = aliases.create(name, key, svc.state.aliases.get(name),
                             len(svc.state.aliases_of(key.key_id)))
     call.emit(stream, events)
@@ -47,11 +47,11 @@ async def update_alias(svc: Service, call: Call, p: dict[str, Any]) -> None:
     name = check_new_alias_name(p["AliasName"])
     stream = _seen_alias(svc, call, name)
     new = svc.resolve(call, p["TargetKeyId"], allow_alias=False)
-    authz.authorize(call.caller, "UpdateAlias", new)
+    authz.authorize(call, "UpdateAlias", new)
     current = svc.state.aliases.get(name)
     old = svc.state.keys.get(current.key_id) if current else None
     if old is not None:
-        authz.authorize(call.caller, "UpdateAlias", old)
+        authz.authorize(call, "UpdateAlias", old)
     events = aliases.update(current, name, old, new, len(svc.state.aliases_of(new.key_id)))
     call.emit(stream, events)
 
@@ -64,7 +64,7 @@ async def delete_alias(svc: Service, call: Call, p: dict[str, Any]) -> None:
     target = svc.state.keys.get(current.key_id) if current else None
     if target is not None:
         call.resources.append(target.arn)
-        authz.authorize(call.caller, "DeleteAlias", target)
+        authz.authorize(call, "DeleteAlias", target)
     call.emit(stream, aliases.delete(current, name, svc.region, svc.account))
 
 
@@ -74,7 +74,7 @@ PREDEFINED_ALIASES = frozenset(AWS_ALIAS_PREFIX + service for service in AWS_MAN
 
 @operation("ListAliases", read_only=True)
 async def list_aliases(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
-    authz.authorize(call.caller, "ListAliases", None, account=svc.account)
+    authz.authorize(call, "ListAliases", None, account=svc.account)
     items: list[tuple[str, Alias | None]]
     if "KeyId" in p:
         key = svc.resolve(call, p["KeyId"], allow_alias=False)

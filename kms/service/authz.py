@@ -16,7 +16,7 @@ from kms.domain.errors import AccessDeniedException
 from kms.domain.key import Key
 
 if TYPE_CHECKING:
-    from kms.service.core import Caller
+    from kms.service.core import Call
 
 
 # What the policy of an AWS managed key never allows a customer principal.
@@ -29,8 +29,11 @@ AWS_MANAGED_REFUSED = frozenset({
 })
 
 
-def authorize(caller: Caller, action: str, key: Key | None, account: str | None = None) -> None:
-    """Allow ``kms:<action>`` on ``key`` (or on the account, for IAM-only actions) or raise."""
+def authorize(call: Call, action: str, key: Key | None, account: str | None = None) -> None:
+    """Allow ``kms:<action>`` on ``key`` (or on the account, for IAM-only actions) or raise.
+    ``call`` is the whole request context: operation, parameters, caller (with source
+    address, tags, identity policies), and the keys resolved so far."""
+    caller = call.caller
     if key is not None and key.key_manager == "AWS" and action in AWS_MANAGED_REFUSED:
         raise AccessDeniedException(
             f"User: {caller.principal_arn} is not authorized to perform: kms:{action} on "

@@ -55,6 +55,13 @@ class Caller:
     access_key_id: str
     source_ip: str = ""
     user_agent: str = ""
+    # What the policy engine and CloudTrail's userIdentity need beyond the ARN:
+    principal_type: str = "Root"  # Root | IAMUser | AssumedRole | AWSAccount | AWSService
+    user_id: str = ""  # aws:userid (principalId)
+    tags: tuple[tuple[str, str], ...] = ()  # aws:PrincipalTag/*
+    identity_policies: tuple[str, ...] = ()  # the principal's IAM policy documents (JSON)
+    via_service: str = ""  # kms:ViaService (--dev: the X-Kms-Via-Service header)
+    secure_transport: bool = False  # aws:SecureTransport
 
 
 @dataclass(slots=True)
@@ -241,7 +248,7 @@ class Service:
                 state_rule: str | None = None) -> Key:
         """Resolve, authorize ``kms:<action>`` and check the key-state table in one step."""
         key = self.resolve(call, raw, allow_alias=allow_alias)
-        authz.authorize(call.caller, action, key)
+        authz.authorize(call, action, key)
         check_state(state_rule or call.operation, key)
         return key
 
@@ -249,7 +256,7 @@ class Service:
         """Resolve (by id or ARN) and authorize a key whose operation's domain rules check
         origin and spec before the state table (rotation, deletion, import)."""
         key = self.resolve(call, raw, allow_alias=False)
-        authz.authorize(call.caller, call.operation, key)
+        authz.authorize(call, call.operation, key)
         return key
 
     # -- the pipeline -----------------------------------------------------------------------

@@ -240,7 +240,7 @@ async def generate_data_key_without_plaintext(svc: Service, call: Call,
 
 @operation("GenerateRandom", read_only=True)
 async def generate_random(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
-    authz.authorize(call.caller, "GenerateRandom", None, account=svc.account)
+    authz.authorize(call, "GenerateRandom", None, account=svc.account)
     if "CustomKeyStoreId" in p:
         raise CustomKeyStoreNotFoundException(
             "Custom key stores are not supported by this service."

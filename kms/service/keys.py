@@ -95,7 +95,7 @@ def _spec_and_usage(p: dict[str, Any]) -> tuple[str, str]:
 
 @operation("CreateKey", read_only=False)
 async def create_key(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
-    authz.authorize(call.caller, "CreateKey", None, account=svc.account)
+    authz.authorize(call, "CreateKey", None, account=svc.account)
     spec, usage = _spec_and_usage(p)
     origin = p.get("Origin", "AWS_KMS")
     if origin in ("AWS_CLOUDHSM", "EXTERNAL_KEY_STORE") or "CustomKeyStoreId" in p:
@@ -136,7 +136,7 @@ async def describe_key(svc: Service, call: Call, p: dict[str, Any]) -> dict[str,
 
 @operation("ListKeys", read_only=True)
 async def list_keys(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
-    authz.authorize(call.caller, "ListKeys", None, account=svc.account)
+    authz.authorize(call, "ListKeys", None, account=svc.account)
     items = svc.state.keys_in_order()
     chunk, tail = page(items, p, lambda i: f"{i[0]:016d}", default=100, maximum=1000,
                        valid=lambda m: len(m) == 16 and m.isdigit())

@@ -47,7 +47,7 @@ def _sealed(svc: Service, key: Key, material: ev.Material, regions: dict[str, by
 @operation("ReplicateKey", read_only=False)
 async def replicate_key(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
     key = svc.resolve(call, p["KeyId"], allow_alias=False)
-    authz.authorize(call.caller, "ReplicateKey", key)
+    authz.authorize(call, "ReplicateKey", key)
     mrk = svc.state.mrks.get(key.key_id)
     mr.check_primary(key, mrk, "ReplicateKey")
     assert mrk is not None
@@ -184,7 +184,7 @@ async def update_primary_region(svc: Service, call: Call, p: dict[str, Any]) -> 
     """The old primary records the handover under the next epoch and is Updating until the
     new primary's region has taken over (regions/replication.py's Reactor)."""
     key = svc.resolve(call, p["KeyId"], allow_alias=False)
-    authz.authorize(call.caller, "UpdatePrimaryRegion", key)
+    authz.authorize(call, "UpdatePrimaryRegion", key)
     mrk = svc.state.mrks.get(key.key_id)
     shared = mr.update_primary(key, mrk, p["PrimaryRegion"])
     stream = mr.mrk_stream(key.key_id)
