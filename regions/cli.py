@@ -30,6 +30,13 @@ def _peer_options(serve_parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "region":  # operator actions on a cluster (promote, conflicts)
+        from regions import admin_cli
+        return admin_cli.main(argv[1:])
+    if argv and argv[0] == "audit":  # the CloudTrail stream: tail, export, verify, prune
+        from kms.audit import cli as audit_cli
+        return audit_cli.main(argv[1:])
     args = build_parser(_peer_options).parse_args(argv)
     try:
         config = load_config(args)
