@@ -38,7 +38,11 @@ def build_parser(
     serve_options: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> argparse.ArgumentParser:
     """The ``kms`` parser; ``serve_options`` adds a layer's own ``serve`` flags."""
-    p = argparse.ArgumentParser(prog="kms", description="A self-hosted AWS KMS-compatible service")
+    p = argparse.ArgumentParser(
+        prog="kms", description="A self-hosted AWS KMS-compatible service",
+        epilog="also: 'kms region promote|conflicts ...' (multi-region operator actions) and "
+               "'kms audit tail|export|verify|prune ...' (the CloudTrail audit stream); "
+               "each takes --help")
     p.add_argument("--version", action="version", version=f"kms {version()}")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="run one region node")
