@@ -9,6 +9,11 @@ its data dir, and ``down`` stops every node it started (SIGTERM, then SIGKILL).
     python ops/cluster.py up [compose.yaml] [--base-port N] [--state DIR]
     python ops/cluster.py status [--state DIR]
     python ops/cluster.py down [--state DIR]
+
+In-process, ``Cluster.up(..., proxied=True)`` wires every peer link through a TCP fault
+proxy (ops/faultproxy.py): node A's URL for B is the proxy ``links[(A, B)]``, which forwards
+to B; client traffic goes to each node directly. ``partition``, ``one_way``, ``isolate``,
+``delay`` and ``heal`` set the links' modes.
 """
 
 from __future__ import annotations
@@ -26,11 +31,15 @@ import time
 import tomllib
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml  # PyYAML: the standard YAML reader; only this launcher needs it, never the node
+
+if TYPE_CHECKING:  # imported where used, so `python ops/cluster.py` runs as a script
+    from ops.faultproxy import FaultProxies, LinkProxy
 
 STATE_FILE = "cluster.json"
 LOG_FILE = "serve.log"
@@ -203,21 +212,28 @@ def serve_takes_peers(project: Path, module: str) -> bool:
 
 
 def plan(services: list[Service], ports: list[int], state_dir: Path, *, module: str,
-         peers: bool = True) -> list[Node]:
+         peers: bool = True, via: Mapping[tuple[str, str], int] | None = None) -> list[Node]:
     """The local nodes for ``services``: ``ports[i]`` for the i-th; URLs to other services
-    rewritten to their loopback URLs; ``--peer`` dropped when ``peers`` is false."""
+    rewritten to their loopback URLs (or, with ``via``, to the port ``via[(from, to)]`` of
+    the link between the two services' names); ``--peer`` dropped when ``peers`` is false."""
     pairs = list(zip(services, ports, strict=True))
-    urls = {s.name: (s.container_port, f"http://{LOOPBACK}:{p}") for s, p in pairs}
+    urls = {s.name: (s.container_port, p) for s, p in pairs}
 
-    def local(text: str) -> str:
-        def swap(m: re.Match[str]) -> str:
-            name, port = m.group(1), int(m.group(2) or 80)
-            known = urls.get(name)
-            return known[1] if known and known[0] == port else m.group(0)
-        return re.sub(r"http://([A-Za-z0-9._-]+)(?::(\d+))?(?=/|$)", swap, text)
+    def rewrite(source: str) -> Callable[[str], str]:
+        def local(text: str) -> str:
+            def swap(m: re.Match[str]) -> str:
+                name, port = m.group(1), int(m.group(2) or 80)
+                known = urls.get(name)
+                if not known or known[0] != port:
+                    return m.group(0)
+                to = via[(source, name)] if via and (source, name) in via else known[1]
+                return f"http://{LOOPBACK}:{to}"
+            return re.sub(r"http://([A-Za-z0-9._-]+)(?::(\d+))?(?=/|$)", swap, text)
+        return local
 
     nodes = []
     for service, port in pairs:
+        local = rewrite(service.name)
         data_dir = state_dir / service.name
         args = [local(a) for a in service.args]
         given = _option(args, "--data-dir")
@@ -307,6 +323,8 @@ class Cluster:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
     peers: bool = True
+    proxies: FaultProxies | None = None
+    links: dict[tuple[str, str], LinkProxy] = field(default_factory=dict)  # (from, to)
 
     @property
     def urls(self) -> dict[str, str]:
@@ -319,9 +337,10 @@ class Cluster:
     @classmethod
     def up(cls, compose_path: Path | str = "compose.yaml",
            state_dir: Path | str = DEFAULT_STATE, *, base_port: int | None = None,
-           timeout: float = 60.0) -> Cluster:
+           timeout: float = 60.0, proxied: bool = False) -> Cluster:
         """Start every service and wait until each answers /_kms/health ok. On any failure
-        the nodes already started are stopped and ClusterError is raised."""
+        the nodes already started are stopped and ClusterError is raised. ``proxied``: every
+        peer link goes through a fault proxy in this process (``links``), in pass mode."""
         compose_path, state_dir = Path(compose_path).resolve(), Path(state_dir).resolve()
         project = compose_path.parent
         services = load_compose(compose_path)
@@ -337,8 +356,25 @@ class Cluster:
                   file=sys.stderr)
         ports = ([base_port + i for i in range(len(services))] if base_port is not None
                  else free_ports(len(services)))
-        cluster = cls(plan(services, ports, state_dir, module=module, peers=peers), state_dir,
-                      peers=peers)
+        proxies, links, via = None, {}, None
+        if proxied:
+            from ops.faultproxy import FaultProxies
+            proxies = FaultProxies()
+            port_of = {s.name: p for s, p in zip(services, ports, strict=True)}
+            region_of = {s.name: s.region for s in services}
+            try:
+                for a in services:
+                    for b in services:
+                        if a is not b:
+                            links[(a.region, b.region)] = proxies.add(
+                                f"{a.region}->{b.region}", (LOOPBACK, port_of[b.name]))
+            except BaseException:
+                proxies.close()
+                raise
+            via = {(a, b): links[(region_of[a], region_of[b])].port
+                   for a in port_of for b in port_of if a != b}
+        cluster = cls(plan(services, ports, state_dir, module=module, peers=peers, via=via),
+                      state_dir, peers=peers, proxies=proxies, links=links)
         state_dir.mkdir(parents=True, exist_ok=True)
         (state_dir / ".gitignore").write_text("*\n")  # data and logs, never committed
         try:
@@ -440,6 +476,52 @@ class Cluster:
                 return how
         return "still running"
 
+    def kill(self, region: str) -> str:
+        """SIGKILL one region's node at once (a region lost without a shutdown); its data
+        and port stay for ``start``. Returns "killed" or "not running"."""
+        pid, proc = self.pids.get(region), self.procs.get(region)
+        if pid is None or not _alive(pid, proc):
+            return "not running"
+        self._signal(pid, signal.SIGKILL)
+        while _alive(pid, proc):
+            time.sleep(0.02)
+        if proc is not None:
+            proc.wait(timeout=5)
+        return "killed"
+
+    # -- faults on the peer links (a cluster started with proxied=True) ------------------
+    def link(self, src: str, dst: str) -> LinkProxy:
+        """The proxy that ``src``'s connections to ``dst`` go through."""
+        if not self.links:
+            raise ClusterError("this cluster was not started with proxied=True")
+        return self.links[(src, dst)]
+
+    def partition(self, a: str, b: str) -> None:
+        """No connection between ``a`` and ``b`` either way."""
+        self.link(a, b).drop()
+        self.link(b, a).drop()
+
+    def one_way(self, src: str, dst: str) -> None:
+        """``src`` reaches ``dst``; ``dst``'s connections to ``src`` are dropped."""
+        self.link(src, dst).heal()
+        self.link(dst, src).drop()
+
+    def isolate(self, region: str) -> None:
+        """``region`` cut off from every other region (its clients still reach it)."""
+        for (a, b), link in self.links.items():
+            if region in (a, b):
+                link.drop()
+
+    def delay(self, a: str, b: str, ms: int) -> None:
+        """Both directions between ``a`` and ``b`` delayed ``ms`` per chunk."""
+        self.link(a, b).delay(ms)
+        self.link(b, a).delay(ms)
+
+    def heal(self) -> None:
+        """Every link passes again (stalled connections resume)."""
+        for link in self.links.values():
+            link.heal()
+
     def start(self, region: str, project: Path | str = ".", timeout: float = 60.0) -> None:
         """Start one stopped region's node again, same command, port and data dir, and wait
         until it is healthy. ``project`` is the directory compose.yaml is in."""
@@ -483,6 +565,8 @@ class Cluster:
                 proc.wait(timeout=1)
         if not live:
             self.state_file.unlink(missing_ok=True)
+        if self.proxies is not None:
+            self.proxies.close()
         if not quiet:
             for region in (n.region for n in self.nodes):
                 print(f"{region} {ended[region]}")
