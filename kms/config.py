@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from kms.identity import parse_principals
+
 
 @dataclass(frozen=True, slots=True)
 class Config:
@@ -54,6 +56,9 @@ class Config:
             for name, value in node.items():
                 _check_setting(path, name, value)
             peers = doc.get("peers", [])
+            if not isinstance(doc.get("principals", []), list):
+                raise ValueError(f"{path}: principals must be an array of tables "
+                                 "([[principals]])")
             if not isinstance(peers, list) or not all(isinstance(p, dict) for p in peers):
                 raise ValueError(f"{path}: peers must be an array of tables ([[peers]])")
             top = _top_level(path, doc)
@@ -77,6 +82,7 @@ class Config:
             raise ValueError(f"max_dev_regions must be at least 1, not {self.max_dev_regions}")
         if self.log_format not in _LOG_FORMATS:
             raise ValueError(f"log_format must be one of {', '.join(_LOG_FORMATS)}")
+        parse_principals(self.principals)  # malformed ARNs, duplicates, bad policy JSON
 
 
 _TOP_LEVEL = frozenset({"principals", "peers", "admins", "audit_readers"})

@@ -40,10 +40,12 @@ class Node:
         # ``kms serve`` passes the key kms.datadir verified against the dir's root-check.
         self.keyring = Keyring(root_key or RootKey.load_or_create(data_dir), self.log.vault)
         self.credentials, self.new_credential = Credentials.load_or_create(
-            data_dir, config.account_id
+            data_dir, config.account_id, config.principals
         )
         self.service = Service(region=config.region, account=config.account_id,
                                log_=self.log, keyring=self.keyring, clock=self.clock)
+        # The policy helper asks whether a principal a key policy names exists.
+        self.service.principal_exists = self.credentials.exists  # type: ignore[attr-defined]
         self.scheduler = Scheduler(self.service)
         self.serving = False
 

@@ -31,6 +31,7 @@ from kms.domain.errors import (
     UnknownOperationException,
     UnsupportedOperationException,
 )
+from kms.identity import Principal, root_principal
 from kms.node import Node
 from kms.service.core import OPERATIONS, Caller, printable
 
@@ -188,17 +189,22 @@ class Gateway:
         self.request_id = RequestIds()
 
     def caller(self, request: web.Request, body: bytes) -> Caller:
-        ip = request.remote or ""
-        agent = request.headers.get("User-Agent", "")
-        if self.dev:  # any credential, session token or not, acts as the account root
+        """Who signed the request (``--dev``: whoever the config names for its access key,
+        else the account root, signature unchecked)."""
+        credentials = self.node.credentials
+        if self.dev:  # any credential, session token or not, is accepted
             m = _CREDENTIAL.search(request.headers.get("Authorization", ""))
-            return Caller(f"arn:aws:iam::{self.account}:root", self.account,
-                          m.group(1) if m else "", ip, agent)
+            access_key = (m.group(1) if m else
+                          request.query.get("X-Amz-Credential", "").partition("/")[0])
+            principal = credentials.principal(access_key) if access_key else None
+            via = request.headers.get("X-Kms-Via-Service", "").strip()
+            return caller_of(principal or root_principal(self.account), access_key,
+                             request, via)
         access_key = self.verifier.verify(request.method, request.raw_path.split("?", 1)[0],
                                           request.query_string, request.headers, body)
-        principal = self.node.credentials.principal(access_key)
+        principal = credentials.principal(access_key)
         assert principal is not None  # the verifier knew its secret
-        return Caller(principal.arn, principal.account, access_key, ip, agent)
+        return caller_of(principal, access_key, request)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if self.regions.routing:
@@ -258,6 +264,15 @@ class Gateway:
             return answer(error_response(err, request_id), request_id, operation, started,
                           caller, err, resolved)
         return answer(response, request_id, operation, started, caller, None, resolved)
+
+
+def caller_of(principal: Principal, access_key: str, request: web.Request,
+              via_service: str = "") -> Caller:
+    """The Caller an authenticated request acts as."""
+    return Caller(principal.arn, principal.account, access_key, request.remote or "",
+                  request.headers.get("User-Agent", ""), principal.principal_type,
+                  principal.user_id, principal.tags, principal.policies, via_service,
+                  request.secure)
 
 
 def operation_of(target: str) -> str:

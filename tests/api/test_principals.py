@@ -1,0 +1,169 @@
+"""Principals from the config's ``[[principals]]``: who a credential acts as, on a secured node
+and in --dev, and the mistakes ``kms serve`` refuses at start."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from tests.conftest import client_for
+from tests.support.server import ServerProcess
+
+ACCOUNT = "111122223333"
+OTHER = "444455556666"
+ALLOW_ALL = ('{"Version":"2012-10-17","Statement":'
+             '[{"Effect":"Allow","Action":"kms:*","Resource":"*"}]}')
+CONFIG = f"""
+account_id = "{ACCOUNT}"
+[[principals]]
+arn = "arn:aws:iam::{ACCOUNT}:user/alice"
+access_key_id = "AKIAALICE00000000001"
+secret_access_key = "alice-secret-key"
+tags = {{ team = "payments" }}
+policies = ['{ALLOW_ALL}']
+
+[[principals]]
+arn = "arn:aws:iam::{ACCOUNT}:role/deployer"
+session_name = "ci-run"
+access_key_id = "AKIADEPLOYER00000001"
+secret_access_key = "deployer-secret-key"
+policies = ['{ALLOW_ALL}']
+
+[[principals]]
+arn = "arn:aws:iam::{OTHER}:user/bob"
+access_key_id = "AKIABOB0000000000001"
+secret_access_key = "bob-secret-key"
+policies = ['{ALLOW_ALL}']
+"""
+ALICE = ("AKIAALICE00000000001", "alice-secret-key")
+DEPLOYER = ("AKIADEPLOYER00000001", "deployer-secret-key")
+BOB = ("AKIABOB0000000000001", "bob-secret-key")
+
+
+def write_config(tmp_path: Path, text: str = CONFIG) -> Path:
+    path = tmp_path / "kms.toml"
+    path.write_text(text)
+    return path
+
+
+def principals_logged(server: ServerProcess) -> list[str]:
+    """The ``principal`` of each request log line so far."""
+    return [line["principal"] for line in server.log_lines() if line.get("event") == "request"]
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    tmp = tmp_path_factory.mktemp("principals")
+    server = ServerProcess(tmp / "d", dev=False, log_path=tmp / "node.log",
+                           extra=["--config", str(write_config(tmp))])
+    server.start()
+    yield server
+    server.stop()
+
+
+def client(server: ServerProcess, cred: tuple[str, str]) -> Any:
+    return client_for(server.url, access_key=cred[0], secret=cred[1])
+
+
+def test_each_configured_principal_signs_as_itself(secured: ServerProcess) -> None:
+    before = len(principals_logged(secured))
+    client(secured, ALICE).list_keys()
+    client(secured, DEPLOYER).list_keys()
+    with pytest.raises(ClientError):  # another account's user: a key ARN, not this account
+        client(secured, BOB).list_keys()
+    assert principals_logged(secured)[before:] == [
+        f"arn:aws:iam::{ACCOUNT}:user/alice",
+        f"arn:aws:sts::{ACCOUNT}:assumed-role/deployer/ci-run",
+        f"arn:aws:iam::{OTHER}:user/bob",
+    ]
+
+
+def test_the_auto_created_root_still_works_beside_configured_principals(
+        secured: ServerProcess) -> None:
+    [root] = json.loads((secured.data_dir / "credentials.json").read_text())["credentials"]
+    before = len(principals_logged(secured))
+    client(secured, (root["access_key_id"], root["secret_access_key"])).list_keys()
+    assert principals_logged(secured)[before:] == [f"arn:aws:iam::{ACCOUNT}:root"]
+
+
+def test_a_configured_key_with_a_wrong_secret_is_refused(secured: ServerProcess) -> None:
+    with pytest.raises(ClientError) as info:
+        client(secured, (ALICE[0], "not-alice-secret")).list_keys()
+    err = info.value.response
+    assert err["Error"]["Code"] == "InvalidSignatureException"
+    assert err["ResponseMetadata"]["HTTPStatusCode"] == 400
+
+
+def test_a_config_naming_the_root_replaces_the_auto_created_credential(tmp_path: Path) -> None:
+    config = write_config(tmp_path, f"""
+[[principals]]
+arn = "arn:aws:iam::{ACCOUNT}:root"
+access_key_id = "AKIAROOT000000000001"
+secret_access_key = "root-secret"
+""")
+    server = ServerProcess(tmp_path / "d", dev=False, log_path=tmp_path / "node.log",
+                           extra=["--config", str(config)])
+    server.start()
+    try:
+        client(server, ("AKIAROOT000000000001", "root-secret")).list_keys()
+        assert principals_logged(server) == [f"arn:aws:iam::{ACCOUNT}:root"]
+    finally:
+        server.stop()
+    assert not (tmp_path / "d" / "credentials.json").exists()
+    assert "aws_secret_access_key" not in server.read_stdout()
+
+
+def test_dev_acts_as_the_configured_principal_else_the_root(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "d", dev=True, log_path=tmp_path / "node.log",
+                           extra=["--config", str(write_config(tmp_path))])
+    server.start()
+    try:
+        client(server, (ALICE[0], "any secret: --dev does not check it")).list_keys()
+        client(server, ("AKIDANYBODY", "x")).list_keys()
+    finally:
+        server.stop()
+    assert principals_logged(server) == [f"arn:aws:iam::{ACCOUNT}:user/alice",
+                                         f"arn:aws:iam::{ACCOUNT}:root"]
+
+
+ENTRY = f'arn = "arn:aws:iam::{ACCOUNT}:user/carol"\naccess_key_id = "AKIACAROL00000000001"\n' \
+        'secret_access_key = "s"\n'
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ('[[principals]]\narn = "arn:aws:iam::1234:user/x"\naccess_key_id = "AKIAX00000000000001"\n'
+     'secret_access_key = "s"\n', "principals[0]: arn 'arn:aws:iam::1234:user/x' is not an IAM"),
+    ('[[principals]]\narn = "arn:aws:iam::111122223333:group/x"\n'
+     'access_key_id = "AKIAX00000000000001"\nsecret_access_key = "s"\n', "is not an IAM"),
+    (f"[[principals]]\n{ENTRY}[[principals]]\n{ENTRY}",
+     "principals[1]: access_key_id AKIACAROL00000000001 is given twice"),
+    (f"[[principals]]\n{ENTRY}[[principals]]\n"
+     + ENTRY.replace("AKIACAROL00000000001", "AKIACAROL00000000002"),
+     f"principals[1]: arn:aws:iam::{ACCOUNT}:user/carol is given twice"),
+    (f"[[principals]]\n{ENTRY}policies = ['{{\"Statement\": [']\n",
+     "principals[0]: policies[0] is not valid JSON"),
+    (f"[[principals]]\n{ENTRY}session_name = \"s1\"\n", "session_name is for a role only"),
+    (f'[[principals]]\narn = "arn:aws:iam::{ACCOUNT}:user/carol"\nsecret_access_key = "s"\n',
+     "principals[0]: access_key_id is required"),
+    (f"[[principals]]\n{ENTRY}tags = {{ team = 3 }}\n", "tags must be a table of strings"),
+    (f"[[principals]]\n{ENTRY}colour = \"blue\"\n", "principals[0]: unknown settings: colour"),
+])
+def test_a_malformed_principal_is_refused_at_start(tmp_path: Path, text: str,
+                                                   fragment: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "regions.cli", "serve", "--port", "0", "--data-dir",
+         str(tmp_path / "d"), "--config", str(write_config(tmp_path, text))],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("kms: error: configuration: ")
+    assert fragment in lines[0]
+    assert not (tmp_path / "d").exists()
