@@ -318,6 +318,10 @@ class ApiCallRecorded(Event):
     error_message: str = ""
     additional: dict[str, Any] = field(default_factory=dict)
     event_type: str = "AwsApiCall"  # AwsServiceEvent for what the node did by itself
+    # For the CloudTrail record's userIdentity and responseElements (defaults: older facts).
+    principal_type: str = ""  # Root | IAMUser | AssumedRole | AWSAccount | AWSService
+    user_id: str = ""  # principalId (aws:userid)
+    response: dict[str, Any] = field(default_factory=dict)  # a management call's answer, scrubbed
 
 
 # -- codec ----------------------------------------------------------------------------------

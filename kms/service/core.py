@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from kms.audit.cloudtrail import loggable_params, loggable_response
 from kms.clock import Clock
 from kms.crypto import asymmetric, mac, symmetric
 from kms.crypto.keyring import NOTHING_STAGED, Keyring
@@ -79,6 +80,7 @@ class Call:
     additional: dict[str, Any] = field(default_factory=dict)
     vault: list[VaultChange] = field(default_factory=list)
     staged: dict[str, Key] = field(default_factory=dict)  # AWS managed keys born with this call
+    result: dict[str, Any] | None = None  # the answer, for the audit fact's responseElements
 
     @property
     def staged_keks(self) -> Mapping[str, bytes]:
@@ -286,6 +288,7 @@ class Service:
                 _resolved(resolved, c)
                 err = KMSInternalException("An internal error occurred. Try again later.")
                 raise await self._refused(c, op.read_only, err) from None
+            c.result = result
             try:
                 failed = await self._settle(c, op.read_only, None)
             except ConflictingWrite:
@@ -421,12 +424,15 @@ class Service:
             source_ip=c.caller.source_ip,
             user_agent=printable(c.caller.user_agent[:512]),
             read_only=read_only,
-            params=audit_params(c.params),
+            params=loggable_params(c.operation, c.params),
             resources=tuple(c.resources),
             error_code=error.code if error else "",
             error_message=printable(error.message[:AUDITED_MESSAGE]) if error else "",
             additional=c.additional,
             event_type=event_type,
+            principal_type=c.caller.principal_type if c.caller.account else "",
+            user_id=c.caller.user_id,
+            response={} if error or read_only else loggable_response(c.operation, c.result),
         )
         if error:
             appends = [Append(AUDIT_STREAM, (fact,))]

@@ -259,6 +259,41 @@ class EventLog(abc.ABC):
         return await peer_page(self._read_own, self.last_seq, after_seq,
                                lambda stream: stream != AUDIT_STREAM and streams(stream), limit)
 
+    async def read_audit(self, after_seq: int, limit: int) -> tuple[list[ev.Envelope], int]:
+        """Committed audit facts after ``after_seq`` in seq order, at most ``limit``, and the
+        seq the answer is complete up to (past the state rows between them, so a reader's
+        cursor moves on). One call looks at up to ``REPLAY_CHUNK`` rows."""
+        out: list[ev.Envelope] = []
+        through = scanned = after_seq
+        page = max(64, min(limit + 16, REPLAY_CHUNK))
+        while len(out) < limit and scanned - after_seq < REPLAY_CHUNK:
+            rows = await self.read_rows(scanned, page)
+            if not rows:
+                break
+            for seq, stream, version, type_name, origin_region, origin_seq, at_ms, body, _, _ \
+                    in rows:
+                scanned = seq
+                if stream == AUDIT_STREAM:
+                    if len(out) >= limit:
+                        break
+                    out.append(ev.Envelope(seq, stream, version, origin_region, origin_seq,
+                                           at_ms, ev.decode(type_name, body)))
+                through = seq
+            if len(rows) < page:
+                break
+        return out, through
+
+    async def chain_hash(self, seq: int) -> bytes | None:
+        """The hash of the row at ``seq`` (GENESIS for 0), None if there is no such row. The
+        hash covers every row before it, so it names this log's history up to ``seq``:
+        after a reset or a restore the same seq has another hash (or no row)."""
+        if seq == 0:
+            return GENESIS
+        if seq == self.last_seq:
+            return self._last_hash
+        rows = await self.read_rows(seq - 1, 1)
+        return bytes(rows[0][9]) if rows and rows[0][0] == seq else None
+
     async def _run(self) -> None:
         try:
             await self._loop()
