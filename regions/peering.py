@@ -43,6 +43,7 @@ from kms.domain import multi_region as mr
 from kms.node import Node
 from kms.store.log import EventLog
 from kms.store.replication import ReplicatedRow
+from regions.admin import Admin
 from regions.identity import PeerIdentityChanged, PeerPins
 from regions.replication import Reactor
 from regions.topology import Peer, Topology
@@ -210,6 +211,7 @@ class Peering:
         start in ``cleanup_ctx``, so they start after and stop before the nodes)."""
         app.add_routes([web.get("/_kms/region", self.region_info),
                         web.get("/_kms/replication", self.replication)])
+        Admin(self.host).install(app)  # promote, conflicts (regions.admin)
         app.cleanup_ctx.append(self._ctx)
         app.on_shutdown.append(self._shutdown)
 

@@ -58,6 +58,7 @@ class Reactor:
         async with self._lock:
             svc = self.service
             for key_id in list(svc.state.mrks):
+                done += await self._report_conflicts(svc.state.mrks[key_id])
                 mrk = svc.state.mrks[key_id]
                 if mrk.primary_region == self.region:
                     done += await self._as_primary(mrk)
@@ -82,6 +83,36 @@ class Reactor:
                 if key is not None and key.state is KeyState.UPDATING and not mrk.handing_over:
                     done += await self._act("UpdatePrimaryRegion", mrk,
                                             [ev.KeyUpdateFinished(mrk.key_id)])
+        return done
+
+    async def _report_conflicts(self, mrk: mr.MultiRegionKey) -> int:
+        """Each fenced event once per region (MultiRegionConflictRecorded on the key's own
+        stream, with a ``MultiRegionConflictDetected`` audit fact), if the key is here."""
+        svc = self.service
+        if not mrk.conflicts or svc.state.keys.get(mrk.key_id) is None:
+            return 0
+        done = 0
+        for c in mrk.conflicts:
+            if (c.origin_region, c.origin_seq) in svc.state.conflicts_recorded.get(
+                    mrk.key_id, set()):
+                continue
+
+            def decide(call: Call, c: mr.Conflict = c) -> None:
+                call.emit(key_stream(mrk.key_id), [mr.MultiRegionConflictRecorded(
+                    mrk.key_id, c.origin_region, c.origin_seq, c.epoch, c.event_type,
+                    c.at_ms)])
+                call.additional.update({
+                    "conflictOriginRegion": c.origin_region, "conflictOriginSeq": c.origin_seq,
+                    "conflictEpoch": c.epoch, "conflictEventType": c.event_type,
+                    "conflictTime": c.at_ms, "fencedByEpoch": mrk.epoch,
+                    "primaryRegion": mrk.primary_region})
+
+            if await svc.service_action("MultiRegionConflictDetected", mrk.arn_in(self.region),
+                                        (key_stream(mrk.key_id),), decide):
+                done += 1
+                log.warning("multi_region_conflict", key_id=mrk.key_id, region=self.region,
+                            origin_region=c.origin_region, origin_seq=c.origin_seq,
+                            epoch=c.epoch, event_type=c.event_type, fenced_by=mrk.epoch)
         return done
 
     async def _take_materials(self, mrk: mr.MultiRegionKey) -> int:

@@ -5,8 +5,12 @@ region writes only that its replica was deleted, and every member region folds t
 events (they reach the others by replication), so each sees the same set: which region is
 primary, which hold replicas, every material version sealed to whom, the rotation schedule.
 Epochs fence primaries: the primary is the region named at the highest epoch seen, and a
-primary's event from a lower epoch than that is ignored. Regional properties (description,
-policy, tags, enabled state) are not here: each region's ``key/<key id>`` stream holds them.
+primary's event from a lower epoch than that is ignored. A promotion (the replica made primary
+without the old primary: ``PrimaryRegionPromoted``) names how far it had seen the old
+primary's log; what that primary wrote under the old epoch past that point is fenced in
+every region, whatever order it arrives in, and kept as a conflict (never merged, never
+lost). Regional properties (description, policy, tags, enabled state) are not here: each
+region's ``key/<key id>`` stream holds them.
 """
 
 from __future__ import annotations
@@ -25,6 +29,36 @@ from kms.domain.ids import key_arn
 from kms.domain.key import Key, KeyState, check_state
 
 MRK_PREFIX = "mrk/"
+
+
+@dataclass(frozen=True, slots=True)
+class PrimaryRegionPromoted(ev.Event):
+    """``kms region promote``, written by the replica's region: from ``epoch`` on it is the
+    primary, without the old primary's word. ``basis_seq`` is how far it held
+    ``previous_region``'s log (its replication cursor): that region's shared events under
+    an older epoch past it never reached the new primary and are fenced."""
+
+    key_id: str
+    region: str
+    previous_region: str
+    epoch: int
+    basis_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class MultiRegionConflictRecorded(ev.Event):
+    """A region reported one fenced shared event (on its own ``key/<key id>`` stream, once:
+    its audit fact ``MultiRegionConflictDetected`` is written with it)."""
+
+    key_id: str
+    origin_region: str
+    origin_seq: int
+    epoch: int
+    event_type: str
+    at_ms: int
+
+
+ev.register(PrimaryRegionPromoted, MultiRegionConflictRecorded)
 
 
 def mrk_stream(key_id: str) -> str:
@@ -62,6 +96,25 @@ class SharedMaterial:
 
 
 @dataclass(frozen=True, slots=True)
+class Promotion:
+    region: str
+    previous_region: str
+    epoch: int
+    basis_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """A shared event written under an old epoch that was fenced: where and when."""
+
+    origin_region: str
+    origin_seq: int
+    epoch: int
+    event_type: str
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class MultiRegionKey:
     key_id: str
     account: str
@@ -77,6 +130,8 @@ class MultiRegionKey:
     next_rotation_ms: int = 0
     imported_ids: tuple[str, ...] = ()  # an EXTERNAL primary's KeyMaterialIds (no material)
     deleted_in: tuple[str, ...] = ()  # regions whose replica was deleted (ReplicaDeleted)
+    promotions: tuple[Promotion, ...] = ()  # PrimaryRegionPromoted, by epoch
+    conflicts: tuple[Conflict, ...] = ()  # fenced events whose origin is known
 
     @property
     def handing_over(self) -> bool:
@@ -115,9 +170,32 @@ def created(e: ev.MultiRegionKeyCreated) -> MultiRegionKey:
                           e.origin)
 
 
-def _fenced(mrk: MultiRegionKey, epoch: int) -> bool:
-    """A primary's event written under an epoch older than the highest seen (0: older logs)."""
-    return 0 < epoch < mrk.epoch
+def _fenced(mrk: MultiRegionKey, epoch: int, origin: str = "", origin_seq: int = 0) -> bool:
+    """A primary's event written under an epoch older than the highest seen (0: older logs).
+    An old primary's event under an epoch a promotion ended is fenced only if the promoted
+    region had not seen it (past the promotion's basis): what it had seen, it acted on."""
+    if epoch <= 0:
+        return False
+    ended = [p for p in mrk.promotions if p.previous_region == origin and epoch < p.epoch]
+    if ended:
+        return origin_seq > min(ended, key=lambda p: p.epoch).basis_seq
+    return epoch < mrk.epoch
+
+
+_NEVER_FENCED = (ev.PrimaryRegionUpdated, ev.PrimaryRegionAccepted, PrimaryRegionPromoted)
+
+
+def fence(mrk: MultiRegionKey, event: ev.Event, at_ms: int, origin: str,
+          origin_seq: int) -> MultiRegionKey | None:
+    """``mrk`` with ``event`` kept as a conflict if it is fenced (None: it is not)."""
+    epoch = getattr(event, "epoch", 0)
+    if isinstance(event, _NEVER_FENCED) or not _fenced(mrk, epoch, origin, origin_seq):
+        return None
+    if not origin or any(c.origin_region == origin and c.origin_seq == origin_seq
+                         for c in mrk.conflicts):
+        return mrk
+    return dataclasses.replace(mrk, conflicts=(*mrk.conflicts, Conflict(
+        origin, origin_seq, epoch, event.type_name, at_ms)))
 
 
 def waits(mrk: MultiRegionKey | None, event: ev.Event) -> bool:
@@ -130,6 +208,8 @@ def waits(mrk: MultiRegionKey | None, event: ev.Event) -> bool:
     if mrk is None:
         return True
     epoch = getattr(event, "epoch", 0)
+    if isinstance(event, PrimaryRegionPromoted):  # authoritative: it may skip epochs
+        return mrk.replica(event.region) is None and event.region != mrk.primary_region
     if isinstance(event, ev.PrimaryRegionUpdated):
         return epoch > mrk.epoch + 1
     if isinstance(event, ev.ReplicaDeleted):
@@ -137,12 +217,13 @@ def waits(mrk: MultiRegionKey | None, event: ev.Event) -> bool:
     return epoch > mrk.epoch
 
 
-def apply(mrk: MultiRegionKey, event: ev.Event, at_ms: int = 0) -> MultiRegionKey:
-    """Fold one shared event (committed at ``at_ms``)."""
+def apply(mrk: MultiRegionKey, event: ev.Event, at_ms: int = 0, origin: str = "",
+          origin_seq: int = 0) -> MultiRegionKey:
+    """Fold one shared event (committed at ``at_ms`` in ``origin``'s log at ``origin_seq``)."""
     replace = dataclasses.replace
-    if _fenced(mrk, getattr(event, "epoch", 0)) and not isinstance(
-            event, ev.PrimaryRegionUpdated | ev.PrimaryRegionAccepted):
-        return mrk
+    fenced = fence(mrk, event, at_ms, origin, origin_seq)
+    if fenced is not None:
+        return fenced
     match event:
         case ev.ReplicaAdded(region=region, description=d, policy=p, tags=t, created_ms=c):
             if mrk.replica(region) is not None or region == mrk.primary_region:
@@ -165,6 +246,17 @@ def apply(mrk: MultiRegionKey, event: ev.Event, at_ms: int = 0) -> MultiRegionKe
             others = tuple(r for r in mrk.replicas if r.region != new)
             return replace(mrk, primary_region=new, epoch=n,
                            replicas=(*others, Replica(old, "", "", ())))
+        case PrimaryRegionPromoted(region=new, previous_region=old, epoch=n, basis_seq=b):
+            promotions = mrk.promotions if any(p.epoch == n for p in mrk.promotions) else \
+                tuple(sorted((*mrk.promotions, Promotion(new, old, n, b)),
+                             key=lambda p: p.epoch))
+            if n <= mrk.epoch or mrk.replica(new) is None:
+                return replace(mrk, promotions=promotions)
+            others = tuple(r for r in mrk.replicas if r.region != new)
+            demoted = () if mrk.primary_region in mrk.deleted_in else (
+                Replica(mrk.primary_region, "", "", ()),)
+            return replace(mrk, primary_region=new, epoch=n, accepted_epoch=n,
+                           replicas=(*others, *demoted), promotions=promotions)
         case ev.PrimaryRegionAccepted(region=region, epoch=n):
             if n == mrk.epoch and region == mrk.primary_region:
                 return replace(mrk, accepted_epoch=n)
@@ -180,6 +272,26 @@ def apply(mrk: MultiRegionKey, event: ev.Event, at_ms: int = 0) -> MultiRegionKe
                                                    *mrk.materials[i + 1:]))
             return replace(mrk, materials=(*mrk.materials,
                                            SharedMaterial(mid, pub, sealed, rt, when)))
+    return mrk
+
+
+Folded = tuple[ev.Event, int, str, int]  # event, at_ms, origin region, origin seq
+
+
+def refold(history: list[Folded]) -> MultiRegionKey:
+    """A key's shared side folded again from its first event, every promotion known from
+    the start: what an old primary wrote past a promotion's basis is fenced even where it
+    was folded before the promotion arrived (the old primary's own events, a race)."""
+    first = history[0][0]
+    assert isinstance(first, ev.MultiRegionKeyCreated)
+    promotions = tuple(sorted({e.epoch: Promotion(e.region, e.previous_region, e.epoch,
+                                                  e.basis_seq)
+                               for e, *_ in history
+                               if isinstance(e, PrimaryRegionPromoted)}.values(),
+                              key=lambda p: p.epoch))
+    mrk = dataclasses.replace(created(first), promotions=promotions)
+    for e, at_ms, origin, seq in history[1:]:
+        mrk = apply(mrk, e, at_ms, origin, seq)
     return mrk
 
 
@@ -260,3 +372,36 @@ def update_primary(key: Key, mrk: MultiRegionKey | None, region: str) -> list[ev
         raise NotFoundException(
             f"Key '{mrk.arn_in(region)}' does not exist")
     return [ev.PrimaryRegionUpdated(key.key_id, region, key.region, mrk.epoch + 1)]
+
+
+def promote(key: Key | None, mrk: MultiRegionKey | None, region: str, key_ref: str,
+            basis_seq: int, highest_epoch: int) -> PrimaryRegionPromoted:
+    """``kms region promote`` in ``region``, decided there alone. Checks in order: the key
+    is multi-region, this region holds a replica of it, it is not the primary already, its
+    state, and it holds every material version it has seen (else it would lose data)."""
+    if mrk is None or (key is not None and not key.multi_region):
+        if key is None:
+            raise NotFoundException(f"Key '{key_ref}' does not exist")
+        raise UnsupportedOperationException(
+            f"{key.arn} is not a multi-Region key. Only a multi-Region replica key can be "
+            "promoted.")
+    if key is None:
+        raise NotFoundException(
+            f"Region {region} holds no replica of multi-Region key {mrk.key_id} "
+            f"(its regions: {', '.join(mrk.regions)}).")
+    if mrk.primary_region == region:
+        raise UnsupportedOperationException(
+            f"{key.arn} is already the primary key in {region} (epoch {mrk.epoch}).")
+    if key.state not in (KeyState.ENABLED, KeyState.DISABLED):
+        raise KMSInvalidStateException(f"{key.arn} is {key.state.value}; only an Enabled or "
+                                       "Disabled replica can be promoted.")
+    missing = [m.material_id for m in mrk.materials
+               if m.sealed_to(region) is not None and key.material(m.material_id) is None]
+    missing += [i for i in mrk.imported_ids if key.material(i) is None]
+    if missing:
+        raise KMSInvalidStateException(
+            f"{key.arn} does not hold every key material version it has seen referenced "
+            f"({len(missing)} missing, first {missing[0][:16]}...); wait until replication "
+            "has synchronized it, then promote again.")
+    return PrimaryRegionPromoted(key.key_id, region, mrk.primary_region,
+                                 max(highest_epoch, mrk.epoch) + 1, basis_seq)

@@ -18,7 +18,11 @@ from typing import Any
 from kms.domain import events as ev
 from kms.domain import key as keys
 from kms.domain import multi_region as mr
-from kms.domain.errors import AlreadyExistsException, UnsupportedOperationException
+from kms.domain.errors import (
+    AlreadyExistsException,
+    KMSInvalidStateException,
+    UnsupportedOperationException,
+)
 from kms.domain.key import Key, check_state
 from kms.service import authz
 from kms.service.core import Call, Service, operation
@@ -199,3 +203,50 @@ def check_not_replica(svc: Service, key: Key, action: str) -> None:
     mrk = svc.state.mrks.get(key.key_id)
     if mr.is_replica(key, mrk):
         mr.check_primary(key, mrk, action)
+
+
+def _key_id_of(key_ref: str) -> str:
+    """A key id from an id or a key ARN (``kms region promote`` takes either)."""
+    return key_ref.rsplit(":key/", 1)[-1] if key_ref.startswith("arn:") else key_ref
+
+
+async def promote_replica(svc: Service, key_ref: str, admin_arn: str) -> dict[str, Any]:
+    """``kms region promote``: this region's replica becomes the primary under the highest
+    epoch seen + 1, decided here alone (the old primary may be down: not
+    UpdatePrimaryRegion). Raises the KMSError of ``mr.promote``'s refusals."""
+    key_id = _key_id_of(key_ref)
+    for _ in range(10):  # a replicated row committed meanwhile: decide again
+        key = svc.state.keys.get(key_id)
+        mrk = svc.state.mrks.get(key_id)
+        basis = svc.log.cursor(mrk.primary_region) if mrk is not None else 0
+        promoted = mr.promote(key, mrk, svc.region, key_ref, basis,
+                              svc.state.highest_epoch(key_id))
+        assert key is not None and mrk is not None
+
+        def decide(call: Call, e: mr.PrimaryRegionPromoted = promoted) -> None:
+            call.emit(mr.mrk_stream(key_id), [e])
+            call.additional.update({"primaryRegion": svc.region, "epoch": e.epoch,
+                                    "previousPrimaryRegion": e.previous_region,
+                                    "promotedBy": admin_arn})
+
+        if await svc.service_action("PromoteReplicaKey", key.arn,
+                                    (key_stream(key_id), mr.mrk_stream(key_id)), decide):
+            return {"KeyId": key_id, "KeyArn": key.arn, "PrimaryRegion": svc.region,
+                    "PreviousPrimaryRegion": promoted.previous_region,
+                    "Epoch": promoted.epoch, "BasisSeq": promoted.basis_seq}
+    raise KMSInvalidStateException(f"Key {key_id} kept changing; promote it again.")
+
+
+def conflicts(svc: Service) -> list[dict[str, Any]]:
+    """Every fenced shared event this region knows of, per key, oldest first."""
+    out: list[dict[str, Any]] = []
+    for key_id, mrk in sorted(svc.state.mrks.items()):
+        recorded = svc.state.conflicts_recorded.get(key_id, set())
+        for c in mrk.conflicts:
+            out.append({"KeyId": key_id, "KeyArn": mrk.arn_in(c.origin_region),
+                        "Region": c.origin_region, "Epoch": c.epoch,
+                        "EventType": c.event_type, "OriginSeq": c.origin_seq,
+                        "Time": c.at_ms / 1000, "FencedByEpoch": mrk.epoch,
+                        "PrimaryRegion": mrk.primary_region, "ReportedIn": svc.region,
+                        "Audited": (c.origin_region, c.origin_seq) in recorded})
+    return out

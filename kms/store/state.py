@@ -31,7 +31,11 @@ class State:
         # Multi-region keys this region knows of (member or not): their shared side.
         self.mrks: dict[str, mrks.MultiRegionKey] = {}
         # Shared events that arrived ahead of what they follow (mrks.waits), per key.
-        self._held: dict[str, list[tuple[ev.Event, int]]] = {}
+        self._held: dict[str, list[mrks.Folded]] = {}
+        # Every shared event folded, per key: a promotion refolds them (mrks.refold).
+        self._history: dict[str, list[mrks.Folded]] = {}
+        # Conflicts this region has reported (MultiRegionConflictRecorded), per key.
+        self.conflicts_recorded: dict[str, set[tuple[str, int]]] = {}
 
     def __call__(self, envelopes: Sequence[ev.Envelope] | None) -> None:
         if envelopes is None:
@@ -40,6 +44,8 @@ class State:
             self.aliases.clear()
             self.mrks.clear()
             self._held.clear()
+            self._history.clear()
+            self.conflicts_recorded.clear()
             return
         for env in envelopes:
             self.apply(env)
@@ -47,9 +53,11 @@ class State:
     def apply(self, env: ev.Envelope) -> None:
         e = env.event
         if mrks.is_shared_stream(env.stream):
-            self._apply_shared(e, env.at_ms)
+            self._apply_shared((e, env.at_ms, env.origin_region, env.origin_seq))
             return
         match e:
+            case mrks.MultiRegionConflictRecorded(key_id=kid, origin_region=o, origin_seq=n):
+                self.conflicts_recorded.setdefault(kid, set()).add((o, n))
             case ev.KeyCreated():
                 self.keys[e.key_id] = keys.created(e, env.at_ms)
                 self.key_seq[e.key_id] = env.seq
@@ -68,29 +76,43 @@ class State:
                 if key_id is not None and key_id in self.keys:
                     self.keys[key_id] = keys.apply(self.keys[key_id], e, env.at_ms)
 
-    def _apply_shared(self, e: ev.Event, at_ms: int) -> None:
+    def _apply_shared(self, item: mrks.Folded) -> None:
+        e = item[0]
         key_id = getattr(e, "key_id", None)
         if key_id is None:
             return
         if mrks.waits(self.mrks.get(key_id), e):  # ahead of what it follows: hold it
-            self._held.setdefault(key_id, []).append((e, at_ms))
+            self._held.setdefault(key_id, []).append(item)
             return
-        self._fold_shared(key_id, e, at_ms)
+        self._fold_shared(key_id, item)
         held = self._held.get(key_id)
         while held:  # what was held for this key may follow now, in arrival order
             ready = next((h for h in held if not mrks.waits(self.mrks.get(key_id), h[0])), None)
             if ready is None:
                 break
             held.remove(ready)
-            self._fold_shared(key_id, *ready)
+            self._fold_shared(key_id, ready)
         if not held:
             self._held.pop(key_id, None)
 
-    def _fold_shared(self, key_id: str, e: ev.Event, at_ms: int) -> None:
+    def _fold_shared(self, key_id: str, item: mrks.Folded) -> None:
+        e, at_ms, origin, seq = item
+        history = self._history.setdefault(key_id, [])
         if isinstance(e, ev.MultiRegionKeyCreated):
+            history[:] = [item]
             self.mrks[key_id] = mrks.created(e)
+            return
+        history.append(item)
+        if isinstance(e, mrks.PrimaryRegionPromoted):
+            self.mrks[key_id] = mrks.refold(history)
         else:
-            self.mrks[key_id] = mrks.apply(self.mrks[key_id], e, at_ms)
+            self.mrks[key_id] = mrks.apply(self.mrks[key_id], e, at_ms, origin, seq)
+
+    def highest_epoch(self, key_id: str) -> int:
+        """The highest epoch this region has seen for a key, held events' too."""
+        found = self.mrks.get(key_id)
+        epochs = [getattr(h[0], "epoch", 0) for h in self._held.get(key_id, ())]
+        return max([found.epoch if found else 0, *epochs])
 
     def aliases_of(self, key_id: str) -> list[Alias]:
         return [a for a in self.aliases.values() if a.key_id == key_id]

@@ -1,0 +1,143 @@
+"""``kms region promote`` and ``kms region conflicts``: operator actions on one region node.
+
+Rules: each talks to the node at ``--endpoint`` (``/_kms/region/promote``,
+``/_kms/region/conflicts``, regions.admin), signing the request with SigV4 for the node's
+region when credentials are found (the usual AWS environment and profile chain, or
+``--access-key``/``--secret-key``); a ``--dev`` node takes it unsigned. One line of text on
+success, or the JSON answer with ``--json``; a refusal is one ``kms region: error:`` line
+on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime
+from typing import Any
+
+import botocore.session
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+TIMEOUT = 30.0
+
+
+class AdminError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kms region",
+                                     description="Operator actions on a region node.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--endpoint", required=True, help="the region node's URL")
+        p.add_argument("--region", help="the region (default: the one the node serves)")
+        p.add_argument("--json", action="store_true", help="print the JSON answer")
+        p.add_argument("--access-key", help="sign with this access key id")
+        p.add_argument("--secret-key", help="... and this secret access key")
+
+    promote = sub.add_parser("promote", help="make the replica at --endpoint the primary "
+                             "under a higher epoch (the old primary is not asked)")
+    common(promote)
+    promote.add_argument("key_id", metavar="KEY_ID", help="a multi-Region key id or ARN")
+    conflicts = sub.add_parser("conflicts", help="list events an old primary wrote under an "
+                               "old epoch that were fenced")
+    common(conflicts)
+    return parser
+
+
+def _credentials(args: argparse.Namespace) -> Credentials | None:
+    if args.access_key and args.secret_key:
+        return Credentials(args.access_key, args.secret_key)
+    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")  # no IMDS probe on a laptop
+    found = botocore.session.get_session().get_credentials()
+    return found.get_frozen_credentials() if found is not None else None  # type: ignore[return-value]
+
+
+def _node_region(endpoint: str) -> str:
+    try:
+        with urllib.request.urlopen(endpoint + "/_kms/region", timeout=TIMEOUT) as r:
+            return str(json.load(r)["region"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise AdminError(f"{endpoint} does not answer as a kms region node: {exc}") from None
+
+
+def _call(args: argparse.Namespace, method: str, path: str,
+          body: dict[str, Any] | None = None, query: str = "") -> dict[str, Any]:
+    endpoint = args.endpoint.rstrip("/")
+    url = endpoint + path + (f"?{query}" if query else "")
+    data = json.dumps(body).encode() if body is not None else b""
+    headers = {"Content-Type": "application/json"}
+    creds = _credentials(args)
+    if creds is not None:
+        request = AWSRequest(method=method, url=url, data=data, headers=headers)
+        SigV4Auth(creds, "kms", _node_region(endpoint)).add_auth(request)
+        headers = dict(request.headers.items())
+    req = urllib.request.Request(url, data=data if method == "POST" else None,
+                                 method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=TIMEOUT) as r:
+            answer: dict[str, Any] = json.load(r)
+            return answer
+    except urllib.error.HTTPError as exc:
+        try:
+            doc = json.load(exc)
+            message = f"{doc.get('__type', 'Error')}: {doc.get('message', '')}"
+        except ValueError:
+            message = f"HTTP {exc.code}"
+        raise AdminError(message) from None
+    except (OSError, ValueError) as exc:
+        raise AdminError(f"{endpoint}: {exc}") from None
+
+
+def _when(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def promote(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"KeyId": args.key_id}
+    if args.region:
+        body["Region"] = args.region
+    out = _call(args, "POST", "/_kms/region/promote", body)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"promoted {out['KeyId']} to primary in {out['PrimaryRegion']} "
+              f"(epoch {out['Epoch']})")
+    return 0
+
+
+def conflicts(args: argparse.Namespace) -> int:
+    out = _call(args, "GET", "/_kms/region/conflicts",
+                query=f"region={args.region}" if args.region else "")
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    found = out["Conflicts"]
+    if not found:
+        print(f"no conflicts in {out['Region']}")
+    for c in found:
+        print(f"{c['KeyId']}: {c['EventType']} written in {c['Region']} under epoch "
+              f"{c['Epoch']} (origin seq {c['OriginSeq']}, {_when(c['Time'])}) fenced by "
+              f"epoch {c['FencedByEpoch']}, primary {c['PrimaryRegion']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return promote(args) if args.command == "promote" else conflicts(args)
+    except AdminError as exc:
+        print(f"kms region: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
