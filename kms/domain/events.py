@@ -420,3 +420,7 @@ class Envelope:
     origin_seq: int
     at_ms: int
     event: Event
+
+# Event types defined beside their aggregate register themselves on import; import them here
+# so whatever decodes the log knows them.
+from kms.domain import grants as _grants  # noqa: E402,F401

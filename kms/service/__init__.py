@@ -4,6 +4,7 @@ from kms.service import (  # noqa: F401  (registration)
     aliases,
     asymmetric_ops,
     crypto_ops,
+    grant_ops,
     import_ops,
     kem_ops,
     keys,

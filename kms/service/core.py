@@ -37,6 +37,8 @@ from kms.domain.key import apply as apply_key
 from kms.domain.key import created as created_key
 from kms.domain.specs import SYMMETRIC
 from kms.service import authz
+from kms.service import grant_access
+from kms.store.grants import Grants
 from kms.store.log import AUDIT_STREAM, Append, EventLog, VaultChange
 from kms.store.state import State, key_stream
 from kms.store.usage import KeyUsage
@@ -180,6 +182,8 @@ class Service:
         self.state = State()
         log_.subscribe(self.state)
         log_.subscribe(keyring.committed)  # deletions drop their cached material
+        self.grants = Grants()  # this region's live grants (streams grants/<key id>)
+        log_.subscribe(self.grants)
         self.usage = KeyUsage()
         log_.subscribe_audit(self.usage)  # GetKeyLastUsage, rebuilt from the log at start
         self.supported_specs = frozenset({SYMMETRIC, *mac.HMAC_SPECS, *asymmetric.SUPPORTED_SPECS})
@@ -214,6 +218,14 @@ class Service:
         return self.keyring.loaded(key.key_id, material,
                                    lambda der: asymmetric.load_private(der, trusted=True),
                                    staged=call.staged_keks)
+
+    def grants_allow(self, call: Call, action: str, key: Key) -> bool:
+        """The grant hook of policy evaluation (kms.service.authz): whether a live grant on
+        ``key`` lets this caller do ``kms:<action>`` in this call (grantee, operations,
+        encryption-context constraint; tokens in GrantTokens first). Reads the grants
+        projection only and pins no stream: creating or ending a grant never makes an
+        in-flight cryptographic call decide again."""
+        return bool(grant_access.allowing_grants(self.grants, self.region, call, action, key))
 
     # -- loading, with what the decision saw ------------------------------------------------
     def resolve(self, call: Call, raw: str, *, allow_alias: bool) -> Key:
@@ -274,6 +286,8 @@ class Service:
             try:
                 if managed:
                     self._stage_aws_managed(c, params)
+                if "GrantTokens" in params:  # garbage is refused on every operation
+                    grant_access.check_tokens(params["GrantTokens"])
                 if "Recipient" in params:
                     raise UnsupportedOperationException(
                         "Recipient (attested delivery to an enclave) is not supported by this "
