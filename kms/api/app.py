@@ -23,6 +23,7 @@ from aiohttp import web
 
 from kms.api.sigv4 import SigV4Verifier
 from kms.api.validation import RequestModel
+from kms.audit.stream import audit_handler
 from kms.domain.errors import (
     InvalidSignatureException,
     KMSError,
@@ -282,7 +283,9 @@ def operation_of(target: str) -> str:
 
 def anonymous(request: web.Request) -> Caller:
     """Who a request is before (or without) authentication."""
-    return Caller("anonymous", "", "", request.remote or "", request.headers.get("User-Agent", ""))
+    m = _CREDENTIAL.search(request.headers.get("Authorization", ""))  # for the audit record
+    return Caller("anonymous", "", m.group(1) if m else "", request.remote or "",
+                  request.headers.get("User-Agent", ""))
 
 
 def parse_request(request: web.Request, operation: str, target: str,
@@ -453,6 +456,7 @@ def create_app(node: Node, regions: Regions | None = None) -> web.Application:
     routes = [
         web.post("/", gateway.handle),
         web.get("/_kms/health", with_regions),
+        web.get("/_kms/audit", audit_handler(regions)),  # the CloudTrail stream (kms.audit)
     ]
     if node.config.dev:
         routes += [web.post("/_kms/reset", dev_reset), web.post("/_kms/clock", dev_clock)]

@@ -14,10 +14,13 @@ import hashlib
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kms.audit.ids import event_id
 from kms.domain import events as ev
+
+if TYPE_CHECKING:
+    from kms.store.log import EventLog
 
 EVENT_VERSION = "1.11"
 EVENT_SOURCE = "kms.amazonaws.com"
@@ -271,3 +274,21 @@ def _arn_account(arn: str) -> str:
 
 def _key_id(arn: str) -> str:
     return arn.rsplit("/", 1)[-1]
+
+
+async def read_records(log: EventLog, after_seq: int, limit: int, *,
+                       account: str | None = None) -> tuple[list[tuple[int, dict[str, Any]]], int]:
+    """The CloudTrail records of the committed audit facts after ``after_seq`` (at most
+    ``limit``), and the seq the answer is complete up to. ``account`` is the recipient
+    account (default: each fact's resource's, else the caller's)."""
+    envelopes, through = await log.read_audit(after_seq, limit)
+    out = []
+    for e in envelopes:
+        fact = e.event
+        if not isinstance(fact, ev.ApiCallRecorded):
+            continue
+        owner = account or next((a for a in map(_arn_account, fact.resources) if a),
+                                fact.account)
+        out.append((e.seq, cloudtrail_record(fact, seq=e.seq, at_ms=e.at_ms,
+                                              region=log.region, recipient_account=owner)))
+    return out, through
