@@ -22,6 +22,7 @@ import structlog
 from aiohttp import web
 
 from kms.api.sigv4 import SigV4Verifier
+from kms.api.sts import StsEndpoint, is_sts_request
 from kms.api.validation import RequestModel
 from kms.audit.stream import audit_handler
 from kms.domain.errors import (
@@ -188,10 +189,15 @@ class Gateway:
         self.verifier = SigV4Verifier(node.credentials.secret, node.config.region,
                                       now=node.clock.now)
         self.request_id = RequestIds()
+        sts_verifier = SigV4Verifier(node.credentials.secret, node.config.region,
+                                     service="sts", now=node.clock.now)
+        self.sts = StsEndpoint(lambda request, body: self.caller(request, body, sts_verifier),
+                               self.request_id)
 
-    def caller(self, request: web.Request, body: bytes) -> Caller:
+    def caller(self, request: web.Request, body: bytes,
+               verifier: SigV4Verifier | None = None) -> Caller:
         """Who signed the request (``--dev``: whoever the config names for its access key,
-        else the account root, signature unchecked)."""
+        else the account root, signature unchecked); ``verifier`` is KMS's by default."""
         credentials = self.node.credentials
         if self.dev:  # any credential, session token or not, is accepted
             m = _CREDENTIAL.search(request.headers.get("Authorization", ""))
@@ -201,13 +207,16 @@ class Gateway:
             via = request.headers.get("X-Kms-Via-Service", "").strip()
             return caller_of(principal or root_principal(self.account), access_key,
                              request, via)
-        access_key = self.verifier.verify(request.method, request.raw_path.split("?", 1)[0],
-                                          request.query_string, request.headers, body)
+        access_key = (verifier or self.verifier).verify(
+            request.method, request.raw_path.split("?", 1)[0], request.query_string,
+            request.headers, body)
         principal = credentials.principal(access_key)
         assert principal is not None  # the verifier knew its secret
         return caller_of(principal, access_key, request)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        if is_sts_request(request):  # STS's Query protocol (GetCallerIdentity), any region
+            return await self.sts.handle(request)
         if self.regions.routing:
             m = _SCOPE_REGION.search(request.headers.get("Authorization", ""))
             if m is not None and m.group(1) != self.region:
@@ -218,6 +227,12 @@ class Gateway:
                     return await found(request)
                 return await self.serve(request, found)
         return await self.serve(request, self.node)
+
+    async def handle_get(self, request: web.Request) -> web.StreamResponse:
+        """``GET /``: only a presigned STS call (``?Action=GetCallerIdentity&...``)."""
+        if "Action" not in request.query:
+            raise web.HTTPMethodNotAllowed("GET", ["POST"])
+        return await self.sts.handle(request)
 
     async def opened(self, region: str) -> Node:
         """The node for ``region`` not hosted yet, or the wrong-region error (in --dev the
@@ -439,6 +454,18 @@ async def dev_clock(request: web.Request) -> web.Response:
     return web.json_response({"now": node.clock.now(), "offset_seconds": node.clock.offset_seconds})
 
 
+async def audit_public_key(request: web.Request) -> web.Response:
+    """The audit signing key's public half (open to anyone): ``?region=`` picks a hosted
+    region, else the node's own."""
+    nodes = {n.config.region: n for n in request.app[REGIONS].nodes()}
+    region = request.query.get("region", request.app[NODE].config.region)
+    if region not in nodes:
+        return web.json_response({"__type": "NotFoundException",
+                                  "message": f"This node hosts no region {region!r}."},
+                                 status=404)
+    return web.json_response({"Region": region, **nodes[region].audit_key.document()})
+
+
 def create_app(node: Node, regions: Regions | None = None) -> web.Application:
     """The app for ``node``; ``regions`` decides which node serves each signed region
     (by default only ``node``'s own)."""
@@ -455,7 +482,9 @@ def create_app(node: Node, regions: Regions | None = None) -> web.Application:
     app.cleanup_ctx.append(lifecycle)
     routes = [
         web.post("/", gateway.handle),
+        web.get("/", gateway.handle_get),
         web.get("/_kms/health", with_regions),
+        web.get("/_kms/audit/public-key", audit_public_key),
         web.get("/_kms/audit", audit_handler(regions)),  # the CloudTrail stream (kms.audit)
     ]
     if node.config.dev:

@@ -1,4 +1,5 @@
-"""AWS Signature Version 4 verification for incoming requests (Authorization-header form only).
+"""AWS Signature Version 4 verification for incoming requests: Authorization header or presigned
+query string.
 
 Rules: canonicalize straight from the wire parts (no botocore objects on the hot path), cache
 derived signing keys, compare with hmac.compare_digest, answer with AWS's error classes and
@@ -38,6 +39,13 @@ _AUTH_RE = re.compile(  # the exact shape SDKs send; anything else takes the slo
     r"AWS4-HMAC-SHA256 Credential=([^, ]+), ?SignedHeaders=([^, ]+), ?Signature=([0-9a-f]{64})")
 _ISO_RE = re.compile(r"(\d{4})(\d\d)(\d\d)T(\d\d)(\d\d)(\d\d)Z", re.ASCII)
 _CACHE_SIZE = 128
+MAX_PRESIGN_SECONDS = 7 * 86400  # X-Amz-Expires at most a week, as AWS allows
+_PRESIGN_PARAMS = ("X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Signature", "X-Amz-Date",
+                   "X-Amz-SignedHeaders", "X-Amz-Expires")
+_TWO_MECHANISMS = ("Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter "
+                   "or the Authorization header should be specified")
+MUST_SIGN = ("x-amz-target", "content-type")  # present, they must be signed
+_DISPLAY = {"x-amz-target": "X-Amz-Target", "content-type": "Content-Type"}
 
 
 def derive_signing_key(secret: str, date: str, region: str, service: str) -> bytes:
@@ -64,16 +72,28 @@ def canonical_uri(raw_path: str) -> str:
     return quote("/" + "/".join(segments) + tail, safe="/~")
 
 
-def canonical_query(query_string: str) -> str:
-    """Decode each name/value, re-encode per AWS (RFC 3986 unreserved kept), sort."""
+def canonical_query(query_string: str, without: str = "") -> str:
+    """Decode each name/value, re-encode per AWS (RFC 3986 unreserved kept), sort; a
+    presigned request's canonical query leaves out ``without`` (its X-Amz-Signature)."""
     if not query_string:
         return ""
     pairs = []
     for item in query_string.split("&"):
         if item:
             name, _, value = item.partition("=")
-            pairs.append((quote(unquote(name), safe="-_.~"), quote(unquote(value), safe="-_.~")))
+            name = unquote(name)
+            if name != without:
+                pairs.append((quote(name, safe="-_.~"), quote(unquote(value), safe="-_.~")))
     return "&".join(f"{name}={value}" for name, value in sorted(pairs))
+
+
+def query_params(query_string: str) -> dict[str, str]:
+    """Name -> value (the first, decoded) of a query string; '+' stays a plus, as AWS reads."""
+    params: dict[str, str] = {}
+    for item in query_string.split("&"):
+        name, _, value = item.partition("=")
+        params.setdefault(unquote(name), unquote(value))
+    return params
 
 
 def _iso(epoch: float) -> str:
@@ -132,9 +152,12 @@ class SigV4Verifier:
 
     def __init__(self, secrets: Callable[[str], str | None], region: str, service: str = "kms",
                  now: Callable[[], float] = time.time, max_skew_seconds: int = 300,
-                 session_tokens: Callable[[str], str | None] = lambda _: None) -> None:
+                 session_tokens: Callable[[str], str | None] = lambda _: None,
+                 must_sign: tuple[str, ...] = MUST_SIGN) -> None:
         """``session_tokens`` gives the token a temporary credential was issued with, None
-        for a long-term one (the default: this node issues no session credentials)."""
+        for a long-term one (the default: this node issues no session credentials);
+        ``must_sign`` names the headers a request that carries them must have signed."""
+        self._must_sign = must_sign
         self._secrets, self._region, self._service = secrets, region, service
         self._session_tokens = session_tokens
         self._now, self._skew = now, max_skew_seconds
@@ -169,11 +192,20 @@ class SigV4Verifier:
         if problems:
             raise IncompleteSignatureException(
                 " ".join(problems) + f" Authorization={_redacted(header)}")
+        scope = self._scope(credential, signed, f"Authorization={_redacted(header)}")
+        if match is not None:  # SDK shape: the prefix alone determines everything above
+            if len(self._scopes) >= _CACHE_SIZE:
+                self._scopes.clear()
+            self._scopes[prefix] = scope
+        return scope, signature
+
+    def _scope(self, credential: str, signed: str, shown: str) -> _Scope:
+        """The credential scope and signed header names, checked as AWS checks them."""
         parts = credential.split("/")
         if len(parts) != 5 or not all(parts):
             raise IncompleteSignatureException(
                 f"Credential should be of the form '<access key>/YYYYMMDD/<region>/<service>/"
-                f"{TERMINATOR}'. Authorization={_redacted(header)}")
+                f"{TERMINATOR}'. {shown}")
         access_key, date, region, service, terminator = parts
         if terminator != TERMINATOR:
             raise IncompleteSignatureException(
@@ -190,16 +222,13 @@ class SigV4Verifier:
         if service != self._service:
             raise InvalidSignatureException(
                 f"Credential should be scoped to correct service: '{self._service}'. ")
-        scope = (access_key, date, f"{date}/{region}/{service}/{TERMINATOR}", names,
-                 ";".join(names))
-        if match is not None:  # SDK shape: the prefix alone determines everything above
-            if len(self._scopes) >= _CACHE_SIZE:
-                self._scopes.clear()
-            self._scopes[prefix] = scope
-        return scope, signature
+        return (access_key, date, f"{date}/{region}/{service}/{TERMINATOR}", names,
+                ";".join(names))
 
-    def _check_time(self, value: str, scope_date: str) -> str:
-        """The request's ISO timestamp, once it matches the scope date and our clock."""
+    def _check_time(self, value: str, scope_date: str, expires: int | None = None) -> str:
+        """The request's ISO timestamp, once it matches the scope date and our clock: within
+        the allowed skew of now, or for a presigned request (``expires`` seconds) from the
+        skew before it until it expires."""
         last_value, parsed = self._last_time
         if value != last_value or parsed is None:
             parsed = _parse_time(value)
@@ -214,12 +243,16 @@ class SigV4Verifier:
                 "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date "
                 f"from HTTP: '{scope_date}' != '{amz_date[:8]}', from '{amz_date}'.")
         now, skew = self._now(), self._skew
-        if abs(epoch - now) > skew:
-            window = f"{skew // 60} min." if skew % 60 == 0 else f"{skew} sec."
-            if epoch < now:
-                raise InvalidSignatureException(
-                    f"Signature expired: {amz_date} is now earlier than "
-                    f"{_iso(now - skew)} ({_iso(now)} - {window})")
+        window = f"{skew // 60} min." if skew % 60 == 0 else f"{skew} sec."
+        if expires is not None and now - epoch > expires:
+            raise InvalidSignatureException(
+                f"Signature expired: {amz_date} is now earlier than "
+                f"{_iso(now - expires)} ({_iso(now)} - {expires} sec.)")
+        if expires is None and epoch < now - skew:
+            raise InvalidSignatureException(
+                f"Signature expired: {amz_date} is now earlier than "
+                f"{_iso(now - skew)} ({_iso(now)} - {window})")
+        if epoch > now + skew:
             raise InvalidSignatureException(
                 f"Signature not yet current: {amz_date} is still later than "
                 f"{_iso(now + skew)} ({_iso(now)} + {window})")
@@ -235,34 +268,78 @@ class SigV4Verifier:
 
     def verify(self, method: str, raw_path: str, query_string: str,
                headers: Mapping[str, str], body: bytes) -> str:
-        """Return the access key id of a correctly signed request, or raise one of the errors."""
+        """Return the access key id of a correctly signed request (Authorization header or
+        presigned query string), or raise one of the errors."""
         if not isinstance(headers, _CI_TYPES):
             headers = CIMultiDict(headers.items())
-        getall = headers.getall
         header = headers.get("authorization")
         if header is None:
+            if "X-Amz-" in query_string:
+                return self._verify_presigned(method, raw_path, query_string, headers, body)
             raise MissingAuthenticationTokenException("Missing Authentication Token")
+        if "X-Amz-Algorithm=" in query_string or "X-Amz-Signature=" in query_string:
+            raise IncompleteSignatureException(_TWO_MECHANISMS)
         header = header.strip()
         date_value = headers.get("x-amz-date") or headers.get("date")
         prefix, _, signature = header.rpartition("Signature=")
         scope = self._scopes.get(prefix)
         if scope is None or date_value is None:
             scope, signature = self._parse_authorization(header, prefix, date_value is not None)
+        amz_date = self._check_time(date_value.strip(), scope[1])  # type: ignore[union-attr]
+        return self._check_signature(method, raw_path, canonical_query(query_string), headers,
+                                     body, scope, signature, amz_date,
+                                     headers.get("x-amz-security-token"))
+
+    def _verify_presigned(self, method: str, raw_path: str, query_string: str,
+                          headers: CIMultiDict[str] | CIMultiDictProxy[str],
+                          body: bytes) -> str:
+        """The query-string form: X-Amz-Algorithm, -Credential, -Date, -Expires,
+        -SignedHeaders and -Signature; valid from X-Amz-Date (less the clock skew allowed)
+        until X-Amz-Date + X-Amz-Expires."""
+        params = query_params(query_string)
+        for name in _PRESIGN_PARAMS:
+            if not params.get(name):
+                raise IncompleteSignatureException(
+                    f"AWS query-string parameters must include '{name}'. "
+                    "Re-examine the query-string parameters.")
+        if params["X-Amz-Algorithm"] != ALGORITHM:
+            raise IncompleteSignatureException(
+                f"Unsupported AWS 'algorithm': only '{ALGORITHM}' is accepted.")
+        expires = params["X-Amz-Expires"]
+        if not expires.isdigit() or not 0 < int(expires) <= MAX_PRESIGN_SECONDS:
+            raise IncompleteSignatureException(
+                "X-Amz-Expires must be a whole number of seconds, at least 1 and at most "
+                f"{MAX_PRESIGN_SECONDS} (a week).")
+        scope = self._scope(params["X-Amz-Credential"], params["X-Amz-SignedHeaders"],
+                            "Re-examine the query-string parameters.")
+        amz_date = self._check_time(params["X-Amz-Date"], scope[1], int(expires))
+        return self._check_signature(method, raw_path,
+                                     canonical_query(query_string, "X-Amz-Signature"),
+                                     headers, body, scope, params["X-Amz-Signature"], amz_date,
+                                     params.get("X-Amz-Security-Token"))
+
+    def _check_signature(self, method: str, raw_path: str, query: str,
+                         headers: CIMultiDict[str] | CIMultiDictProxy[str], body: bytes,
+                         scope: _Scope, signature: str, amz_date: str,
+                         token: str | None) -> str:
         access_key, scope_date, scope_line, names, signed_line = scope
-        amz_date = self._check_time(date_value.strip(), scope_date)  # type: ignore[union-attr]
         secret = self._secrets(access_key)
-        if secret is None or not self._token_matches(access_key,
-                                                     headers.get("x-amz-security-token")):
+        if secret is None or not self._token_matches(access_key, token):
             raise UnrecognizedClientException(
                 "The security token included in the request is invalid.")
-
+        getall = headers.getall
+        for name in self._must_sign:  # else a captured request could become another call
+            if name not in names and name in headers:
+                raise IncompleteSignatureException(
+                    f"'{_DISPLAY.get(name, name)}' must be a 'SignedHeader' in the AWS "
+                    "Authorization.")
         payload_hash = hashlib.sha256(body).hexdigest()
         declared = headers.get("x-amz-content-sha256")
         if declared is not None:  # signed or not, it must describe this very body
             if declared.strip().lower() != payload_hash:
                 raise InvalidSignatureException(PAYLOAD_MISMATCH)
             payload_hash = declared.strip()
-        lines = [method.upper(), canonical_uri(raw_path), canonical_query(query_string)]
+        lines = [method.upper(), canonical_uri(raw_path), query]
         for name in names:
             values = getall(name, None)
             if values is None:  # a signed header that is not there cannot match

@@ -77,8 +77,9 @@ def signed_headers(url: str, body: bytes, target: str, access_key: str, secret: 
     amz_date, day = when.strftime("%Y%m%dT%H%M%SZ"), when.strftime("%Y%m%d")
     host = url.split("://", 1)[1].rstrip("/")
     canonical = "\n".join([
-        "POST", "/", "", f"host:{host}", f"x-amz-date:{amz_date}",
-        f"x-amz-target:TrentService.{target}", "", "host;x-amz-date;x-amz-target",
+        "POST", "/", "", "content-type:application/x-amz-json-1.1", f"host:{host}",
+        f"x-amz-date:{amz_date}", f"x-amz-target:TrentService.{target}", "",
+        "content-type;host;x-amz-date;x-amz-target",
         hashlib.sha256(body).hexdigest(),
     ])
     scope = f"{day}/{region}/kms/aws4_request"
@@ -93,7 +94,8 @@ def signed_headers(url: str, body: bytes, target: str, access_key: str, secret: 
         "X-Amz-Target": f"TrentService.{target}",
         "X-Amz-Date": amz_date,
         "Authorization": f"AWS4-HMAC-SHA256 Credential={access_key}/{scope}, "
-                         f"SignedHeaders=host;x-amz-date;x-amz-target, Signature={signature}",
+                         f"SignedHeaders=content-type;host;x-amz-date;x-amz-target, "
+                         f"Signature={signature}",
     }
 
 
