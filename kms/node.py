@@ -11,6 +11,8 @@ from pathlib import Path
 import structlog
 
 import kms.service  # noqa: F401  (registers every operation)
+from kms.audit.checkpoints import WITNESS_FILE, Checkpointer
+from kms.audit.signing import AuditSigningKey
 from kms.clock import Clock, PersistentClock
 from kms.config import Config
 from kms.crypto.keyring import Keyring
@@ -39,6 +41,11 @@ class Node:
         self.log = event_log or SqliteLog(data_dir / LOG_FILE, config.region)
         # ``kms serve`` passes the key kms.datadir verified against the dir's root-check.
         self.keyring = Keyring(root_key or RootKey.load_or_create(data_dir), self.log.vault)
+        # Signs the log's checkpoints and the export's digests; sealed beside the root key.
+        self.audit_key = AuditSigningKey.load_or_create(data_dir, self.keyring.root)
+        if self.log.checkpointer is None:
+            self.log.checkpointer = Checkpointer(config.region, self.audit_key,
+                                                 data_dir / WITNESS_FILE)
         self.credentials, self.new_credential = Credentials.load_or_create(
             data_dir, config.account_id, config.principals
         )

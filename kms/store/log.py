@@ -18,6 +18,11 @@ included, stops it (fail closed).
 Replication (kms.store.replication): ``read_for_peer`` serves this region's own state
 events after a cursor; ``append_replicated`` appends a peer's through the same writer,
 keeping their origin, with a per-origin cursor in the same transaction.
+
+Signed checkpoints (kms.audit.checkpoints): with a ``checkpointer`` the writer ends a batch
+with a ``CheckpointSigned`` row at intervals and at close; start-up re-hashes only the rows
+after the last checkpoint (and ``recheck`` rows before it), link-checks the rest, verifies
+every checkpoint's signature and refuses a log that ends before its recorded witness.
 """
 
 from __future__ import annotations
@@ -29,9 +34,11 @@ import itertools
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 
+from kms.audit.checkpoints import CHECKPOINT_STREAM, WITNESS_FILE, CheckpointSigned
 from kms.domain import events as ev
 from kms.domain.errors import ConflictingWrite, KMSInternalException
 from kms.store.replication import (
@@ -42,6 +49,9 @@ from kms.store.replication import (
     merged_cursors,
     peer_page,
 )
+
+if TYPE_CHECKING:
+    from kms.audit.checkpoints import Checkpointer
 
 AUDIT_STREAM = "audit"
 GENESIS = b"\x00" * 32
@@ -123,6 +133,12 @@ class EventLog(abc.ABC):
         self.last_error: str | None = None
         self.last_error_at_ms: int | None = None
         self.degraded = False
+        # Signed checkpoints (None: none written, every row re-hashed at start).
+        self.checkpointer: Checkpointer | None = None
+        self._cp_rows = 0  # rows committed since the last checkpoint
+        self._cp_since_ms: int | None = None  # batch time the unchecked span began
+        self._last_at_ms = 0
+        self.start_rehashed = 0  # rows re-hashed by the last start-up (the rest link-checked)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def subscribe(self, fn: Subscriber) -> None:
@@ -152,26 +168,45 @@ class EventLog(abc.ABC):
     async def _replay(self) -> None:
         """Verify and decode the stored rows a page at a time. State subscribers get every
         state event in one call once the whole chain verified; audit facts (most of the
-        log) go to audit subscribers page by page and are not kept."""
+        log) go to audit subscribers page by page and are not kept.
+
+        Rows after the last signed checkpoint, and ``recheck`` rows before it, are re-hashed;
+        older rows are link-checked (each names the stored hash before it), which the
+        checkpoints' signatures vouch for; ``kms audit verify --data-dir`` re-hashes all."""
         batch: list[ev.Envelope] = []
         prev = GENESIS
-        verified = 0
+        prev_seq = 0
+        verified = rehashed = 0
         handed_on = False
         stored, vault, cursors = await self._load()
         self.vault.clear()  # the keyring holds this very dict
         self.vault.update(vault)
+        cp = self.checkpointer
+        last_cp = await self._last_checkpoint_seq() if cp is not None else 0
+        pruned = await self._pruned_through()
+        recheck_from = max(pruned, last_cp - 1 - cp.recheck) if cp and last_cp else 0
+        try:
+            witness = cp.witness() if cp is not None else None
+        except ValueError as exc:
+            raise LogCorrupted(str(exc)) from None
+        witness_seen = False
+        last_cp_seq, cp_at_ms = 0, 0
         held: dict[str, int] = {}  # per origin, the last origin_seq its rows reached
         while rows := await self.read_rows(self.last_seq, REPLAY_CHUNK):
             audit: list[ev.Envelope] = []
             for row in rows:
                 seq, stream, version, type_name, origin_region, origin_seq, at_ms, body, p, h \
                     = row
-                if p != prev or row_hash(prev, seq, stream, version, type_name, origin_region,
-                                         origin_seq, at_ms, body) != h:
+                linked = seq > pruned or seq == prev_seq + 1  # a prune leaves gaps before its cut
+                if (linked and p != prev) or (seq > recheck_from and row_hash(
+                        p, seq, stream, version, type_name, origin_region, origin_seq, at_ms,
+                        body) != h):
                     raise LogCorrupted(f"hash chain broken at seq {seq}")
-                prev = h
+                rehashed += seq > recheck_from
+                prev, prev_seq = h, seq
                 verified += 1
                 self.last_seq = seq
+                self._last_at_ms = at_ms
                 self._heads[stream] = version
                 if origin_region != self.region:
                     held[origin_region] = max(held.get(origin_region, 0), origin_seq)
@@ -179,6 +214,15 @@ class EventLog(abc.ABC):
                     event = ev.decode(type_name, body)
                 except Exception as exc:  # a row that hashes right but will not decode
                     raise LogCorrupted(f"undecodable event at seq {seq}: {exc}") from exc
+                if stream == CHECKPOINT_STREAM:
+                    if not isinstance(event, CheckpointSigned) or event.covers_seq != seq - 1 \
+                            or event.head != p or (cp is not None and not cp.verifies(event)):
+                        raise LogCorrupted(f"the signed checkpoint at seq {seq} does not verify "
+                                           "under the audit signing key (a rewritten chain?)")
+                    if witness is not None and seq == witness.seq:
+                        witness_seen = event.signature == witness.signature
+                    last_cp_seq, cp_at_ms = seq, at_ms
+                    continue
                 (audit if stream == AUDIT_STREAM else batch).append(
                     ev.Envelope(seq, stream, version, origin_region, origin_seq, at_ms, event))
             if audit:
@@ -187,8 +231,18 @@ class EventLog(abc.ABC):
                     fn(audit)
         if verified != stored:  # a row below seq 1, which paging from seq 0 never reads
             raise LogCorrupted(f"{stored - verified} stored rows are outside the hash chain")
+        if witness is not None and not witness_seen:
+            raise LogCorrupted(
+                f"missing tail: the log ends at seq {self.last_seq}, but {WITNESS_FILE} records "
+                f"the signed checkpoint at seq {witness.seq}, which the log does not hold")
         self._last_hash = prev
+        self._cp_rows = self.last_seq - last_cp_seq
+        self._cp_since_ms = cp_at_ms if last_cp_seq else None
+        self.start_rehashed = rehashed
         self._cursors = merged_cursors(cursors, held)
+        log.info("log_verified", rows=verified, rows_rehashed=rehashed,
+                 rows_link_checked=verified - rehashed, checkpoint_seq=last_cp_seq,
+                 pruned_through=pruned)
         if not handed_on:  # an empty replay is still a replay
             for fn in self._audit_subscribers:
                 fn([])
@@ -257,7 +311,8 @@ class EventLog(abc.ABC):
         when nothing passes). Rows replicated from elsewhere and audit facts (whatever the
         filter says) are never served. One call looks at up to ``PEER_SCAN`` rows."""
         return await peer_page(self._read_own, self.last_seq, after_seq,
-                               lambda stream: stream != AUDIT_STREAM and streams(stream), limit)
+                               lambda stream: stream not in (AUDIT_STREAM, CHECKPOINT_STREAM)
+                               and streams(stream), limit)
 
     async def read_audit(self, after_seq: int, limit: int) -> tuple[list[ev.Envelope], int]:
         """Committed audit facts after ``after_seq`` in seq order, at most ``limit``, and the
@@ -307,6 +362,7 @@ class EventLog(abc.ABC):
         while True:
             first = await self._queue.get()
             if first is None:
+                await self._final_checkpoint()
                 return
             if first.wipe:
                 await self._do_wipe(first)
@@ -327,6 +383,7 @@ class EventLog(abc.ABC):
             if held is not None:
                 await self._do_wipe(held)
             if stop:
+                await self._final_checkpoint()
                 return
 
     async def _commit(self, batch: list[_Pending]) -> None:
@@ -403,6 +460,10 @@ class EventLog(abc.ABC):
             accepted.append((pending, envs))
         if not accepted:
             return
+        checkpoint = self._checkpoint_row(rows, heads, seq, prev)
+        if checkpoint is not None:
+            rows.append(checkpoint[0])
+            heads, seq, prev = checkpoint[1], checkpoint[0][0], checkpoint[0][9]
         vault = [v for pending, _ in accepted for v in pending.vault]
         moved = [CursorChange(o, s) for o, s in cursors.items() if self._cursors.get(o) != s]
         if not rows and not vault and not moved:  # a replayed batch, say: nothing to write
@@ -424,6 +485,7 @@ class EventLog(abc.ABC):
         self.degraded = False
         self._heads, self.last_seq, self._last_hash = heads, seq, prev
         self._cursors = cursors
+        self._counted(rows, checkpoint is not None)
         for v in vault:
             if v.wrapped is None:
                 self.vault.pop(v.key_id, None)
@@ -442,6 +504,68 @@ class EventLog(abc.ABC):
         for pending, envs in accepted:
             if not pending.future.done():
                 pending.future.set_result(envs)
+        if checkpoint is not None:
+            await self._witness(checkpoint[0])
+
+    # -- signed checkpoints -------------------------------------------------------------------
+    def _checkpoint_row(self, rows: list[_Row], heads: dict[str, int], seq: int, prev: bytes,
+                        *, force: bool = False) -> tuple[_Row, dict[str, int]] | None:
+        """The checkpoint row to end a batch of ``rows`` with, when one is due."""
+        cp = self.checkpointer
+        if cp is None or not rows and not force:
+            return None
+        at_ms = max([r[6] for r in rows] or [self._last_at_ms])
+        since = self._cp_since_ms if self._cp_since_ms is not None else at_ms
+        if not force and not cp.due(self._cp_rows + len(rows), at_ms - since):
+            return None
+        event = cp.make(seq, prev)
+        body = ev.encode(event)
+        version = heads.get(CHECKPOINT_STREAM, 0) + 1
+        seq += 1
+        h = row_hash(prev, seq, CHECKPOINT_STREAM, version, event.type_name, self.region, seq,
+                     at_ms, body)
+        row: _Row = (seq, CHECKPOINT_STREAM, version, event.type_name, self.region, seq, at_ms,
+                     body, prev, h)
+        return row, {**heads, CHECKPOINT_STREAM: version}
+
+    def _counted(self, rows: list[_Row], checkpointed: bool) -> None:
+        if rows:
+            self._last_at_ms = rows[-1][6]
+        if checkpointed:
+            self._cp_rows, self._cp_since_ms = 0, rows[-1][6]
+        else:
+            self._cp_rows += len(rows)
+            if self._cp_since_ms is None and rows:
+                self._cp_since_ms = rows[0][6]
+
+    async def _witness(self, row: _Row) -> None:
+        """Record a committed checkpoint beside the log; trouble here is logged, never
+        fails the calls (they are durable; the witness only lags)."""
+        assert self.checkpointer is not None
+        event = ev.decode(row[3], row[7])
+        assert isinstance(event, CheckpointSigned)
+        try:
+            await self.checkpointer.committed(row[0], event)
+        except OSError as exc:
+            log.warning("checkpoint_witness_failed", error=str(exc), seq=row[0])
+
+    async def _final_checkpoint(self) -> None:
+        """At clean shutdown: sign the head if rows came after the last checkpoint."""
+        if self.checkpointer is None or self._cp_rows == 0:
+            return
+        made = self._checkpoint_row([], self._heads, self.last_seq, self._last_hash,
+                                    force=True)
+        if made is None:
+            return
+        row, heads = made
+        try:
+            await self._persist([row], [])
+        except Exception as exc:  # the log stays valid; it just ends unsigned
+            log.warning("final_checkpoint_failed", error=str(exc) or type(exc).__name__)
+            return
+        self._heads, self.last_seq, self._last_hash = heads, row[0], row[9]
+        self._counted([row], True)
+        await self._witness(row)
 
     async def _rolled_back(self, exc: Exception) -> bool:
         """Whether a failed commit was transient and left the store exactly as the
@@ -490,6 +614,8 @@ class EventLog(abc.ABC):
 
     async def _do_wipe(self, pending: _Pending) -> None:
         try:
+            if self.checkpointer is not None:  # first: a crash mid-wipe must not leave a
+                self.checkpointer.wiped()      # witness the emptied log cannot match
             await self._wipe()
         except Exception as exc:
             pending.future.set_exception(KMSInternalException("reset failed"))
@@ -498,6 +624,7 @@ class EventLog(abc.ABC):
         self.vault.clear()
         self._cursors.clear()
         self.last_seq, self._last_hash = 0, GENESIS
+        self._cp_rows, self._cp_since_ms = 0, None
         for fn in (*self._subscribers, *self._audit_subscribers):
             fn(None)
         pending.future.set_result([])
@@ -527,6 +654,15 @@ class EventLog(abc.ABC):
     def _transient(self, exc: Exception) -> bool:
         """Whether a failed ``_persist`` is worth retrying with the next batch."""
         return False
+
+    async def _last_checkpoint_seq(self) -> int:
+        """The seq of the last stored checkpoint row (0: none)."""
+        rows = [r for r in await self.read_rows(0, 1 << 62) if r[1] == CHECKPOINT_STREAM]
+        return rows[-1][0] if rows else 0
+
+    async def _pruned_through(self) -> int:
+        """The seq of the checkpoint a prune cut at: rows before it may have gaps (0: none)."""
+        return 0
 
     async def _close(self) -> None:
         return None

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aiosqlite
 
+from kms.audit.checkpoints import CHECKPOINT_STREAM
 from kms.store.log import (
     AUDIT_STREAM,
     GENESIS,
@@ -49,7 +50,12 @@ CREATE TABLE IF NOT EXISTS replication_cursors (
     origin_region TEXT PRIMARY KEY,
     origin_seq INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS log_marks (
+    name TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
 """
+PRUNED_MARK = "pruned_through"  # log_marks: the checkpoint row a prune cut at (kms.audit.prune)
 # SQLite's primary result codes that a later attempt may get past: a lock held by
 # another connection, a full disk. Each rolls the transaction back before anything of
 # it is on disk. Not SQLITE_IOERR: after a failed fsync the WAL frames, commit frame
@@ -198,9 +204,23 @@ class SqliteLog(EventLog):
         await self.db.execute("DELETE FROM events")
         await self.db.execute("DELETE FROM vault")
         await self.db.execute("DELETE FROM replication_cursors")
+        await self.db.execute("DELETE FROM log_marks")
         await self.db.commit()
         self._checkpoint_owed = True
         await self.db._execute(self._checkpoint, self.db._conn)
+
+    async def _last_checkpoint_seq(self) -> int:
+        # UNIQUE (stream, version) orders a stream's rows: one index seek
+        async with self.db.execute("SELECT seq FROM events WHERE stream = ? ORDER BY version "
+                                   "DESC LIMIT 1", (CHECKPOINT_STREAM,)) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row is not None else 0
+
+    async def _pruned_through(self) -> int:
+        async with self.db.execute("SELECT seq FROM log_marks WHERE name = ?",
+                                   (PRUNED_MARK,)) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row is not None else 0
 
     async def _close(self) -> None:
         if self._db is not None:

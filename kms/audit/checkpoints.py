@@ -1,0 +1,146 @@
+"""Signed checkpoints of the live log: the hash chain's head, signed at intervals.
+
+Rules: a checkpoint is a row of the chain itself (stream ``checkpoint``, event
+``CheckpointSigned``) appended by the writer at the end of a batch once ``rows`` rows or
+``seconds`` of the batch clock have passed since the last one, and at clean shutdown; it
+signs (region, seq, hash) of the row before it with the audit signing key. After each
+checkpoint commits, ``log-checkpoint.json`` beside the log (replaced atomically) records
+it: the witness that a log cut short, checkpoint rows included, is missing its tail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from kms.audit.signing import AuditPublicKey, AuditSigningKey
+from kms.domain import events as ev
+
+CHECKPOINT_STREAM = "checkpoint"
+WITNESS_FILE = "log-checkpoint.json"
+# Defaults; the environment may override them (tests, operators tuning start-up).
+ROWS_ENV, SECONDS_ENV, RECHECK_ENV = ("KMS_CHECKPOINT_ROWS", "KMS_CHECKPOINT_SECONDS",
+                                      "KMS_START_RECHECK_ROWS")
+DEFAULT_ROWS = 1000
+DEFAULT_SECONDS = 60
+DEFAULT_RECHECK = 10_000  # rows before the last checkpoint still re-hashed at start
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointSigned(ev.Event):
+    """The chain's head at ``covers_seq`` (the row just before this one), signed."""
+
+    covers_seq: int
+    head: bytes
+    fingerprint: str
+    signature: bytes
+
+
+ev.register(CheckpointSigned)
+
+
+def message(region: str, covers_seq: int, head: bytes) -> bytes:
+    """What a checkpoint signs: bound to the region, so a region's log cannot borrow
+    another region's checkpoints."""
+    return (b"kms-log-checkpoint-v1\x00" + region.encode() + b"\x00"
+            + struct.pack(">Q", covers_seq) + head)
+
+
+@dataclass(frozen=True, slots=True)
+class Witness:
+    """The last checkpoint known committed, as ``log-checkpoint.json`` records it."""
+
+    seq: int  # the checkpoint row's own seq
+    covers_seq: int
+    head: bytes
+    signature: bytes
+
+    @classmethod
+    def read(cls, path: Path) -> Witness | None:
+        """None when absent; ValueError when present but unreadable."""
+        try:
+            doc = json.loads(path.read_text())
+            return cls(int(doc["seq"]), int(doc["covers_seq"]), bytes.fromhex(doc["head"]),
+                       bytes.fromhex(doc["signature"]))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path} is damaged: {exc}") from None
+
+    def write(self, path: Path) -> None:
+        body = json.dumps({"seq": self.seq, "covers_seq": self.covers_seq,
+                           "head": self.head.hex(), "signature": self.signature.hex()},
+                          indent=2) + "\n"
+        _write_atomically(path, body.encode())
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return max(0, int(os.environ.get(name, default)))
+    except ValueError:
+        return default
+
+
+class Checkpointer:
+    """The log's checkpoint policy, signer and witness (kms.store.log calls it)."""
+
+    def __init__(self, region: str, key: AuditPublicKey, witness_path: Path | None, *,
+                 rows: int | None = None, seconds: int | None = None,
+                 recheck: int | None = None) -> None:
+        self.region = region
+        self.key = key
+        self.witness_path = witness_path
+        self.rows = rows if rows is not None else max(1, _env_int(ROWS_ENV, DEFAULT_ROWS))
+        secs = seconds if seconds is not None else _env_int(SECONDS_ENV, DEFAULT_SECONDS)
+        self.interval_ms = secs * 1000
+        self.recheck = recheck if recheck is not None else _env_int(RECHECK_ENV,
+                                                                    DEFAULT_RECHECK)
+
+    def due(self, rows_since: int, ms_since: int) -> bool:
+        return rows_since >= self.rows or (rows_since > 0 and ms_since >= self.interval_ms)
+
+    def make(self, covers_seq: int, head: bytes) -> CheckpointSigned:
+        if not isinstance(self.key, AuditSigningKey):
+            raise RuntimeError("this checkpointer only verifies")
+        return CheckpointSigned(covers_seq, head, self.key.fingerprint,
+                                self.key.sign(message(self.region, covers_seq, head)))
+
+    def verifies(self, cp: CheckpointSigned) -> bool:
+        return self.key.verifies(message(self.region, cp.covers_seq, cp.head), cp.signature)
+
+    def witness(self) -> Witness | None:
+        return Witness.read(self.witness_path) if self.witness_path is not None else None
+
+    async def committed(self, seq: int, cp: CheckpointSigned) -> None:
+        if self.witness_path is not None:
+            w = Witness(seq, cp.covers_seq, cp.head, cp.signature)
+            await asyncio.to_thread(w.write, self.witness_path)
+
+    def wiped(self) -> None:
+        if self.witness_path is not None:
+            self.witness_path.unlink(missing_ok=True)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` (temp file, fsync, rename, fsync of the dir): old or new, never torn."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
