@@ -84,6 +84,14 @@ class KeyUntagged(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class KeyPolicyUpdated(Event):
+    """PutKeyPolicy: the key's one policy (named ``default``) is now ``policy``."""
+
+    key_id: str
+    policy: str
+
+
+@dataclass(frozen=True, slots=True)
 class KeyRotationEnabled(Event):
     key_id: str
     period_days: int
@@ -405,7 +413,7 @@ register(
     KeyMaterialDeleted, AliasCreated, AliasUpdated, AliasDeleted, ApiCallRecorded,
     KeyMaterialReplicated, MultiRegionKeyCreated, ReplicaAdded, MaterialShared,
     KeyUpdateStarted, KeyUpdateFinished, RotationScheduleShared, ReplicaDeleted,
-    PrimaryRegionUpdated, PrimaryRegionAccepted, ImportedMaterialNamed,
+    PrimaryRegionUpdated, PrimaryRegionAccepted, ImportedMaterialNamed, KeyPolicyUpdated,
 )
 
 
@@ -420,6 +428,7 @@ class Envelope:
     origin_seq: int
     at_ms: int
     event: Event
+
 
 # Event types defined beside their aggregate register themselves on import; import them here
 # so whatever decodes the log knows them.

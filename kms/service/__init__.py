@@ -9,6 +9,7 @@ from kms.service import (  # noqa: F401  (registration)
     kem_ops,
     keys,
     lifecycle_ops,
+    policy_ops,
     region_ops,
     usage_ops,
 )

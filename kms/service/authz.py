@@ -1,50 +1,372 @@
-"""The one authorize step every handler passes.
+"""The one authorize step every handler passes: the key policy, the caller's identity (IAM)
+policies and grants, evaluated as AWS does (kms.domain.policy holds the language).
 
-Today's identity model: every credential acts for its account's root principal,
-and every key carries the default key policy (the account root may do kms:*).
-So a caller is allowed exactly when the key belongs to the caller's account.
-AWS managed keys refuse management by customers, as their AWS-written policy does.
-The access-control work replaces the body of ``authorize`` with policy, IAM and
-grant evaluation; the call sites stay as they are.
+Rules: an explicit Deny in the key policy or an identity policy wins; otherwise the key
+policy must allow the principal itself, or allow its account (root ARN or account id)
+while an identity policy of the caller allows too; or a grant allows (the grants hook,
+``Service.grants_allow(call, action, key)``). A caller of another account needs both the
+key policy and its own identity policy. Actions without a key are decided by identity
+policies alone (an account root always may). The request context is built lazily from
+the call: only the condition keys a policy asks for are computed.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import datetime as dt
+from typing import TYPE_CHECKING, Any
 
-from kms.domain.errors import AccessDeniedException
+from kms.domain import policy as pol
+from kms.domain.errors import AccessDeniedException, KMSError
+from kms.domain.ids import ALIAS_PREFIX
 from kms.domain.key import Key
 
 if TYPE_CHECKING:
-    from kms.service.core import Call
+    from kms.service.core import Call, Caller, Service
 
-
-# What the policy of an AWS managed key never allows a customer principal.
-AWS_MANAGED_REFUSED = frozenset({
-    "CancelKeyDeletion", "CreateAlias", "DeleteAlias", "DisableKey", "DisableKeyRotation",
-    "EnableKey", "EnableKeyRotation", "PutKeyPolicy", "RotateKeyOnDemand", "ScheduleKeyDeletion",
-    "TagResource", "UntagResource", "UpdateAlias", "UpdateKeyDescription", "ImportKeyMaterial",
-    "GetParametersForImport", "DeleteImportedKeyMaterial", "ReplicateKey",
-    "UpdatePrimaryRegion",
+SYMMETRIC_ALGORITHM_OPS = frozenset({
+    "Encrypt", "Decrypt", "ReEncrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext",
+    "GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext",
 })
+_PRINCIPAL_TYPES = {"Root": "Account", "IAMUser": "User", "AssumedRole": "AssumedRole",
+                    "AWSAccount": "Account", "AWSService": "AWSService"}
+
+
+def _flag(value: Any) -> str:
+    return "true" if value else "false"
+
+
+class CallContext:
+    """The request context of one authorization, computed key by key on demand."""
+
+    __slots__ = ("_cache", "action", "call", "key", "service")
+
+    def __init__(self, call: Call, action: str, key: Key | None, service: Service | None,
+                 ) -> None:
+        self.call, self.action, self.key, self.service = call, action, key, service
+        self._cache: dict[str, tuple[str, ...] | None] = {}
+
+    def values(self, name: str) -> tuple[str, ...] | None:
+        try:
+            return self._cache[name]
+        except KeyError:
+            got = self._cache[name] = self._compute(name)
+            return got
+
+    # -- what each key is ---------------------------------------------------------------
+    def _encryption_context(self) -> dict[str, str]:
+        p = self.call.params
+        if self.call.operation == "ReEncrypt":
+            member = ("DestinationEncryptionContext" if self.action == "ReEncryptTo"
+                      else "SourceEncryptionContext")
+            ctx = p.get(member)
+        else:
+            ctx = p.get("EncryptionContext")
+        return ctx if isinstance(ctx, dict) else {}
+
+    def _request_tags(self) -> list[tuple[str, str]]:
+        tags = self.call.params.get("Tags") or ()
+        return [(t.get("TagKey", ""), t.get("TagValue", "")) for t in tags
+                if isinstance(t, dict)]
+
+    def _compute(self, name: str) -> tuple[str, ...] | None:  # noqa: C901 - one key each
+        call, key, caller, p = self.call, self.key, self.call.caller, self.call.params
+        if name.startswith("kms:encryptioncontext:"):
+            want = name[len("kms:encryptioncontext:"):]
+            for k, v in self._encryption_context().items():
+                if k.lower() == want:
+                    return (str(v),)
+            return None
+        if name.startswith("aws:principaltag/"):
+            return _tag(caller.tags, name[len("aws:principaltag/"):])
+        if name.startswith("aws:resourcetag/"):
+            return _tag(key.tags, name[len("aws:resourcetag/"):]) if key else None
+        if name.startswith("aws:requesttag/"):
+            return _tag(self._request_tags(), name[len("aws:requesttag/"):])
+        match name:
+            case "kms:encryptioncontextkeys":
+                return tuple(self._encryption_context()) or None
+            case "kms:calleraccount":
+                return (caller.account,) if caller.account else None
+            case "kms:viaservice":
+                return (caller.via_service,) if caller.via_service else None
+            case "kms:keyspec" | "kms:customermasterkeyspec":
+                return (key.key_spec,) if key else _param(p, "KeySpec", "CustomerMasterKeySpec")
+            case "kms:keyusage" | "kms:customermasterkeyusage":
+                return (key.key_usage,) if key else _param(p, "KeyUsage")
+            case "kms:keyorigin":
+                return (key.origin,) if key else (p.get("Origin", "AWS_KMS"),)
+            case "kms:multiregion":
+                return (_flag(key.multi_region if key else p.get("MultiRegion")),)
+            case "kms:multiregionkeytype":
+                return self._multi_region_type()
+            case "kms:requestalias":
+                return self._request_alias()
+            case "kms:resourcealiases":
+                return self._resource_aliases()
+            case "kms:encryptionalgorithm":
+                got = _param(p, "EncryptionAlgorithm")
+                if got is None and call.operation in SYMMETRIC_ALGORITHM_OPS:
+                    return ("SYMMETRIC_DEFAULT",)
+                return got
+            case "kms:signingalgorithm":
+                return _param(p, "SigningAlgorithm")
+            case "kms:messagetype":
+                if call.operation in ("Sign", "Verify"):
+                    return (p.get("MessageType", "RAW"),)
+                return None
+            case "kms:macalgorithm":
+                return _param(p, "MacAlgorithm")
+            case "kms:keyagreementalgorithm":
+                return _param(p, "KeyAgreementAlgorithm")
+            case "kms:datakeypairspec":
+                return _param(p, "KeyPairSpec")
+            case "kms:wrappingalgorithm":
+                return _param(p, "WrappingAlgorithm")
+            case "kms:wrappingkeyspec":
+                return _param(p, "WrappingKeySpec")
+            case "kms:expirationmodel":
+                return _param(p, "ExpirationModel")
+            case "kms:replicaregion":
+                return _param(p, "ReplicaRegion")
+            case "kms:primaryregion":
+                return _param(p, "PrimaryRegion")
+            case "kms:granteeprincipal":
+                return _param(p, "GranteePrincipal")
+            case "kms:retiringprincipal":
+                return _param(p, "RetiringPrincipal")
+            case "kms:grantoperations":
+                ops = p.get("Operations") if call.operation == "CreateGrant" else None
+                return tuple(ops) if ops else None
+            case "kms:grantconstrainttype":
+                constraints = p.get("Constraints") if call.operation == "CreateGrant" else None
+                return tuple(constraints) if isinstance(constraints, dict) and constraints \
+                    else None
+            case "kms:grantisforawsresource":
+                if call.operation not in ("CreateGrant", "ListGrants", "RevokeGrant"):
+                    return None
+                return (_flag(bool(caller.via_service)),)
+            case "kms:rotationperiodindays":
+                if call.operation == "EnableKeyRotation":
+                    return (str(p.get("RotationPeriodInDays", 365)),)
+                return None
+            case "kms:schedulekeydeletionpendingwindowindays":
+                if call.operation == "ScheduleKeyDeletion":
+                    return (str(p.get("PendingWindowInDays", 30)),)
+                return None
+            case "kms:bypasspolicylockoutsafetycheck":
+                if call.operation in ("CreateKey", "PutKeyPolicy", "ReplicateKey"):
+                    return (_flag(p.get("BypassPolicyLockoutSafetyCheck")),)
+                return None
+            case "kms:reencryptonsamekey":
+                if call.operation != "ReEncrypt":
+                    return None
+                return (_flag(len(call.resources) == 1),)
+            case "aws:principalarn":
+                return (_principal_arn(caller),)
+            case "aws:principalaccount":
+                return (caller.account,) if caller.account else None
+            case "aws:principaltype":
+                return (_PRINCIPAL_TYPES.get(caller.principal_type, caller.principal_type),)
+            case "aws:tagkeys":
+                if call.operation == "UntagResource":
+                    return tuple(p.get("TagKeys") or ()) or None
+                return tuple(k for k, _ in self._request_tags()) or None
+            case "aws:sourceip":
+                return (caller.source_ip,) if caller.source_ip else None
+            case "aws:currenttime":
+                when = dt.datetime.fromtimestamp(call.at_ms / 1000, dt.UTC)
+                return (when.strftime("%Y-%m-%dT%H:%M:%SZ"),)
+            case "aws:epochtime":
+                return (str(call.at_ms // 1000),)
+            case "aws:securetransport":
+                return (_flag(caller.secure_transport),)
+            case "aws:userid":
+                return (caller.user_id,) if caller.user_id else None
+            case "aws:username":
+                if caller.principal_type == "IAMUser":
+                    return (caller.principal_arn.rsplit("/", 1)[-1],)
+                return None
+            case "aws:requestedregion":
+                return (key.region,) if key else None
+        return None
+
+    def _request_alias(self) -> tuple[str, ...] | None:
+        raw = self.call.params.get("DestinationKeyId" if self.action == "ReEncryptTo"
+                                   else "KeyId")
+        if not isinstance(raw, str):
+            return None
+        if raw.startswith(ALIAS_PREFIX):
+            return (raw,)
+        if raw.startswith("arn:") and ":alias/" in raw:
+            return (ALIAS_PREFIX + raw.split(":alias/", 1)[1],)
+        return None
+
+    def _resource_aliases(self) -> tuple[str, ...] | None:
+        if self.key is None or self.service is None:
+            return None
+        got = alias_index(self.service).of(self.key.key_id)
+        staged = [name for name, k in self.call.staged.items() if k.key_id == self.key.key_id]
+        return tuple(sorted({*got, *staged})) or None
+
+    def _multi_region_type(self) -> tuple[str, ...] | None:
+        key = self.key
+        if key is None or not key.multi_region or self.service is None:
+            return None
+        mrk = self.service.state.mrks.get(key.key_id)
+        if mrk is None:
+            return None
+        return ("PRIMARY" if mrk.primary_region == key.region else "REPLICA",)
+
+
+def _param(p: dict[str, Any], *names: str) -> tuple[str, ...] | None:
+    for n in names:
+        v = p.get(n)
+        if isinstance(v, str):
+            return (v,)
+    return None
+
+
+def _tag(tags: Any, want: str) -> tuple[str, ...] | None:
+    for k, v in tags:
+        if k.lower() == want:
+            return (v,)
+    return None
+
+
+def _principal_arn(caller: Caller) -> str:
+    """aws:PrincipalArn: an assumed-role session is its role."""
+    if caller.principal_type == "AssumedRole" and ":assumed-role/" in caller.principal_arn:
+        account = caller.principal_arn.split(":")[4]
+        role = caller.principal_arn.split(":assumed-role/", 1)[1].split("/", 1)[0]
+        return f"arn:aws:iam::{account}:role/{role}"
+    return caller.principal_arn
+
+
+# -- the alias index behind kms:ResourceAliases ----------------------------------------------
+class AliasIndex:
+    """key id -> its alias names, folded from the alias events (no scan per request)."""
+
+    def __init__(self, aliases: dict[str, Any]) -> None:
+        self._of: dict[str, set[str]] = {}
+        self._target: dict[str, str] = {}
+        for name, alias in aliases.items():
+            self._set(name, alias.key_id)
+
+    def _set(self, name: str, key_id: str | None) -> None:
+        old = self._target.pop(name, None)
+        if old is not None:
+            self._of.get(old, set()).discard(name)
+        if key_id is not None:
+            self._target[name] = key_id
+            self._of.setdefault(key_id, set()).add(name)
+
+    def of(self, key_id: str) -> frozenset[str]:
+        return frozenset(self._of.get(key_id, ()))
+
+    def __call__(self, envelopes: Any) -> None:
+        from kms.domain import events as ev
+
+        if envelopes is None:
+            self._of.clear()
+            self._target.clear()
+            return
+        for env in envelopes:
+            e = env.event
+            if isinstance(e, ev.AliasCreated | ev.AliasUpdated):
+                self._set(e.alias, e.key_id)
+            elif isinstance(e, ev.AliasDeleted):
+                self._set(e.alias, None)
+
+
+def alias_index(svc: Service) -> AliasIndex:
+    """The service's alias index, made from its state on first use and then kept by the log."""
+    index: AliasIndex | None = getattr(svc, "_alias_index", None)
+    if index is None:
+        index = AliasIndex(svc.state.aliases)
+        svc.log.subscribe(index)
+        svc._alias_index = index  # type: ignore[attr-defined]
+    return index
+
+
+# -- the decision ----------------------------------------------------------------------------
+def _denied(caller: Caller, action: str, resource: str, why: str) -> AccessDeniedException:
+    return AccessDeniedException(
+        f"User: {caller.principal_arn} is not authorized to perform: kms:{action} on "
+        f"resource: {resource} {why}")
+
+
+def _no_policy(kind: str, action: str) -> str:
+    return f"because no {kind}-based policy allows the kms:{action} action"
+
+
+EXPLICIT_DENY_RESOURCE = "with an explicit deny in a resource-based policy"
+EXPLICIT_DENY_IDENTITY = "with an explicit deny in an identity-based policy"
+
+
+def identity_policies(caller: Caller) -> list[pol.Policy]:
+    out = []
+    for text in caller.identity_policies:
+        try:
+            out.append(pol.parse(text, resource_policy=False))
+        except KMSError:
+            continue  # validated at start; a bad one grants nothing
+    return out
+
+
+def decide(call: Call, action: str, key: Key | None, *, policy_text: str | None = None,
+           account: str | None = None, service: Service | None = None,
+           grants: bool = True) -> str:
+    """Why ``kms:<action>`` is refused ("" when allowed). ``policy_text`` stands in for the
+    key's policy (the lockout safety check asks of a policy not yet in place)."""
+    caller = call.caller
+    resource = key.arn if key is not None else "*"
+    ctx = CallContext(call, action, key, service)
+    r = pol.Request(action, resource, caller.principal_arn, caller.account,
+                    caller.principal_type, ctx)
+    is_root = caller.principal_type == "Root"
+    ident = pol.Outcome.ALLOW if is_root else pol.evaluate_all(identity_policies(caller), r)
+    if key is None and policy_text is None:
+        if account is not None and caller.account != account:
+            return _no_policy("resource", action)
+        if ident is pol.Outcome.DENY:
+            return EXPLICIT_DENY_IDENTITY
+        return "" if ident is pol.Outcome.ALLOW else _no_policy("identity", action)
+    try:
+        text = policy_text if policy_text is not None else key.policy  # type: ignore[union-attr]
+        resource_outcome = pol.parse(text).evaluate(r)
+    except KMSError:
+        resource_outcome = pol.Outcome.NONE
+    if resource_outcome is pol.Outcome.DENY:
+        return EXPLICIT_DENY_RESOURCE
+    if ident is pol.Outcome.DENY:
+        return EXPLICIT_DENY_IDENTITY
+    owner = key.account if key is not None else account
+    same_account = caller.account == owner
+    if resource_outcome is pol.Outcome.ALLOW and (same_account or ident is pol.Outcome.ALLOW):
+        return ""
+    if resource_outcome is pol.Outcome.ALLOW_ACCOUNT and ident is pol.Outcome.ALLOW:
+        return ""
+    if grants and key is not None and service is not None:
+        hook = getattr(service, "grants_allow", None)
+        if hook is not None and hook(call, action, key):
+            return ""
+    if resource_outcome is not pol.Outcome.NONE:
+        return _no_policy("identity", action)
+    return _no_policy("resource", action)
 
 
 def authorize(call: Call, action: str, key: Key | None, account: str | None = None) -> None:
-    """Allow ``kms:<action>`` on ``key`` (or on the account, for IAM-only actions) or raise.
-    ``call`` is the whole request context: operation, parameters, caller (with source
-    address, tags, identity policies), and the keys resolved so far."""
-    caller = call.caller
-    if key is not None and key.key_manager == "AWS" and action in AWS_MANAGED_REFUSED:
-        raise AccessDeniedException(
-            f"User: {caller.principal_arn} is not authorized to perform: kms:{action} on "
-            f"resource: {key.arn} because it is an AWS managed key"
-        )
-    owner = key.account if key is not None else account
-    if owner is not None and caller.account == owner:
-        return
-    resource = key.arn if key is not None else "*"
-    raise AccessDeniedException(
-        f"User: {caller.principal_arn} is not authorized to perform: kms:{action} "
-        f"on resource: {resource} because no resource-based policy allows the "
-        f"kms:{action} action"
-    )
+    """Allow ``kms:<action>`` on ``key`` (or on the account, for IAM-only actions) or raise
+    AccessDeniedException in AWS's words; the reason goes into the call's audit fact."""
+    why = decide(call, action, key, account=account, service=call.service)
+    if why:
+        resource = key.arn if key is not None else "*"
+        call.additional["authorizationDenied"] = {"action": f"kms:{action}", "reason": why}
+        raise _denied(call.caller, action, resource, why)
+
+
+def lockout_safe(call: Call, key: Key, policy_text: str) -> bool:
+    """The lockout safety check: would ``policy_text`` let this caller call PutKeyPolicy on
+    ``key`` afterwards (grants do not count)."""
+    return not decide(call, "PutKeyPolicy", key, policy_text=policy_text,
+                      service=call.service, grants=False)

@@ -9,7 +9,6 @@ moved, and fails closed: no durable audit fact, no answer.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -23,6 +22,7 @@ from kms.clock import Clock
 from kms.crypto import asymmetric, mac, symmetric
 from kms.crypto.keyring import NOTHING_STAGED, Keyring
 from kms.domain import events as ev
+from kms.domain import policy
 from kms.domain.errors import (
     RECORD_FAILED,
     ConflictingWrite,
@@ -82,6 +82,7 @@ class Call:
     additional: dict[str, Any] = field(default_factory=dict)
     vault: list[VaultChange] = field(default_factory=list)
     staged: dict[str, Key] = field(default_factory=dict)  # AWS managed keys born with this call
+    service: Service | None = None  # the region's service deciding it (authz reads its state)
     result: dict[str, Any] | None = None  # the answer, for the audit fact's responseElements
 
     @property
@@ -120,25 +121,34 @@ USES_AWS_MANAGED_KEYS = frozenset({
 })
 
 
+# The ViaService of an AWS managed key's service where it differs from the alias's name.
+_VIA_SERVICE = {"ebs": "ec2"}
+
+
 def aws_managed_policy(account: str, service: str, region: str) -> str:
-    """The shape of the policy AWS writes for its managed keys."""
-    return json.dumps({
-        "Version": "2012-10-17", "Id": f"auto-{service}",
+    """The policy AWS writes for its managed keys: use only through the service, by any
+    principal of the account (kms:CallerAccount + kms:ViaService); metadata reads (and
+    RevokeGrant) for the account directly. Printed as KMS prints the policies it writes."""
+    name = service.upper()
+    via = f"{_VIA_SERVICE.get(service, service)}.{region}.amazonaws.com"
+    return policy.aws_text({
+        "Version": "2012-10-17", "Id": f"auto-{service}-2",
         "Statement": [
-            {"Sid": f"Allow access through {service.upper()} for all principals in the account",
+            {"Sid": f"Allow access through {name} for all principals in the account that are "
+                    f"authorized to use {name}",
              "Effect": "Allow", "Principal": {"AWS": "*"},
              "Action": ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*",
                         "kms:CreateGrant", "kms:DescribeKey"],
              "Resource": "*",
              "Condition": {"StringEquals": {"kms:CallerAccount": account,
-                                            "kms:ViaService":
-                                                f"{service}.{region}.amazonaws.com"}}},
+                                            "kms:ViaService": via}}},
             {"Sid": "Allow direct access to key metadata to the account", "Effect": "Allow",
              "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
              "Action": ["kms:Describe*", "kms:Get*", "kms:List*", "kms:RevokeGrant"],
              "Resource": "*"},
         ],
-    }, indent=2)
+    })
+
 
 Handler = Callable[["Service", Call, dict[str, Any]], Awaitable[dict[str, Any] | None]]
 
@@ -282,7 +292,8 @@ class Service:
         started = time.perf_counter()
         managed = operation_name in USES_AWS_MANAGED_KEYS and caller.account == self.account
         for _ in range(MAX_DECISION_ATTEMPTS):
-            c = Call(request_id, operation_name, caller, self.clock.now_ms(), params)
+            c = Call(request_id, operation_name, caller, self.clock.now_ms(), params,
+                     service=self)
             try:
                 if managed:
                     self._stage_aws_managed(c, params)

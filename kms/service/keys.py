@@ -8,7 +8,6 @@ from kms.domain.key; handlers return the response and emit events, nothing else.
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
@@ -16,24 +15,21 @@ from kms.crypto import kem
 from kms.domain import events as ev
 from kms.domain import key as keys
 from kms.domain.errors import (
-    LimitExceededException,
-    MalformedPolicyDocumentException,
     UnsupportedOperationException,
     ValidationException,
 )
 from kms.domain.multi_region import created as multi_region_key
 from kms.domain.multi_region import mrk_stream
 from kms.domain.specs import SPECS, SYMMETRIC
-from kms.service import authz
+from kms.service import authz, policy_ops
 from kms.service.core import Call, Service, operation
 from kms.service.paging import page
 from kms.service.views import key_metadata
 from kms.store.state import key_stream
 
-MAX_POLICY_BYTES = 32768
-
 
 def default_policy(account: str) -> str:
+    """AWS's default key policy for a key created through the API with no Policy."""
     return (
         '{\n  "Version" : "2012-10-17",\n  "Id" : "key-default-1",\n  "Statement" : [ {\n'
         '    "Sid" : "Enable IAM User Permissions",\n    "Effect" : "Allow",\n'
@@ -43,16 +39,8 @@ def default_policy(account: str) -> str:
 
 
 def check_policy(policy: str) -> None:
-    if len(policy.encode("utf-8")) > MAX_POLICY_BYTES:
-        raise LimitExceededException(
-            f"The key policy exceeds the maximum size of {MAX_POLICY_BYTES} bytes."
-        )
-    try:
-        doc = json.loads(policy)
-    except ValueError:
-        raise MalformedPolicyDocumentException("The policy is not valid JSON.") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("Statement"), list | dict):
-        raise MalformedPolicyDocumentException("The policy must be a JSON object with a Statement.")
+    """Size and document of a key policy (its principals and lockout: policy_ops)."""
+    policy_ops.check_size_and_shape(policy)
 
 
 # Why a spec of the model is refused, where the reason is known and lasting.
@@ -124,6 +112,8 @@ async def create_key(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, A
         call.emit(mrk_stream(key_id), [shared])
         mrk = multi_region_key(shared)
     key = keys.created(event, call.at_ms)
+    if "Policy" in p:
+        policy_ops.check_new_policy(svc, call, key, policy)
     call.resources.append(key.arn)
     return {"KeyMetadata": key_metadata(key, mrk)}
 

@@ -24,9 +24,9 @@ from kms.domain.errors import (
     UnsupportedOperationException,
 )
 from kms.domain.key import Key, check_state
-from kms.service import authz
+from kms.service import authz, policy_ops
 from kms.service.core import Call, Service, operation
-from kms.service.keys import check_policy, default_policy, tags_of
+from kms.service.keys import default_policy, tags_of
 from kms.service.views import key_metadata
 from kms.store.state import key_stream
 
@@ -62,7 +62,8 @@ async def replicate_key(svc: Service, call: Call, p: dict[str, Any]) -> dict[str
             f"Unable to replicate key {key.key_id} to region {region}, as the key already "
             "exist there")
     policy = p.get("Policy") or default_policy(svc.account)
-    check_policy(policy)
+    if "Policy" in p:  # its principals and the lockout check, as CreateKey's
+        policy_ops.check_new_policy(svc, call, key, policy)
     tags = tags_of(p)
     keys.check_tags(tags)
     public = await _identity_of(svc, key, region)

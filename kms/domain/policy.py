@@ -1,0 +1,533 @@
+"""The policy language: parse and validate a policy document, compile it once per text into
+an evaluator of statements, and evaluate it against a request context as IAM does.
+
+Rules: pure (json, re and ipaddress only; no I/O, no clock). A document is compiled once
+per exact text (bounded LRU) and every action pattern is expanded against the KMS action
+list at compile time, so evaluation is set lookups and pre-built regexes. Condition keys
+are compared case-insensitively; the request context is asked lazily, key by key.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import functools
+import ipaddress
+import json
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from kms.domain.errors import MalformedPolicyDocumentException
+
+# Every IAM action of KMS (ReEncrypt is authorized as ReEncryptFrom + ReEncryptTo).
+KMS_ACTIONS: tuple[str, ...] = (
+    "CancelKeyDeletion", "ConnectCustomKeyStore", "CreateAlias", "CreateCustomKeyStore",
+    "CreateGrant", "CreateKey", "Decapsulate", "Decrypt", "DeleteAlias", "DeleteCustomKeyStore",
+    "DeleteImportedKeyMaterial", "DeriveSharedSecret", "DescribeCustomKeyStores", "DescribeKey",
+    "DisableKey", "DisableKeyRotation", "DisconnectCustomKeyStore", "EnableKey",
+    "EnableKeyRotation", "Encapsulate", "Encrypt", "GenerateDataKey", "GenerateDataKeyPair",
+    "GenerateDataKeyPairWithoutPlaintext", "GenerateDataKeyWithoutPlaintext", "GenerateMac",
+    "GenerateRandom", "GetKeyLastUsage", "GetKeyPolicy", "GetKeyRotationStatus",
+    "GetParametersForImport", "GetPublicKey", "ImportKeyMaterial", "ListAliases", "ListGrants",
+    "ListKeyPolicies", "ListKeyRotations", "ListKeys", "ListResourceTags",
+    "ListRetirableGrants", "PutKeyPolicy", "ReEncryptFrom", "ReEncryptTo", "ReplicateKey",
+    "RetireGrant", "RevokeGrant", "RotateKeyOnDemand", "ScheduleKeyDeletion", "Sign",
+    "SynchronizeMultiRegionKey", "TagResource", "UntagResource", "UpdateAlias",
+    "UpdateCustomKeyStore", "UpdateKeyDescription", "UpdatePrimaryRegion", "Verify",
+    "VerifyMac",
+)
+_ACTIONS_LOWER = {a.lower(): a for a in KMS_ACTIONS}
+ALL_ACTIONS = frozenset(_ACTIONS_LOWER)
+
+_ACCOUNT = re.compile(r"^\d{12}$")
+_IAM_PRINCIPAL = re.compile(
+    r"^arn:aws:iam::(\d{12}):(root|user/[\w+=,.@/-]+|role/[\w+=,.@/-]+)$")
+_ASSUMED_ROLE = re.compile(r"^arn:aws:sts::(\d{12}):assumed-role/([\w+=,.@-]+)/([\w+=,.@-]+)$")
+_SERVICE = re.compile(r"^[a-z0-9.-]+\.amazonaws\.com(\.cn)?$")
+_VARIABLE = re.compile(r"\$\{([^}]*)\}")
+
+MALFORMED = "The policy is not syntactically correct."  # shape errors, AWS's generic words
+INVALID_PRINCIPALS = "Policy contains a statement with one or more invalid principals."
+
+
+def _malformed(message: str = MALFORMED) -> MalformedPolicyDocumentException:
+    return MalformedPolicyDocumentException(message)
+
+
+class Context(Protocol):
+    """The request context, asked by condition key (lowercased); None when absent."""
+
+    def values(self, key: str) -> tuple[str, ...] | None: ...
+
+
+class Outcome(enum.Enum):
+    """What one policy says of a request (a resource policy tells direct from account)."""
+
+    NONE = "none"
+    DENY = "deny"
+    ALLOW = "allow"  # the principal itself (or "*") is allowed
+    ALLOW_ACCOUNT = "allow-account"  # only the principal's account: IAM policies must allow
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    action: str  # "Encrypt" (no "kms:" prefix)
+    resource: str  # the key ARN, or "*" for actions without a key
+    principal_arn: str
+    account: str
+    principal_type: str  # Root | IAMUser | AssumedRole | AWSAccount | AWSService
+    context: Context
+
+    @property
+    def role_arn(self) -> str:
+        """The role an assumed-role session acts for ("" for other principals)."""
+        m = _ASSUMED_ROLE.match(self.principal_arn)
+        return f"arn:aws:iam::{m.group(1)}:role/{m.group(2)}" if m else ""
+
+
+# -- compiled pieces ------------------------------------------------------------------------
+def _glob(pattern: str, *, ignore_case: bool) -> re.Pattern[str]:
+    body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.compile(f"^{body}$", re.DOTALL | (re.IGNORECASE if ignore_case else 0))
+
+
+@functools.lru_cache(maxsize=4096)
+def _glob_cached(pattern: str, ignore_case: bool) -> re.Pattern[str]:
+    return _glob(pattern, ignore_case=ignore_case)
+
+
+@dataclass(frozen=True, slots=True)
+class Principals:
+    anyone: bool
+    arns: frozenset[str]
+    accounts: frozenset[str]  # account ids named by id or root ARN
+    services: frozenset[str]
+
+    def match(self, r: Request) -> Outcome:
+        """ALLOW when the principal itself is named, ALLOW_ACCOUNT when only its account."""
+        if self.anyone:
+            return Outcome.ALLOW
+        if r.principal_type == "AWSService":
+            return Outcome.ALLOW if r.principal_arn in self.services else Outcome.NONE
+        if r.principal_arn in self.arns or (self.arns and r.role_arn in self.arns):
+            return Outcome.ALLOW
+        if r.account in self.accounts:
+            # The account root is its account: naming the account names it directly.
+            return Outcome.ALLOW if r.principal_type == "Root" else Outcome.ALLOW_ACCOUNT
+        return Outcome.NONE
+
+
+def _principals(value: Any) -> Principals:
+    if value == "*":
+        return Principals(True, frozenset(), frozenset(), frozenset())
+    if not isinstance(value, dict) or not value:
+        raise _malformed(INVALID_PRINCIPALS)
+    anyone, arns, accounts, services = False, set(), set(), set()
+    for kind, raw in value.items():
+        items = _strings(raw, INVALID_PRINCIPALS)
+        if kind == "AWS":
+            for p in items:
+                if p == "*":
+                    anyone = True
+                elif _ACCOUNT.match(p):
+                    accounts.add(p)
+                elif (m := _IAM_PRINCIPAL.match(p)) is not None:
+                    if m.group(2) == "root":
+                        accounts.add(m.group(1))
+                    else:
+                        arns.add(p)
+                elif _ASSUMED_ROLE.match(p):
+                    arns.add(p)
+                else:
+                    raise _malformed(INVALID_PRINCIPALS)
+        elif kind == "Service":
+            for p in items:
+                if not _SERVICE.match(p):
+                    raise _malformed(INVALID_PRINCIPALS)
+                services.add(p)
+        else:
+            raise _malformed(INVALID_PRINCIPALS)
+    return Principals(anyone, frozenset(arns), frozenset(accounts), frozenset(services))
+
+
+def _strings(raw: Any, message: str = MALFORMED) -> list[str]:
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not items or not all(isinstance(i, str) for i in items):
+        raise _malformed(message)
+    return items
+
+
+def _actions(raw: Any) -> frozenset[str]:
+    """The KMS actions (lowercase) the patterns name; other services' actions name none."""
+    matched: set[str] = set()
+    for pattern in _strings(raw):
+        if pattern == "*":
+            return ALL_ACTIONS
+        service, sep, name = pattern.partition(":")
+        if not sep or not service or not name:
+            raise _malformed(f"Invalid action: {pattern}")
+        if service.lower() != "kms":
+            continue
+        if "*" in name or "?" in name:
+            rx = _glob(name, ignore_case=True)
+            matched.update(a for a in ALL_ACTIONS if rx.match(a))
+        elif name.lower() in ALL_ACTIONS:
+            matched.add(name.lower())
+        else:
+            raise _malformed(f"Policy contains an unknown action: {pattern}")
+    return frozenset(matched)
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    anything: bool
+    patterns: tuple[str, ...]
+
+    def match(self, resource: str, r: Request) -> bool:
+        if self.anything:
+            return True
+        for raw in self.patterns:
+            p = _substitute(raw, r.context) if "${" in raw else raw
+            if p is not None and _glob_cached(p, False).match(resource):
+                return True
+        return False
+
+
+def _resources(raw: Any) -> Resources:
+    items = _strings(raw)
+    return Resources("*" in items, tuple(items))
+
+
+# -- conditions -----------------------------------------------------------------------------
+def _substitute(text: str, ctx: Context) -> str | None:
+    """Policy variables (``${aws:username}``, ``${*}``...); None when one is absent."""
+    missing = False
+
+    def one(m: re.Match[str]) -> str:
+        nonlocal missing
+        name = m.group(1)
+        if name in ("*", "?", "$"):
+            return name
+        key, _, default = name.partition(",")
+        got = ctx.values(key.strip().lower())
+        if got:
+            return got[0]
+        if default:
+            return default.strip().strip("'")
+        missing = True
+        return ""
+
+    out = _VARIABLE.sub(one, text)
+    return None if missing else out
+
+
+def _number(v: str) -> float | None:
+    try:
+        return float(v)
+    except ValueError:
+        return None
+
+
+def _date(v: str) -> float | None:
+    if re.fullmatch(r"-?\d+(\.\d+)?", v):
+        return float(v)
+    try:
+        return datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _arn_like(pattern: str, value: str) -> bool:
+    """ARN components match one by one (six of them; the last keeps its colons)."""
+    p, v = pattern.split(":", 5), value.split(":", 5)
+    if len(p) != 6 or len(v) != 6:
+        return False
+    return all(_glob_cached(a, False).match(b) for a, b in zip(p, v, strict=True))
+
+
+def _ip(pattern: str, value: str) -> bool:
+    try:
+        return ipaddress.ip_address(value) in ipaddress.ip_network(pattern, strict=False)
+    except ValueError:
+        return False
+
+
+Compare = Callable[[str, str], bool]
+
+
+def _cmp_number(op: Callable[[float, float], bool]) -> Compare:
+    def cmp(p: str, v: str) -> bool:
+        a, b = _number(v), _number(p)
+        return a is not None and b is not None and op(a, b)
+    return cmp
+
+
+def _cmp_date(op: Callable[[float, float], bool]) -> Compare:
+    def cmp(p: str, v: str) -> bool:
+        a, b = _date(v), _date(p)
+        return a is not None and b is not None and op(a, b)
+    return cmp
+
+
+def _binary(p: str, v: str) -> bool:
+    try:
+        return base64.b64decode(p) == v.encode("utf-8") or p == v
+    except ValueError:
+        return False
+
+
+# operator -> (compare(pattern, value), negated, substitute variables in patterns)
+_OPERATORS: dict[str, tuple[Compare, bool]] = {
+    "stringequals": (lambda p, v: p == v, False),
+    "stringnotequals": (lambda p, v: p == v, True),
+    "stringequalsignorecase": (lambda p, v: p.lower() == v.lower(), False),
+    "stringnotequalsignorecase": (lambda p, v: p.lower() == v.lower(), True),
+    "stringlike": (lambda p, v: bool(_glob_cached(p, False).match(v)), False),
+    "stringnotlike": (lambda p, v: bool(_glob_cached(p, False).match(v)), True),
+    "numericequals": (_cmp_number(lambda a, b: a == b), False),
+    "numericnotequals": (_cmp_number(lambda a, b: a == b), True),
+    "numericlessthan": (_cmp_number(lambda a, b: a < b), False),
+    "numericlessthanequals": (_cmp_number(lambda a, b: a <= b), False),
+    "numericgreaterthan": (_cmp_number(lambda a, b: a > b), False),
+    "numericgreaterthanequals": (_cmp_number(lambda a, b: a >= b), False),
+    "dateequals": (_cmp_date(lambda a, b: a == b), False),
+    "datenotequals": (_cmp_date(lambda a, b: a == b), True),
+    "datelessthan": (_cmp_date(lambda a, b: a < b), False),
+    "datelessthanequals": (_cmp_date(lambda a, b: a <= b), False),
+    "dategreaterthan": (_cmp_date(lambda a, b: a > b), False),
+    "dategreaterthanequals": (_cmp_date(lambda a, b: a >= b), False),
+    "bool": (lambda p, v: p.lower() == v.lower(), False),
+    "binaryequals": (_binary, False),
+    "ipaddress": (_ip, False),
+    "notipaddress": (_ip, True),
+    "arnequals": (_arn_like, False),
+    "arnlike": (_arn_like, False),
+    "arnnotequals": (_arn_like, True),
+    "arnnotlike": (_arn_like, True),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """One key under one operator: values OR, the qualifier says how a set of values meets."""
+
+    operator: str
+    key: str  # lowercased
+    patterns: tuple[str, ...]
+    qualifier: str  # "" | "foranyvalue" | "forallvalues"
+    if_exists: bool
+
+    def holds(self, ctx: Context) -> bool:
+        got = ctx.values(self.key)
+        if self.operator == "null":
+            absent = not got
+            return any((p.lower() == "true") == absent for p in self.patterns)
+        if not got:  # absent (or an empty set)
+            if self.qualifier == "forallvalues" or self.if_exists:
+                return True
+            return _OPERATORS[self.operator][1] and self.qualifier != "foranyvalue"
+        compare, negated = _OPERATORS[self.operator]
+        patterns = [p if "${" not in p else _substitute(p, ctx) for p in self.patterns]
+        live = [p for p in patterns if p is not None]
+
+        def matches(value: str) -> bool:
+            return any(compare(p, value) for p in live)
+
+        if self.qualifier == "forallvalues":
+            hit = all(matches(v) for v in got)
+            return (not any(matches(v) for v in got)) if negated else hit
+        if negated:
+            return not any(matches(v) for v in got) if self.qualifier != "foranyvalue" \
+                else any(not matches(v) for v in got)
+        return any(matches(v) for v in got)
+
+
+def _conditions(raw: Any) -> tuple[Condition, ...]:
+    if not isinstance(raw, dict):
+        raise _malformed()
+    out: list[Condition] = []
+    for op_name, block in raw.items():
+        if not isinstance(op_name, str) or not isinstance(block, dict) or not block:
+            raise _malformed()
+        name = op_name.lower()
+        qualifier = ""
+        for q in ("foranyvalue:", "forallvalues:"):
+            if name.startswith(q):
+                qualifier, name = q[:-1], name[len(q):]
+        if_exists = name.endswith("ifexists") and name != "null"
+        if if_exists:
+            name = name[: -len("ifexists")]
+        if name not in _OPERATORS and name != "null":
+            raise _malformed(f"Policy contains an unknown condition operator: {op_name}")
+        for key, values in block.items():
+            items = [values] if isinstance(values, str | bool | int | float) else values
+            if not isinstance(items, list) or not items:
+                raise _malformed()
+            patterns = tuple(_scalar(v) for v in items)
+            out.append(Condition(name, str(key).lower(), patterns, qualifier, if_exists))
+    return tuple(out)
+
+
+def _scalar(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return str(v)
+    if isinstance(v, str):
+        return v
+    raise _malformed()
+
+
+# -- statements and documents ---------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Statement:
+    sid: str
+    allow: bool
+    principals: Principals | None  # None: an identity policy's statement (its principal)
+    not_principal: bool
+    actions: frozenset[str]  # lowercase KMS actions
+    not_action: bool
+    resources: Resources | None  # None: no Resource element (the statement is ineffective)
+    not_resource: bool
+    conditions: tuple[Condition, ...]
+
+    def applies(self, r: Request, action: str) -> Outcome:
+        """Whether this statement speaks to ``r``: the principal outcome it matched, or NONE."""
+        if (action in self.actions) == self.not_action:
+            return Outcome.NONE
+        if self.resources is None or self.resources.match(r.resource, r) == self.not_resource:
+            return Outcome.NONE
+        if self.principals is None:
+            who = Outcome.ALLOW
+        else:
+            who = self.principals.match(r)
+            if self.not_principal:
+                who = Outcome.NONE if who is not Outcome.NONE else Outcome.ALLOW
+            if who is Outcome.NONE:
+                return Outcome.NONE
+        for c in self.conditions:
+            if not c.holds(r.context):
+                return Outcome.NONE
+        return who
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    id: str
+    statements: tuple[Statement, ...]
+    principals: tuple[str, ...]  # every IAM principal ARN named (for existence checks)
+
+    def evaluate(self, r: Request) -> Outcome:
+        """DENY if a Deny statement applies; else the strongest Allow; else NONE."""
+        action = r.action.lower()
+        best = Outcome.NONE
+        for s in self.statements:
+            got = s.applies(r, action)
+            if got is Outcome.NONE:
+                continue
+            if not s.allow:
+                return Outcome.DENY
+            if got is Outcome.ALLOW or best is Outcome.NONE:
+                best = got
+        return best
+
+
+_TOP = {"Version", "Id", "Statement"}
+_STATEMENT = {"Sid", "Effect", "Principal", "NotPrincipal", "Action", "NotAction", "Resource",
+              "NotResource", "Condition"}
+
+
+def _statement(raw: Any, resource_policy: bool, named: list[str]) -> Statement:
+    if not isinstance(raw, dict) or set(raw) - _STATEMENT:
+        raise _malformed()
+    sid = raw.get("Sid", "")
+    effect = raw.get("Effect")
+    if not isinstance(sid, str) or effect not in ("Allow", "Deny"):
+        raise _malformed()
+    if ("Action" in raw) == ("NotAction" in raw) and "Action" in raw:
+        raise _malformed()
+    if "Resource" in raw and "NotResource" in raw:
+        raise _malformed()
+    principals: Principals | None = None
+    not_principal = False
+    if resource_policy:
+        if ("Principal" in raw) == ("NotPrincipal" in raw):
+            raise _malformed(INVALID_PRINCIPALS)
+        not_principal = "NotPrincipal" in raw
+        value = raw["NotPrincipal" if not_principal else "Principal"]
+        principals = _principals(value)
+        if isinstance(value, dict):
+            named.extend(p for p in _strings(value.get("AWS", "*")) if p.startswith("arn:"))
+    elif "Principal" in raw or "NotPrincipal" in raw:
+        raise _malformed("Identity policies do not name a Principal.")
+    not_action = "NotAction" in raw
+    actions = _actions(raw["NotAction" if not_action else "Action"]) \
+        if ("Action" in raw or not_action) else frozenset()
+    not_resource = "NotResource" in raw
+    resources = None
+    if "Resource" in raw or not_resource:
+        resources = _resources(raw["NotResource" if not_resource else "Resource"])
+    conditions = _conditions(raw["Condition"]) if "Condition" in raw else ()
+    if not ("Action" in raw or not_action):  # a missing Action is ineffective, not an error
+        not_action, actions = False, frozenset()
+    return Statement(sid, effect == "Allow", principals, not_principal, actions, not_action,
+                     resources, not_resource, conditions)
+
+
+def parse(text: str, *, resource_policy: bool = True) -> Policy:
+    """Validate and compile a policy document (MalformedPolicyDocumentException if not).
+    Compiled once per text: repeated calls with the same text are dictionary lookups."""
+    return _compiled(text, resource_policy)
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled(text: str, resource_policy: bool) -> Policy:
+    if any(not (c in "\t\n\r" or " " <= c <= "\u00ff") for c in text):
+        raise _malformed("The policy contains characters that are not allowed.")
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        raise _malformed() from None
+    if not isinstance(doc, dict) or set(doc) - _TOP or "Statement" not in doc:
+        raise _malformed()
+    version = doc.get("Version", "2008-10-17")
+    if version not in ("2012-10-17", "2008-10-17"):
+        raise _malformed()
+    pid = doc.get("Id", "")
+    if not isinstance(pid, str):
+        raise _malformed()
+    raw = doc["Statement"]
+    items = raw if isinstance(raw, list) else [raw]
+    if not items:
+        raise _malformed()
+    named: list[str] = []
+    statements = tuple(_statement(s, resource_policy, named) for s in items)
+    return Policy(pid, statements, tuple(dict.fromkeys(named)))
+
+
+def aws_text(doc: Any, indent: int = 0) -> str:
+    """A document as KMS prints policies it writes (Jackson's pretty printer: ``" : "``,
+    arrays inline, objects expanded), so GetKeyPolicy answers what AWS answers."""
+    pad = " " * indent
+    if isinstance(doc, dict):
+        inner = ",\n".join(f"{pad}  {json.dumps(k)} : {aws_text(v, indent + 2)}"
+                           for k, v in doc.items())
+        return "{\n" + inner + "\n" + pad + "}"
+    if isinstance(doc, list):
+        return "[ " + ", ".join(aws_text(v, indent) for v in doc) + " ]"
+    return json.dumps(doc)
+
+
+def evaluate_all(policies: Iterable[Policy], r: Request) -> Outcome:
+    """The identity side: DENY if any denies, ALLOW if any allows, else NONE."""
+    best = Outcome.NONE
+    for p in policies:
+        got = p.evaluate(r)
+        if got is Outcome.DENY:
+            return got
+        if got is not Outcome.NONE:
+            best = Outcome.ALLOW
+    return best
