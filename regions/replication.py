@@ -77,6 +77,7 @@ class Reactor:
                     if key is None:
                         continue
                 done += await self._take_materials(mrk)
+                done += await self._restore_current(svc.state.mrks[key_id])
                 done += await self._mirror_schedule(svc.state.mrks[key_id])
                 key = svc.state.keys.get(mrk.key_id)
                 mrk = svc.state.mrks[key_id]
@@ -122,6 +123,14 @@ class Reactor:
         missing = [(m, blob) for m, blob in mrk.shared_with(self.region)
                    if key.material(m.material_id) is None]
         return await self._synchronize(mrk, missing) if missing else 0
+
+    async def _restore_current(self, mrk: mr.MultiRegionKey) -> int:
+        """A demoted old primary stops encrypting under a version only it holds."""
+        key = self.service.state.keys.get(mrk.key_id)
+        restored = mr.restored_current(key, mrk) if key is not None else None
+        if restored is None:
+            return 0
+        return await self._act("SynchronizeMultiRegionKey", mrk, [restored])
 
     async def _mirror_schedule(self, mrk: mr.MultiRegionKey) -> int:
         """Automatic rotation is a shared property: the replica's setting is the primary's

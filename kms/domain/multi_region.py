@@ -58,7 +58,17 @@ class MultiRegionConflictRecorded(ev.Event):
     at_ms: int
 
 
-ev.register(PrimaryRegionPromoted, MultiRegionConflictRecorded)
+@dataclass(frozen=True, slots=True)
+class CurrentMaterialRestored(ev.Event):
+    """A demoted old primary's current version was fenced (its rotation never reached the
+    new primary): it encrypts under the shared ``material_id`` again, so what it makes
+    decrypts in every region. The fenced version stays, for what it already encrypted."""
+
+    key_id: str
+    material_id: str
+
+
+ev.register(PrimaryRegionPromoted, MultiRegionConflictRecorded, CurrentMaterialRestored)
 
 
 def mrk_stream(key_id: str) -> str:
@@ -405,3 +415,16 @@ def promote(key: Key | None, mrk: MultiRegionKey | None, region: str, key_ref: s
             "has synchronized it, then promote again.")
     return PrimaryRegionPromoted(key.key_id, region, mrk.primary_region,
                                  max(highest_epoch, mrk.epoch) + 1, basis_seq)
+
+
+def restored_current(key: Key, mrk: MultiRegionKey) -> CurrentMaterialRestored | None:
+    """For a replica whose own region wrote a fenced event (an old primary): if its current
+    version is not one the shared side knows, the latest shared version it holds."""
+    if (mrk.primary_region == key.region or mrk.origin == "EXTERNAL"
+            or not any(c.origin_region == key.region for c in mrk.conflicts)):
+        return None
+    shared = [m.material_id for m in mrk.materials]
+    if key.current_material_id in shared:
+        return None
+    held = [mid for mid in shared if key.material(mid) is not None]
+    return CurrentMaterialRestored(key.key_id, held[-1]) if held else None

@@ -58,6 +58,10 @@ class State:
         match e:
             case mrks.MultiRegionConflictRecorded(key_id=kid, origin_region=o, origin_seq=n):
                 self.conflicts_recorded.setdefault(kid, set()).add((o, n))
+            case mrks.CurrentMaterialRestored(key_id=kid, material_id=mid):
+                key = self.keys.get(kid)
+                if key is not None and key.material(mid) is not None:
+                    self.keys[kid] = dataclasses.replace(key, current_material_id=mid)
             case ev.KeyCreated():
                 self.keys[e.key_id] = keys.created(e, env.at_ms)
                 self.key_seq[e.key_id] = env.seq

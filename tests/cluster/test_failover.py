@@ -217,6 +217,10 @@ def test_a_write_acknowledged_while_cut_off_is_fenced_and_reported_not_merged(
     for region in (US, EU, AP):
         assert sum(decrypts(kms[region], b, p) for b, p in blobs) == 4, region
     assert sum(decrypts(kms[US], b, p) for b, p in cut_off) == 3
+    # The old primary encrypts under a shared version again: what it makes now decrypts
+    # in the new primary.
+    healed = kms[US].encrypt(KeyId=key, Plaintext=b"after heal")["CiphertextBlob"]
+    assert decrypts(kms[AP], healed, b"after heal")
 
     # One audit fact per conflict and region, not one per restart.
     cluster.stop(US)
