@@ -1,0 +1,80 @@
+"""A promotion fences what the old primary wrote past the promotion's basis, in every
+region and whatever order the rows arrive in: the fenced events change nothing in the
+shared projection and are kept as conflicts; what the promoted region had seen stays."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import pytest
+
+from kms.domain import events as ev
+from kms.domain import multi_region as mr
+from kms.domain.errors import KMSInvalidStateException, UnsupportedOperationException
+from kms.domain.key import Key, KeyState, created
+from kms.store.state import State
+
+KEY = "mrk-" + "0" * 32
+US, EU, AP = "us-east-1", "eu-west-1", "ap-southeast-2"
+STREAM = mr.mrk_stream(KEY)
+
+
+def env(origin: str, seq: int, event: ev.Event, at_ms: int = 1000) -> ev.Envelope:
+    return ev.Envelope(0, STREAM, 0, origin, seq, at_ms, event)
+
+
+def shared(material_id: str, epoch: int) -> ev.MaterialShared:
+    return ev.MaterialShared(KEY, material_id, b"", ((AP, b"sealed"),), "ON_DEMAND", 5, epoch)
+
+
+BEFORE = [env(US, 1, ev.MultiRegionKeyCreated(KEY, "111122223333", US, "SYMMETRIC_DEFAULT",
+                                              "ENCRYPT_DECRYPT", "AWS_KMS")),
+          env(US, 2, ev.ReplicaAdded(KEY, EU, "", "{}", (), 1)),
+          env(US, 3, ev.ReplicaAdded(KEY, AP, "", "{}", (), 1)),
+          env(US, 4, shared("a" * 64, 1))]
+SEEN_BY_EU = env(US, 5, shared("b" * 64, 1))  # reached eu-west-1 before it was promoted
+CUT_OFF = env(US, 9, shared("c" * 64, 1), at_ms=7000)  # acknowledged, never reached eu
+PROMOTED = env(EU, 1, mr.PrimaryRegionPromoted(KEY, EU, US, 2, 5))
+
+
+def folded(order: list[ev.Envelope]) -> mr.MultiRegionKey:
+    state = State()
+    state(BEFORE + order)
+    return state.mrks[KEY]
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations([SEEN_BY_EU, CUT_OFF, PROMOTED])))
+def test_every_arrival_order_gives_the_same_fenced_projection(
+        order: tuple[ev.Envelope, ...]) -> None:
+    mrk = folded(list(order))
+    assert (mrk.primary_region, mrk.epoch, mrk.accepted_epoch) == (EU, 2, 2)
+    assert sorted(r.region for r in mrk.replicas) == [AP, US]
+    assert [m.material_id[0] for m in mrk.materials] == ["a", "b"]
+    assert mrk.conflicts == (mr.Conflict(US, 9, 1, "MaterialShared", 7000),)
+
+
+def test_a_late_event_of_an_old_epoch_without_a_promotion_stays_fenced() -> None:
+    handover = env(US, 6, ev.PrimaryRegionUpdated(KEY, EU, US, 2))
+    mrk = folded([handover, env(US, 7, shared("d" * 64, 1))])
+    assert [m.material_id[0] for m in mrk.materials] == ["a"]
+    assert [c.origin_seq for c in mrk.conflicts] == [7]
+
+
+def _replica(region: str, materials: tuple[str, ...] = ()) -> Key:
+    key = created(ev.KeyCreated(KEY, "111122223333", region, "", "SYMMETRIC_DEFAULT",
+                                "ENCRYPT_DECRYPT", "AWS_KMS", "CUSTOMER", True, "{}", (),
+                                None, replica=True), 0)
+    return dataclasses.replace(key, state=KeyState.ENABLED, materials=tuple(
+        ev.Material(m, b"s") for m in materials), current_material_id=(materials or ("",))[-1])
+
+
+def test_promotion_refusals() -> None:
+    mrk = folded([SEEN_BY_EU])
+    with pytest.raises(UnsupportedOperationException, match="already the primary key"):
+        mr.promote(_replica(US, ("a" * 64,)), mrk, US, KEY, 0, 1)
+    # "b" was sealed to ap-southeast-2, which has not taken it yet: promoting would lose it.
+    with pytest.raises(KMSInvalidStateException, match="does not hold every key material"):
+        mr.promote(_replica(AP, ("a" * 64,)), mrk, AP, KEY, 5, 1)
+    done = mr.promote(_replica(AP, ("a" * 64, "b" * 64)), mrk, AP, KEY, 5, 3)
+    assert (done.region, done.previous_region, done.epoch, done.basis_seq) == (AP, US, 4, 5)
