@@ -316,7 +316,8 @@ class Service:
             c.result = result
             try:
                 failed = await self._settle(c, op.read_only, None)
-            except ConflictingWrite:
+            except ConflictingWrite:  # a stream the decision read moved: decide again
+                log.info("decided_again", request_id=request_id, op=operation_name)
                 continue
             _resolved(resolved, c)
             if failed is not None:
