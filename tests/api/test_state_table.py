@@ -23,6 +23,7 @@ from tests.api.test_import import wrap
 
 STATES = (KeyState.DISABLED, KeyState.PENDING_DELETION, KeyState.PENDING_IMPORT)
 WRAPPING = "RSAES_OAEP_SHA_256"
+GRANTEE = "arn:aws:iam::111122223333:user/alice"
 REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "kms_api.md"
 
 # kind -> (KeySpec, KeyUsage)
@@ -61,6 +62,7 @@ class Subject:
     signature: bytes = b""
     mac: bytes = b""
     companion: str = ""  # an Enabled symmetric key beside it
+    grant_id: str = ""  # a grant on the key, made while it was Enabled
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class Op:
     kind: str
     call: Callable[[Any, Subject], Any]
     needs: tuple[str, ...] = ()  # made before the state change: "blob" "signature" "mac" "alias"
+    #                              "grant"
 
 
 def _import(kms: Any, subject: Subject, material: bytes) -> None:
@@ -90,6 +93,9 @@ def _artifacts(kms: Any, subject: Subject, needs: tuple[str, ...]) -> None:
     if "mac" in needs:
         subject.mac = kms.generate_mac(KeyId=subject.key_id, Message=b"m",
                                        MacAlgorithm="HMAC_SHA_256")["Mac"]
+    if "grant" in needs:
+        subject.grant_id = kms.create_grant(KeyId=subject.key_id, GranteePrincipal=GRANTEE,
+                                            Operations=["Decrypt"])["GrantId"]
 
 
 def make_subject(kms: Any, state: KeyState, op: Op) -> Subject:
@@ -106,7 +112,8 @@ def make_subject(kms: Any, state: KeyState, op: Op) -> Subject:
     kms.create_alias(AliasName="alias/companion", TargetKeyId=subject.companion)
     if "alias" in op.needs:
         kms.create_alias(AliasName="alias/subject", TargetKeyId=subject.key_id)
-    uses_material = op.kind == "ext" or not {"blob", "signature", "mac"}.isdisjoint(op.needs)
+    uses_material = op.kind == "ext" or not {"blob", "signature", "mac", "grant"}.isdisjoint(
+        op.needs)
     if external and (state is not KeyState.PENDING_IMPORT or uses_material):
         _import(kms, subject, _pkcs8_p256() if op.kind in ("sign", "agree")
                 else os.urandom(32))
@@ -135,6 +142,13 @@ def _companion_blob(kms: Any, s: Subject) -> bytes:
 
 TAG = [{"TagKey": "k", "TagValue": "v"}]
 OPS: dict[str, Op] = {
+    "CreateGrant": Op("sym", lambda kms, s: kms.create_grant(
+        KeyId=s.key_id, GranteePrincipal=GRANTEE, Operations=["Decrypt"])),
+    "ListGrants": Op("sym", lambda kms, s: kms.list_grants(KeyId=s.key_id)),
+    "RetireGrant": Op("sym", lambda kms, s: kms.retire_grant(KeyId=s.key_id,
+                                                             GrantId=s.grant_id), ("grant",)),
+    "RevokeGrant": Op("sym", lambda kms, s: kms.revoke_grant(KeyId=s.key_id,
+                                                             GrantId=s.grant_id), ("grant",)),
     "CancelKeyDeletion": Op("sym", lambda kms, s: kms.cancel_key_deletion(KeyId=s.key_id)),
     "CreateAlias": Op("sym", lambda kms, s: kms.create_alias(AliasName="alias/new",
                                                              TargetKeyId=s.key_id)),
