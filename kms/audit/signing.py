@@ -100,6 +100,14 @@ class AuditSigningKey(AuditPublicKey):
         key._write_public(data_dir)
         return key
 
+    @classmethod
+    def load(cls, data_dir: Path, root_key: Sealer) -> AuditSigningKey:
+        """The existing key (never minted here); DataDirRefused when absent or unopenable."""
+        path = data_dir / SIGNING_KEY_FILE
+        if not path.exists():
+            raise DataDirRefused(f"{path} does not exist; start the node once to create it")
+        return cls(_unseal(path, root_key))
+
     def _write_public(self, data_dir: Path) -> None:
         path = data_dir / PUBLIC_KEY_FILE
         try:

@@ -1,0 +1,175 @@
+"""``kms audit verify OUT`` and ``kms audit verify --data-dir DIR``: integrity, checked.
+
+Rules: an export holds when every digest's signature verifies (CloudTrail's signing string,
+the public key the digest names, from ``OUT/public-keys`` or ``--public-key``), each digest
+names the one before it by object, hash and signature, every log file it names is there
+with that SHA-256, no file is there that no digest names, and the newest digest is the one
+the export state records. The live log holds when ``kms.audit.livelog.check`` finds nothing.
+One line per problem (missing, added, changed, ...), then a summary; exit 0 only when all
+holds, 1 when something does not, 2 when it cannot be read at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from kms.audit import livelog
+from kms.audit.export import PUBLIC_KEYS_DIR, STATE_FILE, ExportRefused, read_state, signing_string
+from kms.audit.signing import AuditPublicKey
+from kms.datadir import DataDirRefused
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", nargs="?", type=Path, help="an export directory (kms audit export)")
+    p.add_argument("--data-dir", type=Path, help="check a node's live log instead")
+    p.add_argument("--public-key", type=Path,
+                   help="PEM of the audit public key to trust (GET /_kms/audit/public-key); "
+                        "default: the key in the export or the data dir")
+
+
+def run(args: argparse.Namespace) -> int:
+    if (args.out is None) == (args.data_dir is None):
+        print("kms audit verify: error: give an export directory or --data-dir, not both",
+              file=sys.stderr)
+        return 2
+    try:
+        pinned = (AuditPublicKey.from_pem(args.public_key.read_bytes())
+                  if args.public_key else None)
+        if args.data_dir is not None:
+            live = livelog.check(args.data_dir, pinned)
+            problems, summary = live.problems, live.summary(args.data_dir)
+        else:
+            problems, summary = verify_export(args.out, pinned)
+    except (OSError, ValueError, livelog.LiveLogUnreadable, DataDirRefused,
+            ExportRefused) as exc:
+        print(f"kms audit verify: error: {exc}", file=sys.stderr)
+        return 2
+    for line in problems:
+        print(line)
+    print(summary)
+    return 0 if not problems else 1
+
+
+def _gunzip(path: Path) -> bytes | None:
+    try:
+        return gzip.decompress(path.read_bytes())
+    except (OSError, EOFError, gzip.BadGzipFile):
+        return None
+
+
+def verify_export(out: Path, pinned: AuditPublicKey | None = None) -> tuple[list[str], str]:
+    """(problems, summary) for the export in ``out``."""
+    if not out.is_dir():
+        raise ExportRefused(f"{out} is not a directory")
+    state = read_state(out)
+    keys = _keys(out, pinned)
+    files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    expected = {STATE_FILE} | {f for f in files if f.startswith(PUBLIC_KEYS_DIR + "/")}
+    problems: list[str] = []
+    digests: list[tuple[str, dict[str, Any], bytes]] = []
+    for name in sorted(f for f in files if "/CloudTrail-Digest/" in f and f.endswith(".json.gz")):
+        raw = _gunzip(out / name)
+        doc = None
+        if raw is not None:
+            try:
+                doc = json.loads(raw)
+            except ValueError:
+                doc = None
+        expected.add(name)
+        if not isinstance(doc, dict) or raw is None:
+            problems.append(f"changed: {name} (not a readable digest file)")
+            continue
+        digests.append((name, doc, raw))
+    digests.sort(key=lambda d: str(d[1].get("digestEndTime")))
+    named_logs: dict[str, dict[str, Any]] = {}
+    by_object = {name: (doc, raw) for name, doc, raw in digests}
+    prev: tuple[str, dict[str, Any], bytes, str] | None = None
+    n_records = 0
+    for name, doc, raw in digests:
+        sig_name = name + ".sig"
+        expected.add(sig_name)
+        signature = (out / sig_name).read_text().strip() if sig_name in files else None
+        if signature is None:
+            problems.append(f"missing: {sig_name} (the signature of {name})")
+        else:
+            problems += _check_signature(name, doc, raw, signature, keys)
+        if doc.get("digestS3Object") != name:
+            problems.append(f"changed: {name} (it names itself {doc.get('digestS3Object')})")
+        p_obj = doc.get("previousDigestS3Object")
+        if p_obj is not None and p_obj not in by_object:
+            problems.append(f"missing: {p_obj} (the digest {name} follows)")
+        elif prev is not None and p_obj != prev[0]:
+            problems.append(f"changed: {name} (it follows {p_obj}, not {prev[0]})")
+        elif prev is not None and (doc.get("previousDigestHashValue")
+                                   != hashlib.sha256(prev[2]).hexdigest()
+                                   or doc.get("previousDigestSignature") != prev[3]):
+            problems.append(f"changed: {prev[0]} (the digest after it recorded another hash "
+                            "or signature for it)")
+        for entry in doc.get("logFiles") or []:
+            obj = str(entry.get("s3Object"))
+            named_logs[obj] = entry
+            expected.add(obj)
+            if obj not in files:
+                problems.append(f"missing: {obj} (named by {name})")
+                continue
+            content = _gunzip(out / obj)
+            if content is None or hashlib.sha256(content).hexdigest() != entry.get("hashValue"):
+                problems.append(f"changed: {obj} (its SHA-256 is not the one {name} records)")
+                continue
+            try:
+                n_records += len(json.loads(content)["Records"])
+            except (ValueError, KeyError, TypeError):
+                problems.append(f"changed: {obj} (not a CloudTrail log file)")
+        prev = (name, doc, raw, signature or "")
+    if state is not None and state.get("last_digest"):
+        last = str(state["last_digest"]["object"])
+        if last not in by_object:
+            problems.append(f"missing: {last} (the newest digest, per {STATE_FILE})")
+        elif prev is not None and prev[0] != last:
+            problems.append(f"added: {prev[0]} (newer than the last digest {STATE_FILE} "
+                            "records)")
+    elif state is None and digests:
+        problems.append(f"missing: {STATE_FILE}")
+    for extra in sorted(files - expected):
+        problems.append(f"added: {extra} (named by no digest)")
+    fingerprints = ", ".join(sorted(keys)) or "none"
+    state_text = "all valid" if not problems else f"{len(problems)} problem(s)"
+    summary = (f"export {out}: {len(digests)} digest files, {len(named_logs)} log files, "
+               f"{n_records} records, key {fingerprints}: {state_text}")
+    return problems, summary
+
+
+def _keys(out: Path, pinned: AuditPublicKey | None) -> dict[str, AuditPublicKey]:
+    if pinned is not None:
+        return {pinned.fingerprint: pinned}
+    keys: dict[str, AuditPublicKey] = {}
+    for pem in sorted((out / PUBLIC_KEYS_DIR).glob("*.pem")):
+        try:
+            key = AuditPublicKey.from_pem(pem.read_bytes())
+        except ValueError:
+            continue
+        keys[key.fingerprint] = key
+    return keys
+
+
+def _check_signature(name: str, doc: dict[str, Any], raw: bytes, signature: str,
+                     keys: dict[str, AuditPublicKey]) -> list[str]:
+    fingerprint = str(doc.get("digestPublicKeyFingerprint"))
+    key = keys.get(fingerprint)
+    if key is None:
+        return [f"changed: {name} (signed by key {fingerprint}, which is not a trusted key)"]
+    try:
+        sig = bytes.fromhex(signature)
+    except ValueError:
+        return [f"changed: {name}.sig (not a hex signature)"]
+    message = signing_string(str(doc.get("digestEndTime")), str(doc.get("digestS3Bucket")),
+                             name, raw, doc.get("previousDigestSignature"))
+    if not key.verifies(message, sig):
+        return [f"changed: {name} (its signature does not verify)"]
+    return []
