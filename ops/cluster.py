@@ -517,6 +517,12 @@ class Cluster:
         self.link(a, b).delay(ms)
         self.link(b, a).delay(ms)
 
+    def reset_links(self, region: str) -> None:
+        """Abort the open connections to and from ``region`` (a lost host's are gone)."""
+        for (a, b), link in self.links.items():
+            if region in (a, b):
+                link.reset()
+
     def heal(self) -> None:
         """Every link passes again (stalled connections resume)."""
         for link in self.links.values():
