@@ -228,11 +228,19 @@ def _service_identity(account: str) -> dict[str, Any]:
 
 
 def _request_parameters(fact: ev.ApiCallRecorded) -> dict[str, Any] | None:
-    if not fact.params:
+    if not fact.params and (fact.operation != "CreateKey" or fact.error_code):
         return None
     params = dict(fact.params)
-    if fact.operation == "Decrypt":  # AWS logs it even when the request left it out
+    if fact.operation in ("Encrypt", "Decrypt") and not fact.error_code:
+        # AWS logs the algorithm even when the request left it out (the default's)
         params.setdefault("encryptionAlgorithm", "SYMMETRIC_DEFAULT")
+    elif fact.operation == "CreateKey" and not fact.error_code:  # AWS logs the defaults
+        spec = params.get("keySpec") or params.get("customerMasterKeySpec") or "SYMMETRIC_DEFAULT"
+        params.setdefault("keySpec", spec)
+        params.setdefault("customerMasterKeySpec", spec)
+        params.setdefault("keyUsage", "ENCRYPT_DECRYPT")
+        params.setdefault("origin", "AWS_KMS")
+        params.setdefault("bypassPolicyLockoutSafetyCheck", False)
     return params
 
 

@@ -130,14 +130,19 @@ def audit_handler(regions: Regions) -> Callable[[web.Request], Awaitable[web.Res
                                      request.query_string, request.headers, b"")
         principal = node.credentials.principal(access_key)
         assert principal is not None  # the verifier knew its secret
-        caller = Caller(principal.arn, principal.account, access_key, ip, agent,
-                        principal_type=principal.principal_type, user_id=principal.user_id)
+        return Caller(principal.arn, principal.account, access_key, ip, agent,
+                      principal_type=principal.principal_type, user_id=principal.user_id)
+
+    def check_reader(node: Node, caller: Caller) -> None:
+        if node.config.dev:
+            return
         readers = regions.own.config.audit_readers
-        if principal.arn not in readers and principal.identity_arn not in readers:
+        identity = node.credentials.principal(caller.access_key_id)
+        if caller.principal_arn not in readers and (
+                identity is None or identity.identity_arn not in readers):
             raise ReadDenied(
-                f"User: {principal.arn} is not authorized to read the audit stream: it is not "
-                "named in audit_readers")
-        return caller
+                f"User: {caller.principal_arn} is not authorized to read the audit stream: it "
+                "is not named in audit_readers")
 
     async def handle(request: web.Request) -> web.Response:
         request_id = str(uuid.uuid4())
@@ -149,6 +154,7 @@ def audit_handler(regions: Regions) -> Callable[[web.Request], Awaitable[web.Res
         try:
             node = _node_for(regions, q.get("region"))
             caller = caller_of(request, node)
+            check_reader(node, caller)
             limit = _number(q.get("limit"), "limit", DEFAULT_LIMIT, 1, MAX_LIMIT, int)
             wait = _number(q.get("wait"), "wait", 0.0, 0.0, MAX_WAIT_SECONDS, float)
             found, next_cursor = await _read(node, q.get("after", ""), int(limit), float(wait))

@@ -36,7 +36,8 @@ def test_encrypt_record_has_awss_fields() -> None:
     assert r["userIdentity"] == {"type": "Root", "principalId": ACCOUNT,
                                  "arn": f"arn:aws:iam::{ACCOUNT}:root", "accountId": ACCOUNT,
                                  "accessKeyId": "AKIAEXAMPLE"}
-    assert r["requestParameters"] == {"keyId": ARN, "encryptionContext": {"Dept": "Eng"}}
+    assert r["requestParameters"] == {"keyId": ARN, "encryptionContext": {"Dept": "Eng"},
+                                      "encryptionAlgorithm": "SYMMETRIC_DEFAULT"}
     assert r["responseElements"] is None
     assert r["additionalEventData"] == {"keyMaterialId": "ab" * 32}
     assert r["requestID"] == "req-1" and r["eventID"] == event_id("req-1", 7)
@@ -51,6 +52,14 @@ def test_encrypt_record_has_awss_fields() -> None:
 def test_decrypt_always_names_its_algorithm() -> None:
     r = record(fact(operation="Decrypt", params={"keyId": ARN}))
     assert r["requestParameters"]["encryptionAlgorithm"] == "SYMMETRIC_DEFAULT"
+
+
+def test_create_key_logs_awss_defaults() -> None:
+    r = record(fact(operation="CreateKey", read_only=False, params={}, additional={}))
+    assert r["requestParameters"] == {
+        "keySpec": "SYMMETRIC_DEFAULT", "customerMasterKeySpec": "SYMMETRIC_DEFAULT",
+        "keyUsage": "ENCRYPT_DECRYPT", "origin": "AWS_KMS",
+        "bypassPolicyLockoutSafetyCheck": False}
 
 
 def test_failed_call_carries_error() -> None:
