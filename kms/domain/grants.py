@@ -67,7 +67,7 @@ def grantable(key_spec: str, key_usage: str) -> frozenset[str]:
     elif key_usage == KEY_AGREEMENT:
         ops = ("DeriveSharedSecret", "GetPublicKey")
     elif key_usage == ENCAPSULATE_DECAPSULATE:
-        ops = ("GetPublicKey",)
+        ops = ("Encapsulate", "Decapsulate", "GetPublicKey")
     else:
         ops = ()
     return frozenset((*ops, *_ANY_KEY))

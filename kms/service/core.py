@@ -36,8 +36,7 @@ from kms.domain.key import Key, check_state
 from kms.domain.key import apply as apply_key
 from kms.domain.key import created as created_key
 from kms.domain.specs import SYMMETRIC
-from kms.service import authz
-from kms.service import grant_access
+from kms.service import authz, grant_access
 from kms.store.grants import Grants
 from kms.store.log import AUDIT_STREAM, Append, EventLog, VaultChange
 from kms.store.state import State, key_stream
@@ -297,7 +296,7 @@ class Service:
             try:
                 if managed:
                     self._stage_aws_managed(c, params)
-                if "GrantTokens" in params:  # garbage is refused on every operation
+                if "GrantTokens" in params and operation_name in grant_access.TOKENS_CHECKED:
                     grant_access.check_tokens(params["GrantTokens"])
                 if "Recipient" in params:
                     raise UnsupportedOperationException(

@@ -30,6 +30,14 @@ TOKEN_VERSION = 1
 _NONCE = 16
 _CHECK = 16
 INVALID_TOKEN = "The grant token is not valid."
+# The operations whose model declares InvalidGrantTokenException: every one that takes
+# GrantTokens but DescribeKey (which ignores a bad token, as its model has no such error).
+TOKENS_CHECKED = frozenset({
+    "CreateGrant", "Decapsulate", "Decrypt", "DeriveSharedSecret", "Encapsulate", "Encrypt",
+    "GenerateDataKey", "GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext",
+    "GenerateDataKeyWithoutPlaintext", "GenerateMac", "GetPublicKey", "ReEncrypt", "Sign",
+    "Verify", "VerifyMac",
+})
 
 
 @dataclass(frozen=True, slots=True)

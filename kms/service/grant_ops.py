@@ -20,6 +20,7 @@ from kms.domain.errors import (
     InvalidArnException,
     InvalidGrantIdException,
     NotFoundException,
+    UnsupportedOperationException,
     ValidationException,
 )
 from kms.domain.key import Key, check_state
@@ -42,6 +43,17 @@ def _check_principal(value: str, *, service_ok: bool) -> None:
     if _PRINCIPAL.fullmatch(value) or (service_ok and _SERVICE_PRINCIPAL.fullmatch(value)):
         return
     raise InvalidArnException(f"ARN does not refer to a valid principal: {value}")
+
+
+def _no_service_principals(p: dict[str, Any], *members: str) -> None:
+    """Service principals as grantees or retirees (the model's *ServicePrincipal members,
+    with the SourceArn constraint they need) are not built: refused, never ignored."""
+    for member in members:
+        if member in p:
+            raise UnsupportedOperationException(
+                f"{member} (grants to AWS service principals) is not supported by this "
+                "service."
+            )
 
 
 def _check_grant_id(grant_id: str) -> None:
@@ -91,6 +103,16 @@ def _grant_page(svc: Service, grants: list[g.Grant], p: dict[str, Any]) -> dict[
 
 @operation("CreateGrant", read_only=False)
 async def create_grant(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
+    _no_service_principals(p, "GranteeServicePrincipal", "RetiringServicePrincipal")
+    if "SourceArn" in (p.get("Constraints") or {}):
+        raise UnsupportedOperationException(
+            "The SourceArn grant constraint (grants to AWS service principals) is not "
+            "supported by this service."
+        )
+    if "GranteePrincipal" not in p:
+        raise ValidationException(
+            "You must specify either GranteePrincipal or GranteeServicePrincipal."
+        )
     key = svc.key_for(call, p["KeyId"], "CreateGrant", allow_alias=False)
     grantee = p["GranteePrincipal"]
     _check_principal(grantee, service_ok=False)
@@ -132,6 +154,7 @@ async def create_grant(svc: Service, call: Call, p: dict[str, Any]) -> dict[str,
 
 @operation("ListGrants", read_only=True)
 async def list_grants(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
+    _no_service_principals(p, "GranteeServicePrincipal")
     key = svc.key_for(call, p["KeyId"], "ListGrants", allow_alias=False)
     grants = svc.grants.of_key(key.key_id)
     if "GrantId" in p:
@@ -144,6 +167,11 @@ async def list_grants(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, 
 
 @operation("ListRetirableGrants", read_only=True)
 async def list_retirable_grants(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
+    _no_service_principals(p, "RetiringServicePrincipal")
+    if "RetiringPrincipal" not in p:
+        raise ValidationException(
+            "You must specify either RetiringPrincipal or RetiringServicePrincipal."
+        )
     authz.authorize(call, "ListRetirableGrants", None, account=svc.account)
     return _grant_page(svc, svc.grants.retirable_by(p["RetiringPrincipal"]), p)
 

@@ -162,7 +162,29 @@ def test_operations_must_fit_the_key(server: ServerProcess, kms: Any) -> None:
                   GranteePrincipal=ALICE, Operations=["CreateGrant"])
     kms.create_grant(KeyId=signer, GranteePrincipal=ALICE,
                      Operations=["Sign", "Verify", "GetPublicKey", "DescribeKey"])
+    kem = new_key(kms, KeySpec="ML_KEM_768", KeyUsage="ENCAPSULATE_DECAPSULATE")
+    kms.create_grant(KeyId=kem, GranteePrincipal=ALICE,
+                     Operations=["Encapsulate", "Decapsulate", "GetPublicKey"])
+    refused_alone(server, kms.create_grant, "ValidationException", KeyId=kem,
+                  GranteePrincipal=ALICE, Operations=["Decrypt"])
     assert grant_ids(kms, symmetric) == []
+
+
+def test_grantee_required_and_service_principals_refused(
+        server: ServerProcess, raw_kms: Any) -> None:
+    key_id = new_key(raw_kms)
+    refused_alone(server, raw_kms.create_grant, "ValidationException",
+                  "You must specify either GranteePrincipal or GranteeServicePrincipal.",
+                  KeyId=key_id, Operations=["Decrypt"])
+    for params in ({"GranteeServicePrincipal": "ec2.amazonaws.com",
+                    "RetiringPrincipal": CAROL},
+                   {"GranteePrincipal": ALICE, "RetiringServicePrincipal": "ec2.amazonaws.com"},
+                   {"GranteePrincipal": ALICE,
+                    "Constraints": {"SourceArn": "arn:aws:ec2:us-east-1:111122223333:x/y"}}):
+        refused_alone(server, raw_kms.create_grant, "UnsupportedOperationException",
+                      KeyId=key_id, Operations=["Decrypt"], **params)
+    refused_alone(server, raw_kms.list_retirable_grants, "ValidationException")
+    assert raw_kms.list_grants(KeyId=key_id)["Grants"] == []
 
 
 def test_grant_tokens_are_checked_on_every_operation_that_takes_them(
@@ -178,7 +200,6 @@ def test_grant_tokens_are_checked_on_every_operation_that_takes_them(
         (kms.encrypt, {"KeyId": key_id, "Plaintext": b"p"}),
         (kms.decrypt, {"CiphertextBlob": blob}),
         (kms.generate_data_key, {"KeyId": key_id, "KeySpec": "AES_256"}),
-        (kms.describe_key, {"KeyId": key_id}),
         (kms.create_grant, {"KeyId": key_id, "GranteePrincipal": BOB,
                             "Operations": ["Decrypt"]}),
     ]:
@@ -187,6 +208,7 @@ def test_grant_tokens_are_checked_on_every_operation_that_takes_them(
                           "The grant token is not valid.", GrantTokens=[token, garbage],
                           **params)
     refused_alone(server, kms.retire_grant, "InvalidGrantTokenException", GrantToken="xyz")
+    kms.describe_key(KeyId=key_id, GrantTokens=["garbage"])  # its model has no such error
     assert len(grant_ids(kms, key_id)) == 1
 
 
