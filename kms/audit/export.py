@@ -7,7 +7,8 @@ region's audit signing key over CloudTrail's signing string (its signature besid
 ``<digest>.sig``, as S3 keeps it in the object's metadata). ``kms-export-state.json``
 records the last exported seq and digest, written last, so a second run writes only new
 records; names and bytes are deterministic, so a run cut short and run again rewrites the
-same files. Reads the log read-only: the node may be running.
+same files. Reads the log read-only (the node may be running); writes only
+``audit-exported.json`` beside it, which ``kms audit prune`` reads.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from kms.domain import events as ev
 from kms.store.log import AUDIT_STREAM, row_hash
 
 STATE_FILE = "kms-export-state.json"
+EXPORTED_FILE = "audit-exported.json"  # in the data dir: the last seq an export holds
 PUBLIC_KEYS_DIR = "public-keys"
 DEFAULT_BUCKET = "kms-audit"
 DEFAULT_TRAIL = "kms"
@@ -185,6 +187,9 @@ def export(data_dir: Path, out: Path, *, bucket: str = DEFAULT_BUCKET,
         doc = {"region": region, "account": account, "last_seq": last_seq,
                "last_digest": previous, "public_key_fingerprint": key.fingerprint}
         _write(out / STATE_FILE, (json.dumps(doc, indent=2) + "\n").encode())
+        # Beside the log, for ``kms audit prune``: what is exported, and where (not the db).
+        mark = {"out": str(out.resolve()), "last_seq": last_seq}
+        _write(data_dir / EXPORTED_FILE, (json.dumps(mark, indent=2) + "\n").encode())
     return ExportResult(after, last_seq, n_records, n_files, n_digests)
 
 

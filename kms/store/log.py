@@ -184,7 +184,7 @@ class EventLog(abc.ABC):
         cp = self.checkpointer
         last_cp = await self._last_checkpoint_seq() if cp is not None else 0
         pruned = await self._pruned_through()
-        recheck_from = max(pruned, last_cp - 1 - cp.recheck) if cp and last_cp else 0
+        recheck_from = max(0, last_cp - 1 - cp.recheck) if cp and last_cp else 0
         try:
             witness = cp.witness() if cp is not None else None
         except ValueError as exc:
