@@ -428,3 +428,15 @@ def restored_current(key: Key, mrk: MultiRegionKey) -> CurrentMaterialRestored |
         return None
     held = [mid for mid in shared if key.material(mid) is not None]
     return CurrentMaterialRestored(key.key_id, held[-1]) if held else None
+
+
+def restatement(mrk: MultiRegionKey) -> list[ev.Event]:
+    """What a promoted region writes before its promotion, under its own origin: the key's
+    creation and its replica set as it holds them (epoch 0: never fenced). A region that
+    never got them from the old primary (one the new primary replicates to while the old
+    is down) can fold the key from the new primary's rows alone; elsewhere they change
+    nothing (a known key's creation is not folded twice; a known replica is not added)."""
+    return [ev.MultiRegionKeyCreated(mrk.key_id, mrk.account, mrk.primary_region,
+                                     mrk.key_spec, mrk.key_usage, mrk.origin),
+            *(ev.ReplicaAdded(mrk.key_id, r.region, r.description, r.policy, r.tags, 0,
+                              r.created_ms) for r in mrk.replicas)]

@@ -224,8 +224,9 @@ async def promote_replica(svc: Service, key_ref: str, admin_arn: str) -> dict[st
                               svc.state.highest_epoch(key_id))
         assert key is not None and mrk is not None
 
-        def decide(call: Call, e: mr.PrimaryRegionPromoted = promoted) -> None:
-            call.emit(mr.mrk_stream(key_id), [e])
+        def decide(call: Call, e: mr.PrimaryRegionPromoted = promoted,
+                   known: mr.MultiRegionKey = mrk) -> None:
+            call.emit(mr.mrk_stream(key_id), [*mr.restatement(known), e])
             call.additional.update({"primaryRegion": svc.region, "epoch": e.epoch,
                                     "previousPrimaryRegion": e.previous_region,
                                     "promotedBy": admin_arn})

@@ -103,6 +103,8 @@ class State:
         e, at_ms, origin, seq = item
         history = self._history.setdefault(key_id, [])
         if isinstance(e, ev.MultiRegionKeyCreated):
+            if key_id in self.mrks:  # a promoted region's restatement (mrks.restatement)
+                return
             history[:] = [item]
             self.mrks[key_id] = mrks.created(e)
             return

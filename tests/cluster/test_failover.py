@@ -133,7 +133,7 @@ def test_replicas_serve_while_the_primary_is_down_and_promotion_moves_the_primar
 
 
 def test_writes_work_in_the_new_primary_at_once_and_reach_the_other_replica(
-        kms: dict[str, Any], failed_over: dict[str, Any]) -> None:
+        cluster: Cluster, kms: dict[str, Any], failed_over: dict[str, Any]) -> None:
     sym = failed_over["sym"]
     kms[EU].rotate_key_on_demand(KeyId=sym)
     blob = kms[EU].encrypt(KeyId=sym, Plaintext=b"after promotion")["CiphertextBlob"]
@@ -142,6 +142,17 @@ def test_writes_work_in_the_new_primary_at_once_and_reach_the_other_replica(
     rotations = kms[AP].list_key_rotations(KeyId=sym)["Rotations"]
     assert [r["RotationType"] for r in rotations] == ["ON_DEMAND"]
     failed_over["after"] = blob
+
+    # ReplicateKey from the promoted primary (to a region its --dev node hosts): the new
+    # replica gets every version, the old primary's too, and verifies the old signature.
+    sig = failed_over["sig"]
+    out = kms[EU].replicate_key(KeyId=sig, ReplicaRegion="sa-east-1")
+    assert out["ReplicaKeyMetadata"]["KeyState"] == "Creating"
+    sa = client_for(cluster.urls[EU], region="sa-east-1")
+    eventually(lambda: enabled(sa, sig), "the replica in sa-east-1")
+    assert sa.verify(KeyId=sig, Message=MESSAGE, MessageType="RAW",
+                     Signature=failed_over["signature"],
+                     SigningAlgorithm="ECDSA_SHA_256")["SignatureValid"]
 
 
 def test_the_old_primary_returns_demoted_and_refuses_stale_writes(

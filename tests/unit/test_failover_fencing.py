@@ -78,3 +78,18 @@ def test_promotion_refusals() -> None:
         mr.promote(_replica(AP, ("a" * 64,)), mrk, AP, KEY, 5, 1)
     done = mr.promote(_replica(AP, ("a" * 64, "b" * 64)), mrk, AP, KEY, 5, 3)
     assert (done.region, done.previous_region, done.epoch, done.basis_seq) == (AP, US, 4, 5)
+
+
+def test_a_region_that_sees_only_the_new_primarys_rows_folds_the_whole_key() -> None:
+    """One the promoted primary replicates to while the old primary is still down."""
+    known = folded([SEEN_BY_EU])
+    state = State()
+    state([env(EU, n, e) for n, e in enumerate(
+        [*mr.restatement(known), PROMOTED.event,
+         ev.ReplicaAdded(KEY, "sa-east-1", "", "{}", (), 2)], start=1)])
+    mrk = state.mrks[KEY]
+    assert (mrk.primary_region, mrk.epoch) == (EU, 2)
+    assert sorted(r.region for r in mrk.replicas) == sorted([AP, US, "sa-east-1"])
+    state(BEFORE + [SEEN_BY_EU, CUT_OFF])  # the old primary's rows, once it is back
+    assert state.mrks[KEY].primary_region == EU
+    assert [c.origin_seq for c in state.mrks[KEY].conflicts] == [9]
