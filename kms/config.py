@@ -27,6 +27,10 @@ class Config:
     dev: bool = False
     log_format: str = "auto"  # "json", "console" or "auto" (console on a terminal)
     max_dev_regions: int = 32  # --dev: regions hosted in one process at most, own included
+    # Failed authentications audited one by one per source address and window; the rest of
+    # a window's are counted into one summary fact (kms.api.auth_failures).
+    auth_failure_audit_limit: int = 60
+    auth_failure_window_seconds: int = 60
     # The top-level ``[[principals]]`` tables, raw: kms.identity parses and validates them.
     principals: tuple[dict[str, Any], ...] = field(default_factory=tuple)
     # Top-level lists of principal ARNs: who may run ``kms region`` admin actions (promote),
@@ -82,6 +86,9 @@ class Config:
             raise ValueError(f"max_dev_regions must be at least 1, not {self.max_dev_regions}")
         if self.log_format not in _LOG_FORMATS:
             raise ValueError(f"log_format must be one of {', '.join(_LOG_FORMATS)}")
+        for name in ("auth_failure_audit_limit", "auth_failure_window_seconds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         parse_principals(self.principals)  # malformed ARNs, duplicates, bad policy JSON
 
 
@@ -109,6 +116,7 @@ def _top_level(path: Path, doc: dict[str, Any]) -> dict[str, Any]:
 _SETTING_TYPES: dict[str, type] = {
     "host": str, "port": int, "region": str, "data_dir": str, "account_id": str,
     "dev": bool, "log_format": str, "max_dev_regions": int,
+    "auth_failure_audit_limit": int, "auth_failure_window_seconds": int,
 }
 _LOG_FORMATS = ("auto", "json", "console")
 _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+", re.ASCII)  # AWS's shape: eu-west-1

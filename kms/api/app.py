@@ -8,7 +8,9 @@ fails closed; one log line per request: request id, principal, keys, error.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import itertools
 import json
 import os
@@ -21,6 +23,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from kms.api.auth_failures import AUTH_ERRORS, OVERFLOW, AuthFailureLimiter, Summary
 from kms.api.sigv4 import SigV4Verifier
 from kms.api.sts import StsEndpoint, is_sts_request
 from kms.api.validation import RequestModel
@@ -41,6 +44,7 @@ log = structlog.get_logger("kms.api")
 
 NODE = web.AppKey("node", Node)  # the node's own region
 TARGET_PREFIX = "TrentService."
+ANONYMOUS = "anonymous"  # the principal of a request before (or without) authentication
 MAX_CLOCK_ADVANCE = 100 * 365 * 86400.0
 JSON_TYPES = ("application/x-amz-json-1.1", "application/x-amz-json-1.0", "application/json")
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -193,6 +197,8 @@ class Gateway:
                                      service="sts", now=node.clock.now)
         self.sts = StsEndpoint(lambda request, body: self.caller(request, body, sts_verifier),
                                self.request_id)
+        self.auth_failures = AuthFailureLimiter(node.config.auth_failure_audit_limit,
+                                                float(node.config.auth_failure_window_seconds))
 
     def caller(self, request: web.Request, body: bytes,
                verifier: SigV4Verifier | None = None) -> Caller:
@@ -227,6 +233,28 @@ class Gateway:
                     return await found(request)
                 return await self.serve(request, found)
         return await self.serve(request, self.node)
+
+    async def summarize(self, summary: Summary) -> None:
+        """One audit fact for a window's failed authentications from one source that were
+        counted, not audited one by one."""
+        source = "" if summary.source == OVERFLOW else summary.source
+        log.warning("authentication_failures_summarized", source=summary.source or "-",
+                    count=summary.count, window_seconds=summary.window_seconds)
+        await self.node.service.record_rejected(
+            summary.operation, {}, Caller(ANONYMOUS, "", "", source, ""), self.request_id(),
+            summary.error, additional={"summarizedAuthenticationFailures": summary.count,
+                                       "summaryWindowSeconds": summary.window_seconds})
+
+    async def flush_auth_failures(self) -> None:
+        """Write the summaries of ended windows, also for sources that went quiet."""
+        period = min(self.auth_failures.window, 5.0)
+        while True:
+            await asyncio.sleep(period)
+            for summary in self.auth_failures.due():
+                try:
+                    await self.summarize(summary)
+                except Exception as exc:  # the loop outlives one failed write
+                    log.error("authentication_summary_failed", exc_info=exc)
 
     async def handle_get(self, request: web.Request) -> web.StreamResponse:
         """``GET /``: only a presigned STS call (``?Action=GetCallerIdentity&...``)."""
@@ -265,6 +293,15 @@ class Gateway:
         except Exception as exc:
             err = as_error(exc, request_id)
             if operation or target:
+                if isinstance(err, AUTH_ERRORS) and caller.principal_arn == ANONYMOUS:
+                    audited, ended = self.auth_failures.admit(caller.source_ip,
+                                                              operation or target, err)
+                    if ended is not None:
+                        await self.summarize(ended)
+                    if not audited:  # counted into its window's summary fact instead
+                        request[AUDITED] = True
+                        return answer(error_response(err, request_id), request_id, operation,
+                                      started, caller, err)
                 err = await node.service.record_rejected(operation or target, {}, caller,
                                                          request_id, err)
                 request[AUDITED] = True
@@ -479,7 +516,15 @@ def create_app(node: Node, regions: Regions | None = None) -> web.Application:
         yield
         await regions.stop()
 
+    async def auth_failure_summaries(app: web.Application) -> Any:
+        task = asyncio.create_task(gateway.flush_auth_failures())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
     app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(auth_failure_summaries)
     routes = [
         web.post("/", gateway.handle),
         web.get("/", gateway.handle_get),

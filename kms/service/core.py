@@ -399,12 +399,14 @@ class Service:
             c.staged[name] = apply_key(created_key(created, c.at_ms), rotation, c.at_ms)
 
     async def record_rejected(self, operation_name: str, params: dict[str, Any], caller: Caller,
-                              request_id: str, error: KMSError) -> KMSError:
+                              request_id: str, error: KMSError,
+                              additional: dict[str, Any] | None = None) -> KMSError:
         """Audit a call refused before it reached a handler (validation, authentication).
         Returns the error to answer with: ``error``, or a KMSInternalException if no audit
         fact could be written (fail closed)."""
         op = OPERATIONS.get(operation_name)
         c = Call(request_id, operation_name[:128], caller, self.clock.now_ms(), params)
+        c.additional.update(additional or {})
         return await self._refused(c, op.read_only if op else True, error)
 
     async def record_beside(self, name: str, params: dict[str, Any], caller: Caller,

@@ -20,6 +20,7 @@ from aws_encryption_sdk import CommitmentPolicy, EncryptionSDKClient, StrictAwsK
 from tests.api.test_principals import ACCOUNT, ALICE, write_config
 from tests.conftest import client_for
 from tests.support import sigv4_signer as s4
+from tests.support.expect import eventually
 from tests.support.server import ServerProcess
 
 MISMATCH = ("The request signature we calculated does not match the signature you provided. "
@@ -230,3 +231,38 @@ def test_a_presigned_request_with_a_wrong_secret(node: ServerProcess) -> None:
     req = s4.kms_request(node.url, "ListKeys")
     s4.presign(req, s4.Key(ALICE[0], "not-alice"))
     assert refused(node, req) == (400, "InvalidSignatureException", MISMATCH)
+
+
+# -- a flood of failed authentications ------------------------------------------------------
+
+
+def test_a_flood_of_failures_from_one_source_is_summarized_not_logged_one_by_one(
+        tmp_path: Path) -> None:
+    config = write_config(tmp_path, "[node]\nauth_failure_audit_limit = 3\n"
+                                    "auth_failure_window_seconds = 3\n")
+    server = ServerProcess(tmp_path / "d", dev=False, log_path=tmp_path / "node.log",
+                           extra=["--config", str(config)])
+    server.start()
+    sent = 40
+    try:
+        before = server.health()["log_seq"]
+        for _ in range(sent):
+            req = s4.kms_request(server.url, "ListKeys")
+            s4.sign_header(req, s4.Key("AKIANOBODY0000000001", "x"))
+            status, doc = s4.send(server.url, req)  # every caller still gets AWS's answer
+            assert (status, doc["__type"]) == (400, "UnrecognizedClientException")
+
+        def summarized() -> tuple[list[dict[str, Any]], int] | None:
+            lines = [line for line in server.log_lines()
+                     if line.get("event") == "authentication_failures_summarized"]
+            counted = sum(line["count"] for line in lines)
+            facts = server.health()["log_seq"] - before
+            # every failure is either a fact of its own or counted in a summary fact
+            return (lines, facts) if counted + facts - len(lines) == sent else None
+
+        lines, facts = eventually(summarized, "the flood's summary facts")
+    finally:
+        server.stop()
+    # Per 3-second window: at most 3 facts of their own, then one summary.
+    assert len(lines) >= 1 and facts - len(lines) <= 3 * (len(lines) + 1) and facts < sent // 2
+    assert all(line["source"] == "127.0.0.1" and line["window_seconds"] == 3 for line in lines)

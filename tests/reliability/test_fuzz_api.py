@@ -558,8 +558,9 @@ class SignedTarget:
         when = when or datetime.datetime.now(datetime.UTC)
         amz_date, day = when.strftime("%Y%m%dT%H%M%SZ"), when.strftime("%Y%m%d")
         canonical = "\n".join([
-            "POST", "/", "", f"host:{host or self.host}", f"x-amz-date:{amz_date}",
-            f"x-amz-target:{target}", "", "host;x-amz-date;x-amz-target",
+            "POST", "/", "", f"content-type:{CT}", f"host:{host or self.host}",
+            f"x-amz-date:{amz_date}", f"x-amz-target:{target}", "",
+            "content-type;host;x-amz-date;x-amz-target",
             hashlib.sha256(body).hexdigest()])
         scope = f"{day}/{region}/{service}/aws4_request"
         to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope,
@@ -574,7 +575,8 @@ class SignedTarget:
             "X-Amz-Target": target,
             "X-Amz-Date": amz_date,
             "Authorization": f"AWS4-HMAC-SHA256 Credential={access_key or self.access_key}/"
-                             f"{scope}, SignedHeaders=host;x-amz-date;x-amz-target, "
+                             f"{scope}, SignedHeaders=content-type;host;x-amz-date;"
+                             "x-amz-target, "
                              f"Signature={signature}",
         }
 
@@ -689,7 +691,7 @@ def mutated_request(draw: st.DrawFn, node: SignedTarget) -> tuple[str, str, byte
     elif kind == "host_changed":
         h["Host"] = f"127.0.0.1:{(node.server.port + 1 + n % 100) % 65536}"
     elif kind == "unsigned_host":
-        h["Authorization"] = auth.replace("SignedHeaders=host;", "SignedHeaders=")
+        h["Authorization"] = auth.replace(";host;", ";")
     elif kind == "signed_header_missing":
         h["Authorization"] = auth.replace("x-amz-target,", "x-amz-target;x-fuzz,")
     elif kind == "algorithm":
