@@ -135,8 +135,8 @@ async def create_grant(svc: Service, call: Call, p: dict[str, Any]) -> dict[str,
         constraint_type=constraint_type, constraint=constraint, name=p.get("Name", ""),
         issuing_account=key.account,
     )
-    existing = next((gr for gr in svc.grants.of_key(key.key_id)
-                     if wanted.name and gr.same_request(wanted)), None)
+    existing = next((gr for gr in svc.grants.named(key.key_id, wanted.name)
+                     if gr.same_request(wanted)), None)
     if existing is not None:  # Name idempotency: the same grant, a new token
         grant_id = existing.grant_id
     else:

@@ -22,6 +22,7 @@ class Grants:
         # retiring principal (as given) -> (key id, grant id), in creation order
         self._by_retiring: dict[str, dict[tuple[str, str], None]] = {}
         self._order: dict[tuple[str, str], int] = {}  # (key id, grant id) -> seq
+        self._named: dict[tuple[str, str], dict[str, None]] = {}  # (key id, name) -> ids
 
     def __call__(self, envelopes: Sequence[ev.Envelope] | None) -> None:
         if envelopes is None:
@@ -29,6 +30,7 @@ class Grants:
             self._by_grantee.clear()
             self._by_retiring.clear()
             self._order.clear()
+            self._named.clear()
             return
         for env in envelopes:
             e = env.event
@@ -48,6 +50,8 @@ class Grants:
             self._by_retiring.setdefault(grant.retiring_principal, {})[
                 (grant.key_id, grant.grant_id)] = None
         self._order[(grant.key_id, grant.grant_id)] = seq
+        if grant.name:
+            self._named.setdefault((grant.key_id, grant.name), {})[grant.grant_id] = None
 
     def _drop(self, key_id: str, grant_id: str) -> None:
         grant = self.by_key.get(key_id, {}).pop(grant_id, None)
@@ -68,6 +72,11 @@ class Grants:
             if not retiring:
                 self._by_retiring.pop(grant.retiring_principal, None)
         self._order.pop((key_id, grant_id), None)
+        if grant.name:
+            named = self._named.get((key_id, grant.name), {})
+            named.pop(grant_id, None)
+            if not named:
+                self._named.pop((key_id, grant.name), None)
 
     # -- reads ----------------------------------------------------------------------------
     def get(self, key_id: str, grant_id: str) -> g.Grant | None:
@@ -76,6 +85,11 @@ class Grants:
     def of_key(self, key_id: str) -> list[g.Grant]:
         """The key's live grants, oldest first."""
         return list(self.by_key.get(key_id, {}).values())
+
+    def named(self, key_id: str, name: str) -> list[g.Grant]:
+        """The key's live grants of this Name (Name idempotency), oldest first."""
+        grants = self.by_key.get(key_id, {})
+        return [grants[gid] for gid in self._named.get((key_id, name), ())]
 
     def count(self, key_id: str) -> int:
         return len(self.by_key.get(key_id, ()))

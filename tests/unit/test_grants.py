@@ -16,7 +16,11 @@ from kms.clock import Clock
 from kms.crypto.keyring import Keyring
 from kms.crypto.sealing import RootKey
 from kms.domain import grants as g
-from kms.domain.errors import InvalidGrantTokenException, ValidationException
+from kms.domain.errors import (
+    InvalidGrantTokenException,
+    LimitExceededException,
+    ValidationException,
+)
 from kms.schedule import Scheduler
 from kms.service.core import Call, Caller, Service
 from kms.service.grant_access import grant_condition_context, new_token, parse_token
@@ -69,6 +73,12 @@ def test_constraints_one_kind_at_most_eight_pairs_values_up_to_384() -> None:
     with pytest.raises(ValidationException):
         g.constraint_of({g.EQUALS: {"k": "v" * 385}})
     g.constraint_of({g.EQUALS: {"k": "v" * 384}})
+
+
+def test_fifty_thousand_grants_per_key() -> None:
+    g.check_quota(g.MAX_GRANTS_PER_KEY - 1)
+    with pytest.raises(LimitExceededException):
+        g.check_quota(50_000)
 
 
 def grant(constraint_type: str = "", constraint: g.Pairs = (),
@@ -232,3 +242,23 @@ async def test_a_deleted_key_takes_its_grants_with_it(region: Region) -> None:
     assert key not in region.service.state.keys
     assert region.service.grants.count(key) == 0
     assert region.service.grants.retirable_by(ROLE_ARN) == []
+
+
+async def test_the_projection_indexes_names_and_forgets_ended_grants(region: Region) -> None:
+    key = (await region.call("CreateKey"))["KeyMetadata"]["KeyId"]
+    ask = {"KeyId": key, "GranteePrincipal": ALICE_ARN, "Operations": ["Decrypt"],
+           "Name": "n"}
+    first = await region.call("CreateGrant", **ask)
+    other = await region.call("CreateGrant", **{**ask, "Operations": ["Encrypt"]})
+    grants = region.service.grants
+    assert [x.grant_id for x in grants.named(key, "n")] == [first["GrantId"], other["GrantId"]]
+    again = await region.call("CreateGrant", **ask)
+    assert again["GrantId"] == first["GrantId"]
+    await region.call("RetireGrant", GrantToken=again["GrantToken"])
+    assert [x.grant_id for x in grants.named(key, "n")] == [other["GrantId"]]
+    anew = await region.call("CreateGrant", **ask)  # the name is free for a new grant again
+    assert anew["GrantId"] not in (first["GrantId"], other["GrantId"])
+    await region.call("RevokeGrant", KeyId=key, GrantId=other["GrantId"])
+    await region.call("RevokeGrant", KeyId=key, GrantId=anew["GrantId"])
+    assert grants.named(key, "n") == [] and grants.count(key) == 0
+    assert not region.allows(ALICE, "Decrypt", "Decrypt", key)
