@@ -301,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     figures = Figures()
     try:
         failover(args.compose.resolve(), state, figures)
-    except (DrillFailed, ClusterError, ClientError, BotoCoreError) as exc:
+    except (DrillFailed, ClusterError, ClientError, BotoCoreError, OSError,
+            subprocess.TimeoutExpired, KeyError, ValueError) as exc:  # a figure is wrong
         figures.problems.append(f"{type(exc).__name__}: {exc}")
     print(figures.line(), flush=True)
     wrong = figures.wrong()
