@@ -14,7 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.conftest import client_for
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, free_port
 
 ACCOUNT = "111122223333"
 OTHER = "444455556666"
@@ -167,3 +167,50 @@ def test_a_malformed_principal_is_refused_at_start(tmp_path: Path, text: str,
     assert lines[0].startswith("kms: error: configuration: ")
     assert fragment in lines[0]
     assert not (tmp_path / "d").exists()
+
+
+def test_one_identity_in_every_region_and_through_forwarding(tmp_path: Path) -> None:
+    """Two secured region nodes, each with ``--peer`` to the other and the same config: a
+    configured principal's requests are accepted by both, and a request signed for eu-west-1
+    sent to us-east-1's node is forwarded and served there as the same principal."""
+    config = str(write_config(tmp_path))
+    us_port, eu_port = free_port(), free_port()
+    us = ServerProcess(tmp_path / "us", dev=False, region="us-east-1", port=us_port,
+                       log_path=tmp_path / "us.log",
+                       extra=["--config", config, "--peer", f"eu-west-1=http://127.0.0.1:{eu_port}"])
+    eu = ServerProcess(tmp_path / "eu", dev=False, region="eu-west-1", port=eu_port,
+                       log_path=tmp_path / "eu.log",
+                       extra=["--config", config, "--peer", f"us-east-1=http://127.0.0.1:{us_port}"])
+    us.start()
+    try:
+        eu.start()
+        try:
+            us_kms = client_for(us.url, access_key=ALICE[0], secret=ALICE[1])
+            eu_kms = client_for(eu.url, region="eu-west-1", access_key=ALICE[0],
+                                secret=ALICE[1])
+            us_key = us_kms.create_key(Description="us")["KeyMetadata"]["Arn"]
+            eu_key = eu_kms.create_key(Description="eu")["KeyMetadata"]["Arn"]
+            assert us_key.startswith(f"arn:aws:kms:us-east-1:{ACCOUNT}:key/")
+            assert eu_key.startswith(f"arn:aws:kms:eu-west-1:{ACCOUNT}:key/")
+            # Signed for eu-west-1, sent to us-east-1's node: forwarded, served by eu-west-1.
+            via_us = client_for(us.url, region="eu-west-1", access_key=ALICE[0],
+                                secret=ALICE[1])
+            assert via_us.describe_key(KeyId=eu_key)["KeyMetadata"]["Description"] == "eu"
+            blob = via_us.encrypt(KeyId=eu_key, Plaintext=b"hop")["CiphertextBlob"]
+            assert eu_kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"hop"
+            with pytest.raises(ClientError) as info:  # a wrong secret is refused across, too
+                client_for(us.url, region="eu-west-1", access_key=ALICE[0],
+                           secret="wrong").describe_key(KeyId=eu_key)
+            assert info.value.response["Error"]["Code"] == "InvalidSignatureException"
+        finally:
+            eu.stop()
+    finally:
+        us.stop()
+    alice = f"arn:aws:iam::{ACCOUNT}:user/alice"
+    served = [(line["op"], line["principal"], line.get("error")) for line in eu.log_lines()
+              if line.get("event") == "request"]
+    assert served == [("CreateKey", alice, None), ("DescribeKey", alice, None),
+                      ("Encrypt", alice, None), ("Decrypt", alice, None),
+                      ("DescribeKey", "anonymous", "InvalidSignatureException")]
+    assert [(line["op"], line["principal"]) for line in us.log_lines()
+            if line.get("event") == "request"] == [("CreateKey", alice)]
