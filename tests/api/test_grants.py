@@ -325,6 +325,56 @@ def test_who_may_retire_a_grant(named_node: ServerProcess) -> None:
     assert grant_ids(root, key_id) == []
 
 
+def test_grants_authorize_principals_the_policies_do_not(named_node: ServerProcess) -> None:
+    """alice and bob have no identity policies, so the default key policy (which delegates
+    to IAM) lets them do nothing: only grants do, within their operations and constraint."""
+    root, alice, bob = (as_(named_node, who) for who in ("root", "alice", "bob"))
+    key_id = new_key(root)
+    arn = root.describe_key(KeyId=key_id)["KeyMetadata"]["Arn"]
+
+    def denied(client: Any, who: str, action: str, call: Any, **params: Any) -> None:
+        refused_alone(named_node, call, "AccessDeniedException",
+                      f"User: arn:aws:iam::{ACCOUNT}:user/{who} is not authorized to perform: "
+                      f"kms:{action} on resource: {arn} because no identity-based policy "
+                      f"allows the kms:{action} action", **params)
+
+    denied(alice, "alice", "Encrypt", alice.encrypt, KeyId=key_id, Plaintext=b"p")
+    pay = {"app": "pay"}
+    made = root.create_grant(KeyId=key_id, GranteePrincipal=ALICE,
+                             Operations=["Encrypt", "Decrypt", "CreateGrant", "DescribeKey"],
+                             Constraints={"EncryptionContextSubset": pay})
+    tokens = [made["GrantToken"]]
+    blob = alice.encrypt(KeyId=key_id, Plaintext=b"p", EncryptionContext={"APP": "pay"},
+                         GrantTokens=tokens)["CiphertextBlob"]
+    assert alice.decrypt(CiphertextBlob=blob, EncryptionContext={"APP": "pay"})[
+        "Plaintext"] == b"p"
+    alice.describe_key(KeyId=key_id)  # the constraint does not apply to DescribeKey
+    denied(alice, "alice", "Encrypt", alice.encrypt, KeyId=key_id, Plaintext=b"p",
+           EncryptionContext={"app": "PAY"})
+    denied(alice, "alice", "Encrypt", alice.encrypt, KeyId=key_id, Plaintext=b"p")
+    denied(alice, "alice", "GenerateDataKey", alice.generate_data_key, KeyId=key_id,
+           KeySpec="AES_256", EncryptionContext=pay)
+    denied(bob, "bob", "Encrypt", bob.encrypt, KeyId=key_id, Plaintext=b"p",
+           EncryptionContext=pay, GrantTokens=tokens)  # a token helps its grantee only
+
+    # alice's grant includes CreateGrant: she may pass on as much, constrained as strictly.
+    denied(alice, "alice", "CreateGrant", alice.create_grant, KeyId=key_id,
+           GranteePrincipal=BOB, Operations=["Encrypt"])
+    denied(alice, "alice", "CreateGrant", alice.create_grant, KeyId=key_id,
+           GranteePrincipal=BOB, Operations=["Encrypt"],
+           Constraints={"EncryptionContextSubset": {"team": "a"}})
+    passed = alice.create_grant(KeyId=key_id, GranteePrincipal=BOB, Operations=["Encrypt"],
+                                Constraints={"EncryptionContextSubset": {**pay, "team": "a"}})
+    bob.encrypt(KeyId=key_id, Plaintext=b"p", EncryptionContext={**pay, "team": "a"},
+                GrantTokens=[passed["GrantToken"]])
+    denied(bob, "bob", "Decrypt", bob.decrypt, CiphertextBlob=blob, EncryptionContext=pay)
+
+    root.revoke_grant(KeyId=key_id, GrantId=made["GrantId"])
+    denied(alice, "alice", "Encrypt", alice.encrypt, KeyId=key_id, Plaintext=b"p",
+           EncryptionContext=pay, GrantTokens=tokens)
+    bob.encrypt(KeyId=key_id, Plaintext=b"p", EncryptionContext={**pay, "team": "a"})
+
+
 # -- restart, regions, concurrency ----------------------------------------------------------
 def audit_additional(data_dir: Path, operation: str) -> list[dict[str, Any]]:
     with closing(sqlite3.connect(data_dir / "events.sqlite3")) as db:
