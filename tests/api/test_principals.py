@@ -214,3 +214,34 @@ def test_one_identity_in_every_region_and_through_forwarding(tmp_path: Path) -> 
                       ("DescribeKey", "anonymous", "InvalidSignatureException")]
     assert [(line["op"], line["principal"]) for line in us.log_lines()
             if line.get("event") == "request"] == [("CreateKey", alice)]
+
+
+def through_ec2(request: Any, **_: Any) -> None:
+    request.headers["X-Kms-Via-Service"] = "ec2.us-east-1.amazonaws.com"
+
+
+def test_a_secured_node_ignores_x_kms_via_service(secured: ServerProcess) -> None:
+    via = client(secured, ALICE)
+    via.meta.events.register("before-sign.kms.*", through_ec2)
+    with pytest.raises(ClientError) as info:
+        via.encrypt(KeyId="alias/aws/ebs", Plaintext=b"volume")
+    assert info.value.response["Error"]["Code"] == "AccessDeniedException"
+
+
+def test_dev_x_kms_via_service_lets_a_caller_use_an_aws_managed_key(tmp_path: Path) -> None:
+    """In --dev only, ``X-Kms-Via-Service`` sets kms:ViaService: the AWS managed key's own
+    policy allows use through its service and refuses direct use."""
+    server = ServerProcess(tmp_path / "d", dev=True,
+                           extra=["--config", str(write_config(tmp_path))])
+    server.start()
+    try:
+        direct = client(server, ALICE)
+        via = client(server, ALICE)
+        via.meta.events.register("before-sign.kms.*", through_ec2)
+        blob = via.encrypt(KeyId="alias/aws/ebs", Plaintext=b"volume")["CiphertextBlob"]
+        assert via.decrypt(CiphertextBlob=blob)["Plaintext"] == b"volume"
+        with pytest.raises(ClientError) as info:
+            direct.decrypt(CiphertextBlob=blob)
+        assert info.value.response["Error"]["Code"] == "AccessDeniedException"
+    finally:
+        server.stop()
