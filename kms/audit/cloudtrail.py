@@ -34,6 +34,9 @@ NO_RESPONSE_ELEMENTS = frozenset({
     "GetPublicKey", "GetKeyPolicy", "GetParametersForImport",
 })
 _DATE_MEMBERS = frozenset({"creationDate", "deletionDate", "validTo", "rotationDate"})
+# Bearer authorization a grant gives out: kept out of records although the model does not
+# mark it sensitive (whoever holds a grant token may use the grant).
+_BEARER = frozenset({"GrantToken", "GrantTokens"})
 
 
 # -- what may be logged of a request, from the botocore model ---------------------------
@@ -51,7 +54,7 @@ def _hidden(shape_name: str) -> frozenset[str]:
     blobs. A nested structure's own hidden members are found by ``_scrub`` as it descends."""
     shapes = _model()["shapes"]
     shape = shapes.get(shape_name, {})
-    out = set()
+    out = set(_BEARER)
     for name, member in shape.get("members", {}).items():
         target = shapes.get(member["shape"], {})
         if member.get("sensitive") or target.get("sensitive") or target.get("type") == "blob":

@@ -194,6 +194,45 @@ def test_a_reset_expires_old_cursors_and_new_ones_work(server: ServerProcess, km
     assert status == 200 and calls(after_fresh["Records"]) == []
 
 
+def test_a_restored_data_dir_refuses_cursors_of_the_history_it_lost(node: ServerProcess,
+                                                                    tmp_path: Path) -> None:
+    import shutil
+
+    kms = client_for(node.url)
+    kms.create_key(Description="before the backup")
+    node.stop()
+    shutil.copytree(node.data_dir, tmp_path / "backup")
+    node.start()
+    kms = client_for(node.url)
+    lost = kms.create_key(Description="lost by the restore")
+    status, seen = audit(node.url)
+    assert status == 200 and rid(lost) in json.dumps(seen)
+    node.stop()
+    shutil.rmtree(node.data_dir)
+    shutil.copytree(tmp_path / "backup", node.data_dir)
+    node.start()
+    kms = client_for(node.url)
+    for _ in range(4):  # the same seqs again, holding other rows
+        kms.create_key(Description="after the restore")
+    status, body = audit(node.url, after=seen["NextCursor"])
+    assert (status, body["__type"]) == (410, "ExpiredCursorException")
+    assert "restored" in body["message"]
+    assert rid(lost) not in json.dumps(read_all(node.url))
+
+
+def test_reading_the_stream_never_feeds_a_loop_of_reads(server: ServerProcess, kms: Any) -> None:
+    made = kms.create_key()
+    status, first = audit(server.url)  # returns a call: this read is audited
+    assert [r["requestID"] for r in first["Records"]] == [rid(made)]
+    status, second = audit(server.url, after=first["NextCursor"])  # only that read's record
+    assert [(r["eventName"], r["requestParameters"]) for r in second["Records"]] == \
+        [(READ, {"limit": "1000"})]
+    assert second["Records"][0]["readOnly"] is True
+    status, third = audit(server.url, after=second["NextCursor"], wait=0.2)
+    assert (status, third["Records"]) == (200, [])  # the read of a read left no record
+    assert third["NextCursor"] == second["NextCursor"]
+
+
 def test_bad_reads_answer_aws_errors_and_change_nothing(server: ServerProcess, kms: Any) -> None:
     for query, message in (({"after": "nonsense"}, "at 'after' failed to satisfy constraint"),
                            ({"limit": "0"}, "at 'limit' failed to satisfy constraint"),
@@ -473,3 +512,27 @@ def test_kms_audit_tail_prints_filters_and_follows(server: ServerProcess, kms: A
     finally:
         follow.terminate()
         follow.wait(timeout=15)
+
+
+def test_a_replica_region_records_its_replica_s_creation_and_sync(server: ServerProcess,
+                                                                   kms: Any) -> None:
+    primary = kms.create_key(MultiRegion=True)["KeyMetadata"]
+    replicated = kms.replicate_key(KeyId=primary["KeyId"], ReplicaRegion="eu-west-1")
+    replica_arn = replicated["ReplicaKeyMetadata"]["Arn"]
+
+    def replica_records() -> list[dict[str, Any]]:
+        got = [r for r in read_all(server.url, region="eu-west-1")
+               if r["eventType"] == "AwsServiceEvent"]
+        return got if {"CreateKey", "SynchronizeMultiRegionKey"} <= \
+            {r["eventName"] for r in got} else []
+
+    records = eventually(replica_records, "the replica's service records")
+    for r in records:
+        assert r["awsRegion"] == "eu-west-1"
+        assert r["userIdentity"] == {"accountId": ACCOUNT, "invokedBy": "AWS Internal"}
+        assert r["resources"][0]["ARN"] == replica_arn
+    primary_side = by_request(read_all(server.url), replicated)
+    assert primary_side["eventName"] == "ReplicateKey"
+    assert primary_side["requestParameters"] == {"keyId": primary["KeyId"],
+                                                 "replicaRegion": "eu-west-1"}
+    assert primary_side["responseElements"]["replicaKeyMetadata"]["arn"] == replica_arn

@@ -127,6 +127,9 @@ def test_sensitive_and_blob_members_never_logged() -> None:
         "KeyId": "k", "GranteePrincipal": "p", "Operations": ["Decrypt"],
         "Constraints": {"EncryptionContextSubset": {"MyKey": "v"}}})
     assert grant["constraints"] == {"encryptionContextSubset": {"MyKey": "v"}}
+    assert loggable_response("CreateGrant", {"GrantToken": "t0ken", "GrantId": "g"}) == \
+        {"grantId": "g"}
+    assert "grantTokens" not in loggable_params("Encrypt", {"KeyId": "k", "GrantTokens": ["t"]})
     assert loggable_response("GenerateDataKey", {"Plaintext": b"k", "KeyId": "x"}) == {}
     assert loggable_response("GetParametersForImport", {"PublicKey": b"p"}) == {}
 
