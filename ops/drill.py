@@ -159,8 +159,9 @@ def _failover(cluster: Cluster, project: Path, f: Figures) -> None:
                               SigningAlgorithm=SIGN_ALG)["Signature"]
     tag = kms[old].generate_mac(KeyId=hmac, Message=message, MacAlgorithm=MAC_ALG)["Mac"]
     # the last writes before the loss never leave the primary: its peers cannot reach it
+    last_shared = _shared_seqs(cluster, old, 0)[-1]
     for region in (new, other):
-        until(partial(_caught_up, cluster, region, old, _log_seq(cluster, old)),
+        until(partial(_caught_up, cluster, region, old, last_shared),
               f"{region} to catch up with {old}")
     cluster.isolate(old)
     kms[old].rotate_key_on_demand(KeyId=sym)
@@ -236,9 +237,7 @@ def _failover(cluster: Cluster, project: Path, f: Figures) -> None:
         f.problems.append(f"primaries per region: {primaries}")
 
     # -- what the old primary wrote that never reached the new one -------------------------
-    feed = get_json(f"{cluster.urls[old]}/_kms/replication?origin={old}&after={basis}"
-                    f"&limit=1000")
-    stranded = {r["origin_seq"] for r in feed["rows"] if r["origin_seq"] <= old_seq}
+    stranded = {seq for seq in _shared_seqs(cluster, old, basis) if seq <= old_seq}
     f.stranded = len(stranded)
 
     def reported() -> set[int]:
@@ -268,6 +267,13 @@ def _log_seq(cluster: Cluster, region: str) -> int:
 def _cursor(cluster: Cluster, region: str, of: str) -> int:
     peers: Any = cluster.health()[region].get("peers") or {}
     return int(peers.get(of, {}).get("cursor", -1))
+
+
+def _shared_seqs(cluster: Cluster, region: str, after: int) -> list[int]:
+    """The seqs of ``region``'s shared rows after ``after``, as its peers read them."""
+    feed = get_json(f"{cluster.urls[region]}/_kms/replication?origin={region}&after={after}"
+                    f"&limit=1000")
+    return [int(r["origin_seq"]) for r in feed["rows"]]
 
 
 def _caught_up(cluster: Cluster, region: str, of: str, seq: int) -> bool:
