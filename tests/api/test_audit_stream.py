@@ -220,6 +220,18 @@ def test_a_restored_data_dir_refuses_cursors_of_the_history_it_lost(node: Server
     assert rid(lost) not in json.dumps(read_all(node.url))
 
 
+def test_an_unknown_operation_is_recorded(server: ServerProcess) -> None:
+    req = urllib.request.Request(server.url + "/", data=b"{}", method="POST", headers={
+        "X-Amz-Target": "TrentService.NoSuchThing",
+        "Content-Type": "application/x-amz-json-1.1"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=10)
+    request_id = err.value.headers["x-amzn-RequestId"]
+    r = [r for r in read_all(server.url) if r["requestID"] == request_id]
+    assert [(x["eventName"], x["errorCode"]) for x in r] == \
+        [("NoSuchThing", "UnknownOperationException")]
+
+
 def test_reading_the_stream_never_feeds_a_loop_of_reads(server: ServerProcess, kms: Any) -> None:
     made = kms.create_key()
     status, first = audit(server.url)  # returns a call: this read is audited
@@ -367,6 +379,7 @@ def test_service_events_are_aws_service_event_records(server: ServerProcess, kms
 # -- a secured node -----------------------------------------------------------------------
 AUDITOR = ("AKIAAUDITOR000000001", "auditor-secret-key")
 ALICE = ("AKIAALICE00000000001", "alice-secret-key")
+MALLORY = ("AKIAMALLORY000000001", "mallory-secret-key")
 ALLOW_ALL = ('{"Version":"2012-10-17","Statement":'
              '[{"Effect":"Allow","Action":"kms:*","Resource":"*"}]}')
 SECURED = f"""
@@ -381,6 +394,10 @@ arn = "arn:aws:iam::{ACCOUNT}:user/alice"
 access_key_id = "{ALICE[0]}"
 secret_access_key = "{ALICE[1]}"
 policies = ['{ALLOW_ALL}']
+[[principals]]
+arn = "arn:aws:iam::{ACCOUNT}:user/mallory"
+access_key_id = "{MALLORY[0]}"
+secret_access_key = "{MALLORY[1]}"
 """
 
 
@@ -396,6 +413,10 @@ def test_a_secured_node_serves_audit_readers_only_and_records_bad_signatures(
         with pytest.raises(ClientError) as bad:
             forged.list_keys()
         assert bad.value.response["Error"]["Code"] == "InvalidSignatureException"
+        mallory = client_for(node.url, access_key=MALLORY[0], secret=MALLORY[1])
+        with pytest.raises(ClientError) as refused_call:
+            mallory.describe_key(KeyId=made["KeyMetadata"]["KeyId"])
+        assert refused_call.value.response["Error"]["Code"] == "AccessDeniedException"
 
         status, unsigned = audit(node.url)
         assert (status, unsigned["__type"]) == (400, "MissingAuthenticationTokenException")
@@ -410,6 +431,12 @@ def test_a_secured_node_serves_audit_readers_only_and_records_bad_signatures(
         assert r["userIdentity"]["userName"] == "alice"
         assert r["userIdentity"]["accessKeyId"] == ALICE[0]
         assert r["userIdentity"]["principalId"].startswith("AIDA")
+        r = by_request(records, refused_call.value)
+        assert (r["eventName"], r["errorCode"]) == ("DescribeKey", "AccessDeniedException")
+        assert r["errorMessage"] == refused_call.value.response["Error"]["Message"]
+        assert (r["userIdentity"]["type"], r["userIdentity"]["arn"]) == \
+            ("IAMUser", f"arn:aws:iam::{ACCOUNT}:user/mallory")
+        assert r["resources"][0]["ARN"] == made["KeyMetadata"]["Arn"]
         r = by_request(records, bad.value)
         assert r["eventName"] == "ListKeys" and r["errorCode"] == "InvalidSignatureException"
         assert r["userIdentity"] == {"type": "Unknown", "accessKeyId": ALICE[0]}
