@@ -224,7 +224,8 @@ class Gateway:
         if is_sts_request(request):  # STS's Query protocol (GetCallerIdentity), any region
             return await self.sts.handle(request)
         if self.regions.routing:
-            m = _SCOPE_REGION.search(request.headers.get("Authorization", ""))
+            m = _SCOPE_REGION.search(request.headers.get("Authorization", "")
+                                     or presigned_scope(request))
             if m is not None and m.group(1) != self.region:
                 found = self.regions.routes.get(m.group(1))
                 if found is None:  # opened (or refused) only once the request has parsed
@@ -326,6 +327,13 @@ def caller_of(principal: Principal, access_key: str, request: web.Request,
                   request.headers.get("User-Agent", ""), principal.principal_type,
                   principal.user_id, principal.tags, principal.policies, via_service,
                   request.secure)
+
+
+def presigned_scope(request: web.Request) -> str:
+    """A presigned request's credential in the Authorization header's form, for routing."""
+    if "X-Amz-Credential" not in request.query_string:
+        return ""
+    return "Credential=" + request.query.get("X-Amz-Credential", "")
 
 
 def operation_of(target: str) -> str:

@@ -14,6 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.conftest import client_for
+from tests.support import sigv4_signer as s4
 from tests.support.server import ServerProcess, free_port
 
 ACCOUNT = "111122223333"
@@ -198,6 +199,10 @@ def test_one_identity_in_every_region_and_through_forwarding(tmp_path: Path) -> 
             assert via_us.describe_key(KeyId=eu_key)["KeyMetadata"]["Description"] == "eu"
             blob = via_us.encrypt(KeyId=eu_key, Plaintext=b"hop")["CiphertextBlob"]
             assert eu_kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"hop"
+            presigned = s4.kms_request(us.url, "DescribeKey", {"KeyId": eu_key})
+            s4.presign(presigned, s4.Key(*ALICE, region="eu-west-1"))
+            status, doc = s4.send(us.url, presigned)  # the presigned form is forwarded too
+            assert status == 200 and doc["KeyMetadata"]["Arn"] == eu_key
             with pytest.raises(ClientError) as info:  # a wrong secret is refused across, too
                 client_for(us.url, region="eu-west-1", access_key=ALICE[0],
                            secret="wrong").describe_key(KeyId=eu_key)
@@ -211,6 +216,7 @@ def test_one_identity_in_every_region_and_through_forwarding(tmp_path: Path) -> 
               if line.get("event") == "request"]
     assert served == [("CreateKey", alice, None), ("DescribeKey", alice, None),
                       ("Encrypt", alice, None), ("Decrypt", alice, None),
+                      ("DescribeKey", alice, None),
                       ("DescribeKey", "anonymous", "InvalidSignatureException")]
     assert [(line["op"], line["principal"]) for line in us.log_lines()
             if line.get("event") == "request"] == [("CreateKey", alice)]
