@@ -235,6 +235,13 @@ def _failover(cluster: Cluster, project: Path, f: Figures) -> None:
                  for r in regions}
     if primaries != {old: 0, new: len(keys), other: 0}:
         f.problems.append(f"primaries per region: {primaries}")
+    for key in keys.values():  # shared properties follow the new primary everywhere
+        want = _shared(kms[new], key)
+        for region in (old, other):
+            got = _shared(kms[region], key, hide=frozenset(fenced))
+            for name in (p for p in want if got.get(p) != want[p]):
+                f.problems.append(f"{key} in {region}: {name} {got.get(name)!r}, "
+                                  f"{new} shows {want[name]!r}")
 
     # -- what the old primary wrote that never reached the new one -------------------------
     stranded = {seq for seq in _shared_seqs(cluster, old, basis) if seq <= old_seq}
@@ -288,6 +295,22 @@ def _rotations(kms: Any, key: str) -> list[str]:
     return [str(r.get("KeyMaterialId") or r["RotationDate"])
             for p in kms.get_paginator("list_key_rotations").paginate(KeyId=key)
             for r in p["Rotations"]]
+
+
+def _shared(kms: Any, key: str, hide: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """What a member shares with its primary (``hide``: rotations not to compare)."""
+    md = kms.describe_key(KeyId=key)["KeyMetadata"]
+    mrc = md["MultiRegionConfiguration"]
+    view = {p: md.get(p) for p in ("KeySpec", "KeyUsage", "Origin", "EncryptionAlgorithms",
+                                   "SigningAlgorithms", "MacAlgorithms")}
+    view["PrimaryKey"] = mrc["PrimaryKey"]
+    view["ReplicaKeys"] = sorted(mrc["ReplicaKeys"], key=lambda r: str(r["Region"]))
+    if md["KeySpec"] == "SYMMETRIC_DEFAULT":
+        st = kms.get_key_rotation_status(KeyId=key)
+        view["rotation"] = (st["KeyRotationEnabled"], st.get("RotationPeriodInDays"),
+                            st.get("NextRotationDate"))
+        view["rotations"] = [m for m in _rotations(kms, key) if m not in hide]
+    return view
 
 
 def _config(kms: Any, key: str) -> tuple[str, str]:
