@@ -478,12 +478,15 @@ class Cluster:
 
     def kill(self, region: str) -> str:
         """SIGKILL one region's node at once (a region lost without a shutdown); its data
-        and port stay for ``start``. Returns "killed" or "not running"."""
+        and port stay for ``start``. Returns "killed", "not running" or "still running"."""
         pid, proc = self.pids.get(region), self.procs.get(region)
         if pid is None or not _alive(pid, proc):
             return "not running"
         self._signal(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
         while _alive(pid, proc):
+            if time.monotonic() > deadline:  # uninterruptible sleep
+                return "still running"
             time.sleep(0.02)
         if proc is not None:
             proc.wait(timeout=5)

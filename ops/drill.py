@@ -169,7 +169,8 @@ def _failover(cluster: Cluster, project: Path, f: Figures) -> None:
     old_seq = _log_seq(cluster, old)
 
     # -- the primary region is lost ------------------------------------------------------
-    cluster.kill(old)
+    if cluster.kill(old) != "killed":
+        raise DrillFailed(f"{old} did not die on SIGKILL")
     killed_at = time.monotonic()
     cluster.reset_links(old)  # what it had in flight is lost with it
     cluster.heal()  # the links come back; the region does not
