@@ -1,11 +1,11 @@
 """Signed checkpoints of the live log: the hash chain's head, signed at intervals.
 
-Rules: a checkpoint is a row of the chain itself (stream ``checkpoint``, event
-``CheckpointSigned``) appended by the writer at the end of a batch once ``rows`` rows or
-``seconds`` of the batch clock have passed since the last one, and at clean shutdown; it
-signs (region, seq, hash) of the row before it with the audit signing key. After each
-checkpoint commits, ``log-checkpoint.json`` beside the log (replaced atomically) records
-it: the witness that a log cut short, checkpoint rows included, is missing its tail.
+Rules: a checkpoint signs (region, seq, hash) of a row of the chain with the audit signing
+key; it lives in the log's side table ``checkpoints`` keyed by that seq, written in the same
+transaction as the batch it ends, once ``rows`` rows or ``seconds`` of the batch clock have
+passed since the last one, and at clean shutdown (so it adds no row: log seqs stay one per
+event). After each checkpoint commits, ``log-checkpoint.json`` beside the log (replaced
+atomically) records it: the witness that a log cut short, side table included, lost its tail.
 """
 
 from __future__ import annotations
@@ -18,9 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kms.audit.signing import AuditPublicKey, AuditSigningKey
-from kms.domain import events as ev
 
-CHECKPOINT_STREAM = "checkpoint"
 WITNESS_FILE = "log-checkpoint.json"
 # Defaults; the environment may override them (tests, operators tuning start-up).
 ROWS_ENV, SECONDS_ENV, RECHECK_ENV = ("KMS_CHECKPOINT_ROWS", "KMS_CHECKPOINT_SECONDS",
@@ -31,51 +29,40 @@ DEFAULT_RECHECK = 10_000  # rows before the last checkpoint still re-hashed at s
 
 
 @dataclass(frozen=True, slots=True)
-class CheckpointSigned(ev.Event):
-    """The chain's head at ``covers_seq`` (the row just before this one), signed."""
+class Checkpoint:
+    """The chain's head at ``seq`` (the hash of the row there), signed; a row of the
+    ``checkpoints`` table, and what ``log-checkpoint.json`` holds of the last one."""
 
-    covers_seq: int
+    seq: int
     head: bytes
+    at_ms: int
     fingerprint: str
     signature: bytes
 
-
-ev.register(CheckpointSigned)
-
-
-def message(region: str, covers_seq: int, head: bytes) -> bytes:
-    """What a checkpoint signs: bound to the region, so a region's log cannot borrow
-    another region's checkpoints."""
-    return (b"kms-log-checkpoint-v1\x00" + region.encode() + b"\x00"
-            + struct.pack(">Q", covers_seq) + head)
-
-
-@dataclass(frozen=True, slots=True)
-class Witness:
-    """The last checkpoint known committed, as ``log-checkpoint.json`` records it."""
-
-    seq: int  # the checkpoint row's own seq
-    covers_seq: int
-    head: bytes
-    signature: bytes
-
     @classmethod
-    def read(cls, path: Path) -> Witness | None:
-        """None when absent; ValueError when present but unreadable."""
+    def read(cls, path: Path) -> Checkpoint | None:
+        """The witness file's checkpoint: None when absent; ValueError when unreadable."""
         try:
             doc = json.loads(path.read_text())
-            return cls(int(doc["seq"]), int(doc["covers_seq"]), bytes.fromhex(doc["head"]),
-                       bytes.fromhex(doc["signature"]))
+            return cls(int(doc["seq"]), bytes.fromhex(doc["head"]), int(doc["at_ms"]),
+                       str(doc["fingerprint"]), bytes.fromhex(doc["signature"]))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{path} is damaged: {exc}") from None
 
     def write(self, path: Path) -> None:
-        body = json.dumps({"seq": self.seq, "covers_seq": self.covers_seq,
-                           "head": self.head.hex(), "signature": self.signature.hex()},
-                          indent=2) + "\n"
+        body = json.dumps({"seq": self.seq, "head": self.head.hex(), "at_ms": self.at_ms,
+                           "fingerprint": self.fingerprint,
+                           "signature": self.signature.hex()}, indent=2) + "\n"
         _write_atomically(path, body.encode())
+
+
+def message(region: str, seq: int, head: bytes) -> bytes:
+    """What a checkpoint signs: bound to the region, so a region's log cannot borrow
+    another region's checkpoints."""
+    return (b"kms-log-checkpoint-v1\x00" + region.encode() + b"\x00"
+            + struct.pack(">Q", seq) + head)
 
 
 def _env_int(name: str, default: int) -> int:
@@ -103,22 +90,21 @@ class Checkpointer:
     def due(self, rows_since: int, ms_since: int) -> bool:
         return rows_since >= self.rows or (rows_since > 0 and ms_since >= self.interval_ms)
 
-    def make(self, covers_seq: int, head: bytes) -> CheckpointSigned:
+    def make(self, seq: int, head: bytes, at_ms: int) -> Checkpoint:
         if not isinstance(self.key, AuditSigningKey):
             raise RuntimeError("this checkpointer only verifies")
-        return CheckpointSigned(covers_seq, head, self.key.fingerprint,
-                                self.key.sign(message(self.region, covers_seq, head)))
+        return Checkpoint(seq, head, at_ms, self.key.fingerprint,
+                          self.key.sign(message(self.region, seq, head)))
 
-    def verifies(self, cp: CheckpointSigned) -> bool:
-        return self.key.verifies(message(self.region, cp.covers_seq, cp.head), cp.signature)
+    def verifies(self, cp: Checkpoint) -> bool:
+        return self.key.verifies(message(self.region, cp.seq, cp.head), cp.signature)
 
-    def witness(self) -> Witness | None:
-        return Witness.read(self.witness_path) if self.witness_path is not None else None
+    def witness(self) -> Checkpoint | None:
+        return Checkpoint.read(self.witness_path) if self.witness_path is not None else None
 
-    async def committed(self, seq: int, cp: CheckpointSigned) -> None:
+    async def committed(self, cp: Checkpoint) -> None:
         if self.witness_path is not None:
-            w = Witness(seq, cp.covers_seq, cp.head, cp.signature)
-            await asyncio.to_thread(w.write, self.witness_path)
+            await asyncio.to_thread(cp.write, self.witness_path)
 
     def wiped(self) -> None:
         if self.witness_path is not None:

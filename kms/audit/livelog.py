@@ -14,16 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kms.audit.checkpoints import (
-    CHECKPOINT_STREAM,
-    WITNESS_FILE,
-    CheckpointSigned,
-    Witness,
-    message,
-)
+from kms.audit.checkpoints import WITNESS_FILE, Checkpoint, message
 from kms.audit.signing import AuditPublicKey, verified_public_key
 from kms.crypto.sealing import RootKey, RootKeyMissing
-from kms.domain import events as ev
 from kms.store.log import GENESIS, row_hash
 
 LOG_FILE = "events.sqlite3"
@@ -72,6 +65,15 @@ def pruned_through(db: sqlite3.Connection) -> int:
     return int(row[0]) if row else 0
 
 
+def checkpoints(db: sqlite3.Connection) -> list[Checkpoint]:
+    try:
+        found = db.execute("SELECT seq, head, at_ms, fingerprint, signature FROM checkpoints "
+                           "ORDER BY seq").fetchall()
+    except sqlite3.OperationalError:  # a log from before checkpoints existed
+        return []
+    return [Checkpoint(int(q), bytes(h), int(a), str(f), bytes(g)) for q, h, a, f, g in found]
+
+
 def rows(db: sqlite3.Connection, after_seq: int = 0) -> Iterator[tuple]:  # type: ignore[type-arg]
     yield from db.execute(f"SELECT {COLUMNS} FROM events WHERE seq > ? ORDER BY seq",
                           (after_seq,))
@@ -93,7 +95,7 @@ class LiveReport:
         return not self.problems
 
     def summary(self, data_dir: Path) -> str:
-        unsigned = self.last_seq - self.last_checkpoint
+        unsigned = max(0, self.last_seq - self.last_checkpoint)
         state = "OK" if self.ok else f"{len(self.problems)} problem(s)"
         return (f"live log {data_dir}: {self.rows} rows through seq {self.last_seq}, "
                 f"{self.checkpoints} signed checkpoints (last at seq {self.last_checkpoint}, "
@@ -111,30 +113,41 @@ def check(data_dir: Path, key: AuditPublicKey | None = None) -> LiveReport:
     else:
         report.fingerprint = key.fingerprint
     try:
-        witness = Witness.read(data_dir / WITNESS_FILE)
+        witness = Checkpoint.read(data_dir / WITNESS_FILE)
     except ValueError as exc:
         report.problems.append(str(exc))
         witness = None
     db = open_readonly(data_dir)
     try:
         pruned = pruned_through(db)
-        _walk(db, region, key, pruned, witness, report)
+        signed = {}
+        for cp in checkpoints(db):
+            if key is not None and not key.verifies(message(region, cp.seq, cp.head),
+                                                    cp.signature):
+                report.problems.append(
+                    f"seq {cp.seq}: rewritten checkpoint: its signature does not verify under "
+                    f"key {key.fingerprint}")
+            else:
+                signed[cp.seq] = cp
+        report.checkpoints = len(signed)
+        report.last_checkpoint = max(signed, default=0)
+        _walk(db, pruned, signed, report)
     finally:
         db.close()
-    if witness is not None:
-        if key is not None and not key.verifies(message(region, witness.covers_seq,
-                                                        witness.head), witness.signature):
-            report.problems.append(f"{WITNESS_FILE}: its signature does not verify")
-        if report.last_seq < witness.seq:
-            report.problems.append(
-                f"missing tail: the log ends at seq {report.last_seq}, but {WITNESS_FILE} "
-                f"records the signed checkpoint at seq {witness.seq} (head "
-                f"{witness.head.hex()[:16]}…)")
+    if report.last_checkpoint > report.last_seq:
+        report.problems.append(
+            f"missing tail: the log ends at seq {report.last_seq}, but the signed checkpoint "
+            f"at seq {report.last_checkpoint} covers rows up to there")
+    elif witness is not None and signed.get(witness.seq) != witness:
+        report.problems.append(
+            f"missing tail: the log ends at seq {report.last_seq}, but {WITNESS_FILE} records "
+            f"the signed checkpoint at seq {witness.seq} (head {witness.head.hex()[:16]}…), "
+            "which the log does not hold")
     return report
 
 
-def _walk(db: sqlite3.Connection, region: str, key: AuditPublicKey | None, pruned: int,
-          witness: Witness | None, report: LiveReport) -> None:
+def _walk(db: sqlite3.Connection, pruned: int, signed: dict[int, Checkpoint],
+          report: LiveReport) -> None:
     prev, prev_seq, broken = GENESIS, 0, False
     for seq, stream, version, type_name, origin, oseq, at_ms, body, p, h in rows(db):
         report.rows += 1
@@ -152,30 +165,9 @@ def _walk(db: sqlite3.Connection, region: str, key: AuditPublicKey | None, prune
                 report.problems.append(f"seq {seq}: broken link: the stored row does not hash "
                                        "to its stored hash (the row was changed)")
                 broken = True
+        cp = signed.get(seq)
+        if cp is not None and cp.head != h:
+            report.problems.append(
+                f"seq {seq}: rewritten chain: the row's hash is not the head the checkpoint "
+                f"signed there (the rows up to seq {seq} are not the ones that were signed)")
         prev, prev_seq = h, seq
-        if stream != CHECKPOINT_STREAM:
-            continue
-        try:
-            cp = ev.decode(str(type_name), body)
-        except Exception:
-            cp = None
-        if not isinstance(cp, CheckpointSigned) or cp.covers_seq != seq - 1:
-            report.problems.append(f"seq {seq}: the checkpoint row is malformed")
-            continue
-        if cp.head != p:
-            report.problems.append(
-                f"seq {seq}: rewritten chain: the checkpoint signed another head for seq "
-                f"{cp.covers_seq} than the row the log holds there")
-            continue
-        if key is not None and not key.verifies(message(region, cp.covers_seq, cp.head),
-                                                cp.signature):
-            report.problems.append(
-                f"seq {seq}: rewritten chain: the checkpoint's signature does not verify under "
-                f"key {key.fingerprint} (the rows up to seq {cp.covers_seq} are not the ones "
-                "that were signed)")
-            continue
-        report.checkpoints += 1
-        report.last_checkpoint = seq
-        if witness is not None and seq == witness.seq and cp.signature != witness.signature:
-            report.problems.append(f"seq {seq}: the checkpoint is not the one {WITNESS_FILE} "
-                                   "records (the log was rewritten from there)")

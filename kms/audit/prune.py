@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 
 from kms.audit import livelog
-from kms.audit.checkpoints import CHECKPOINT_STREAM
 from kms.audit.export import EXPORTED_FILE
 from kms.clock import Clock, PersistentClock
 from kms.datadir import LOCK_FILE
@@ -110,9 +109,9 @@ def _drop(data_dir: Path, exported: int, cutoff_ms: int) -> tuple[int, int]:
     try:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
-        # the cut: the last checkpoint whose covered rows are all exported
-        row = db.execute("SELECT max(seq) FROM events WHERE stream = ? AND seq <= ?",
-                         (CHECKPOINT_STREAM, exported + 1)).fetchone()
+        # the cut: the last signed checkpoint whose rows are all exported
+        row = db.execute("SELECT max(seq) FROM checkpoints WHERE seq <= ?",
+                         (exported,)).fetchone()
         cut = int(row[0]) if row and row[0] is not None else 0
         if cut == 0 or cut <= livelog.pruned_through(db) and not _droppable(db, cut, cutoff_ms):
             return 0, 0

@@ -19,10 +19,11 @@ Replication (kms.store.replication): ``read_for_peer`` serves this region's own 
 events after a cursor; ``append_replicated`` appends a peer's through the same writer,
 keeping their origin, with a per-origin cursor in the same transaction.
 
-Signed checkpoints (kms.audit.checkpoints): with a ``checkpointer`` the writer ends a batch
-with a ``CheckpointSigned`` row at intervals and at close; start-up re-hashes only the rows
-after the last checkpoint (and ``recheck`` rows before it), link-checks the rest, verifies
-every checkpoint's signature and refuses a log that ends before its recorded witness.
+Signed checkpoints (kms.audit.checkpoints): with a ``checkpointer`` a batch also writes, at
+intervals, a signed checkpoint of its head into the ``checkpoints`` side table, and close
+writes one; start-up re-hashes only the rows from the last checkpoint on (and ``recheck``
+rows before it), link-checks the rest, verifies every checkpoint (signature, and the hash at
+its seq) and refuses a log that ends before its last checkpoint or its witness file.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from kms.audit.checkpoints import CHECKPOINT_STREAM, WITNESS_FILE, CheckpointSigned
+from kms.audit.checkpoints import WITNESS_FILE, Checkpoint
 from kms.domain import events as ev
 from kms.domain.errors import ConflictingWrite, KMSInternalException
 from kms.store.replication import (
@@ -101,7 +102,7 @@ class _Pending:
 
 _Row = tuple[int, str, int, str, str, int, int, bytes, bytes, bytes]
 # What a batch writes besides its rows, in the same transaction.
-SideChange = VaultChange | CursorChange
+SideChange = VaultChange | CursorChange | Checkpoint
 
 
 def row_hash(prev: bytes, seq: int, stream: str, version: int, type_name: str,
@@ -182,15 +183,18 @@ class EventLog(abc.ABC):
         self.vault.clear()  # the keyring holds this very dict
         self.vault.update(vault)
         cp = self.checkpointer
-        last_cp = await self._last_checkpoint_seq() if cp is not None else 0
+        checkpoints = {c.seq: c for c in await self._checkpoints()}
+        last_cp = max(checkpoints, default=0)
         pruned = await self._pruned_through()
         recheck_from = max(0, last_cp - 1 - cp.recheck) if cp and last_cp else 0
         try:
             witness = cp.witness() if cp is not None else None
         except ValueError as exc:
             raise LogCorrupted(str(exc)) from None
-        witness_seen = False
-        last_cp_seq, cp_at_ms = 0, 0
+        for c in checkpoints.values():
+            if cp is not None and not cp.verifies(c):
+                raise LogCorrupted(f"the signed checkpoint at seq {c.seq} does not verify "
+                                   "under the audit signing key (a rewritten chain?)")
         held: dict[str, int] = {}  # per origin, the last origin_seq its rows reached
         while rows := await self.read_rows(self.last_seq, REPLAY_CHUNK):
             audit: list[ev.Envelope] = []
@@ -202,6 +206,10 @@ class EventLog(abc.ABC):
                         p, seq, stream, version, type_name, origin_region, origin_seq, at_ms,
                         body) != h):
                     raise LogCorrupted(f"hash chain broken at seq {seq}")
+                signed = checkpoints.get(seq)
+                if signed is not None and signed.head != h:
+                    raise LogCorrupted(f"hash chain rewritten: seq {seq} is not the row its "
+                                       "signed checkpoint names")
                 rehashed += seq > recheck_from
                 prev, prev_seq = h, seq
                 verified += 1
@@ -214,15 +222,6 @@ class EventLog(abc.ABC):
                     event = ev.decode(type_name, body)
                 except Exception as exc:  # a row that hashes right but will not decode
                     raise LogCorrupted(f"undecodable event at seq {seq}: {exc}") from exc
-                if stream == CHECKPOINT_STREAM:
-                    if not isinstance(event, CheckpointSigned) or event.covers_seq != seq - 1 \
-                            or event.head != p or (cp is not None and not cp.verifies(event)):
-                        raise LogCorrupted(f"the signed checkpoint at seq {seq} does not verify "
-                                           "under the audit signing key (a rewritten chain?)")
-                    if witness is not None and seq == witness.seq:
-                        witness_seen = event.signature == witness.signature
-                    last_cp_seq, cp_at_ms = seq, at_ms
-                    continue
                 (audit if stream == AUDIT_STREAM else batch).append(
                     ev.Envelope(seq, stream, version, origin_region, origin_seq, at_ms, event))
             if audit:
@@ -231,18 +230,21 @@ class EventLog(abc.ABC):
                     fn(audit)
         if verified != stored:  # a row below seq 1, which paging from seq 0 never reads
             raise LogCorrupted(f"{stored - verified} stored rows are outside the hash chain")
-        if witness is not None and not witness_seen:
+        if last_cp > self.last_seq:
+            raise LogCorrupted(f"missing tail: the log ends at seq {self.last_seq}, but a "
+                               f"signed checkpoint covers it up to seq {last_cp}")
+        if witness is not None and checkpoints.get(witness.seq) != witness:
             raise LogCorrupted(
                 f"missing tail: the log ends at seq {self.last_seq}, but {WITNESS_FILE} records "
                 f"the signed checkpoint at seq {witness.seq}, which the log does not hold")
         self._last_hash = prev
-        self._cp_rows = self.last_seq - last_cp_seq
-        self._cp_since_ms = cp_at_ms if last_cp_seq else None
+        self._cp_rows = self.last_seq - last_cp
+        self._cp_since_ms = checkpoints[last_cp].at_ms if last_cp else None
         self.start_rehashed = rehashed
         self._cursors = merged_cursors(cursors, held)
         log.info("log_verified", rows=verified, rows_rehashed=rehashed,
-                 rows_link_checked=verified - rehashed, checkpoint_seq=last_cp_seq,
-                 pruned_through=pruned)
+                 rows_link_checked=verified - rehashed, checkpoint_seq=last_cp,
+                 checkpoints=len(checkpoints), pruned_through=pruned)
         if not handed_on:  # an empty replay is still a replay
             for fn in self._audit_subscribers:
                 fn([])
@@ -311,8 +313,7 @@ class EventLog(abc.ABC):
         when nothing passes). Rows replicated from elsewhere and audit facts (whatever the
         filter says) are never served. One call looks at up to ``PEER_SCAN`` rows."""
         return await peer_page(self._read_own, self.last_seq, after_seq,
-                               lambda stream: stream not in (AUDIT_STREAM, CHECKPOINT_STREAM)
-                               and streams(stream), limit)
+                               lambda stream: stream != AUDIT_STREAM and streams(stream), limit)
 
     async def read_audit(self, after_seq: int, limit: int) -> tuple[list[ev.Envelope], int]:
         """Committed audit facts after ``after_seq`` in seq order, at most ``limit``, and the
@@ -460,10 +461,7 @@ class EventLog(abc.ABC):
             accepted.append((pending, envs))
         if not accepted:
             return
-        checkpoint = self._checkpoint_row(rows, heads, seq, prev)
-        if checkpoint is not None:
-            rows.append(checkpoint[0])
-            heads, seq, prev = checkpoint[1], checkpoint[0][0], checkpoint[0][9]
+        checkpoint = self._checkpoint_due(rows, seq, prev)
         vault = [v for pending, _ in accepted for v in pending.vault]
         moved = [CursorChange(o, s) for o, s in cursors.items() if self._cursors.get(o) != s]
         if not rows and not vault and not moved:  # a replayed batch, say: nothing to write
@@ -471,7 +469,7 @@ class EventLog(abc.ABC):
                 pending.future.set_result(envs)
             return
         try:
-            await self._persist(rows, [*vault, *moved])
+            await self._persist(rows, [*vault, *moved, *([checkpoint] if checkpoint else [])])
         except Exception as exc:
             transient = await self._rolled_back(exc)
             self._note_failure(exc, transient, accepted, len(rows))
@@ -485,7 +483,7 @@ class EventLog(abc.ABC):
         self.degraded = False
         self._heads, self.last_seq, self._last_hash = heads, seq, prev
         self._cursors = cursors
-        self._counted(rows, checkpoint is not None)
+        self._counted(rows, checkpoint)
         for v in vault:
             if v.wrapped is None:
                 self.vault.pop(v.key_id, None)
@@ -505,67 +503,54 @@ class EventLog(abc.ABC):
             if not pending.future.done():
                 pending.future.set_result(envs)
         if checkpoint is not None:
-            await self._witness(checkpoint[0])
+            await self._witness(checkpoint)
 
     # -- signed checkpoints -------------------------------------------------------------------
-    def _checkpoint_row(self, rows: list[_Row], heads: dict[str, int], seq: int, prev: bytes,
-                        *, force: bool = False) -> tuple[_Row, dict[str, int]] | None:
-        """The checkpoint row to end a batch of ``rows`` with, when one is due."""
+    def _checkpoint_due(self, rows: list[_Row], seq: int, prev: bytes, *,
+                        force: bool = False) -> Checkpoint | None:
+        """The signed checkpoint of the head a batch of ``rows`` ends at, when one is due."""
         cp = self.checkpointer
-        if cp is None or not rows and not force:
+        if cp is None or seq == 0 or not rows and not force:
             return None
         at_ms = max([r[6] for r in rows] or [self._last_at_ms])
         since = self._cp_since_ms if self._cp_since_ms is not None else at_ms
         if not force and not cp.due(self._cp_rows + len(rows), at_ms - since):
             return None
-        event = cp.make(seq, prev)
-        body = ev.encode(event)
-        version = heads.get(CHECKPOINT_STREAM, 0) + 1
-        seq += 1
-        h = row_hash(prev, seq, CHECKPOINT_STREAM, version, event.type_name, self.region, seq,
-                     at_ms, body)
-        row: _Row = (seq, CHECKPOINT_STREAM, version, event.type_name, self.region, seq, at_ms,
-                     body, prev, h)
-        return row, {**heads, CHECKPOINT_STREAM: version}
+        return cp.make(seq, prev, at_ms)
 
-    def _counted(self, rows: list[_Row], checkpointed: bool) -> None:
+    def _counted(self, rows: list[_Row], checkpoint: Checkpoint | None) -> None:
         if rows:
             self._last_at_ms = rows[-1][6]
-        if checkpointed:
-            self._cp_rows, self._cp_since_ms = 0, rows[-1][6]
+        if checkpoint is not None:
+            self._cp_rows, self._cp_since_ms = 0, checkpoint.at_ms
         else:
             self._cp_rows += len(rows)
             if self._cp_since_ms is None and rows:
                 self._cp_since_ms = rows[0][6]
 
-    async def _witness(self, row: _Row) -> None:
+    async def _witness(self, checkpoint: Checkpoint) -> None:
         """Record a committed checkpoint beside the log; trouble here is logged, never
         fails the calls (they are durable; the witness only lags)."""
         assert self.checkpointer is not None
-        event = ev.decode(row[3], row[7])
-        assert isinstance(event, CheckpointSigned)
         try:
-            await self.checkpointer.committed(row[0], event)
+            await self.checkpointer.committed(checkpoint)
         except OSError as exc:
-            log.warning("checkpoint_witness_failed", error=str(exc), seq=row[0])
+            log.warning("checkpoint_witness_failed", error=str(exc), seq=checkpoint.seq)
 
     async def _final_checkpoint(self) -> None:
         """At clean shutdown: sign the head if rows came after the last checkpoint."""
         if self.checkpointer is None or self._cp_rows == 0:
             return
-        made = self._checkpoint_row([], self._heads, self.last_seq, self._last_hash,
-                                    force=True)
-        if made is None:
+        checkpoint = self._checkpoint_due([], self.last_seq, self._last_hash, force=True)
+        if checkpoint is None:
             return
-        row, heads = made
         try:
-            await self._persist([row], [])
+            await self._persist([], [checkpoint])
         except Exception as exc:  # the log stays valid; it just ends unsigned
             log.warning("final_checkpoint_failed", error=str(exc) or type(exc).__name__)
             return
-        self._heads, self.last_seq, self._last_hash = heads, row[0], row[9]
-        self._counted([row], True)
-        await self._witness(row)
+        self._counted([], checkpoint)
+        await self._witness(checkpoint)
 
     async def _rolled_back(self, exc: Exception) -> bool:
         """Whether a failed commit was transient and left the store exactly as the
@@ -655,10 +640,9 @@ class EventLog(abc.ABC):
         """Whether a failed ``_persist`` is worth retrying with the next batch."""
         return False
 
-    async def _last_checkpoint_seq(self) -> int:
-        """The seq of the last stored checkpoint row (0: none)."""
-        rows = [r for r in await self.read_rows(0, 1 << 62) if r[1] == CHECKPOINT_STREAM]
-        return rows[-1][0] if rows else 0
+    async def _checkpoints(self) -> list[Checkpoint]:
+        """The stored signed checkpoints, in seq order."""
+        return []
 
     async def _pruned_through(self) -> int:
         """The seq of the checkpoint a prune cut at: rows before it may have gaps (0: none)."""
@@ -685,6 +669,7 @@ class MemoryLog(EventLog):
         self.rows: list[_Row] = []
         self.stored_vault: dict[str, bytes] = {}
         self.stored_cursors: dict[str, int] = {}
+        self.stored_checkpoints: list[Checkpoint] = []
 
     async def _load(self) -> tuple[int, dict[str, bytes], dict[str, int]]:
         return len(self.rows), dict(self.stored_vault), dict(self.stored_cursors)
@@ -694,6 +679,8 @@ class MemoryLog(EventLog):
         for c in changes:
             if isinstance(c, CursorChange):
                 self.stored_cursors[c.origin_region] = c.origin_seq
+            elif isinstance(c, Checkpoint):
+                self.stored_checkpoints.append(c)
             elif c.wrapped is None:
                 self.stored_vault.pop(c.key_id, None)
             else:
@@ -703,6 +690,10 @@ class MemoryLog(EventLog):
         self.rows.clear()
         self.stored_vault.clear()
         self.stored_cursors.clear()
+        self.stored_checkpoints.clear()
+
+    async def _checkpoints(self) -> list[Checkpoint]:
+        return list(self.stored_checkpoints)
 
     async def _tail(self) -> tuple[int, bytes]:
         return (self.rows[-1][0], self.rows[-1][9]) if self.rows else (0, GENESIS)

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import aiosqlite
 
-from kms.audit.checkpoints import CHECKPOINT_STREAM
+from kms.audit.checkpoints import Checkpoint
 from kms.store.log import (
     AUDIT_STREAM,
     GENESIS,
     EventLog,
     LogCorrupted,
     SideChange,
+    VaultChange,
     _Row,
     log,
 )
@@ -49,6 +50,13 @@ CREATE TABLE IF NOT EXISTS vault (
 CREATE TABLE IF NOT EXISTS replication_cursors (
     origin_region TEXT PRIMARY KEY,
     origin_seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    seq INTEGER PRIMARY KEY,
+    head BLOB NOT NULL,
+    at_ms INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL,
+    signature BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS log_marks (
     name TEXT PRIMARY KEY,
@@ -125,6 +133,9 @@ class SqliteLog(EventLog):
                 if isinstance(c, CursorChange):
                     conn.execute("INSERT OR REPLACE INTO replication_cursors VALUES (?, ?)",
                                  (c.origin_region, c.origin_seq))
+                elif isinstance(c, Checkpoint):
+                    conn.execute("INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?)",
+                                 (c.seq, c.head, c.at_ms, c.fingerprint, c.signature))
                 elif c.wrapped is None:
                     conn.execute("DELETE FROM vault WHERE key_id = ?", (c.key_id,))
                 else:
@@ -139,7 +150,7 @@ class SqliteLog(EventLog):
             if conn.in_transaction:  # never let the next batch join a half-written one
                 raise LogCorrupted("a failed transaction is still open") from exc
             raise
-        if any(not isinstance(c, CursorChange) and c.wrapped is None for c in changes):
+        if any(isinstance(c, VaultChange) and c.wrapped is None for c in changes):
             # owed only once the shred is committed
             self._checkpoint_owed = True
         if self._checkpoint_owed:
@@ -205,16 +216,16 @@ class SqliteLog(EventLog):
         await self.db.execute("DELETE FROM vault")
         await self.db.execute("DELETE FROM replication_cursors")
         await self.db.execute("DELETE FROM log_marks")
+        await self.db.execute("DELETE FROM checkpoints")
         await self.db.commit()
         self._checkpoint_owed = True
         await self.db._execute(self._checkpoint, self.db._conn)
 
-    async def _last_checkpoint_seq(self) -> int:
-        # UNIQUE (stream, version) orders a stream's rows: one index seek
-        async with self.db.execute("SELECT seq FROM events WHERE stream = ? ORDER BY version "
-                                   "DESC LIMIT 1", (CHECKPOINT_STREAM,)) as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row is not None else 0
+    async def _checkpoints(self) -> list[Checkpoint]:
+        async with self.db.execute("SELECT seq, head, at_ms, fingerprint, signature FROM "
+                                   "checkpoints ORDER BY seq") as cur:
+            return [Checkpoint(int(q), bytes(h), int(a), str(f), bytes(g))
+                    for q, h, a, f, g in await cur.fetchall()]
 
     async def _pruned_through(self) -> int:
         async with self.db.execute("SELECT seq FROM log_marks WHERE name = ?",

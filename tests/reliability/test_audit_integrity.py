@@ -188,18 +188,26 @@ def test_the_live_log_verifies_running_or_stopped(tmp_path: Path) -> None:
 def test_a_truncated_live_log_fails_verify_and_start(tmp_path: Path) -> None:
     data_dir = history(tmp_path)
     witness = json.loads((data_dir / WITNESS_FILE).read_text())
-    with closing(sqlite3.connect(data_dir / LOG_FILE)) as db, db:
-        kept = db.execute("SELECT max(seq) FROM events").fetchone()[0] - 3
-        db.execute("DELETE FROM events WHERE seq > ?", (kept,))  # the last checkpoint too
-    result = audit("verify", "--data-dir", data_dir)
-    print(f"\n  {result.stdout.strip()}")
-    assert result.returncode == 1
-    assert problems(result) == [
-        f"missing tail: the log ends at seq {kept}, but log-checkpoint.json records the signed "
-        f"checkpoint at seq {witness['seq']} (head {witness['head'][:16]}…)"]
-    attempt = attempt_start(data_dir)
-    assert attempt.detected and not attempt.served
-    assert "missing tail" in attempt.stderr
+    both = tmp_path / "both"  # the rows and the checkpoints after them cut off
+    shutil.copytree(data_dir, both)
+    for cut, checkpoints_too in ((data_dir, False), (both, True)):
+        with closing(sqlite3.connect(cut / LOG_FILE)) as db, db:
+            kept = db.execute("SELECT max(seq) FROM events").fetchone()[0] - 3
+            db.execute("DELETE FROM events WHERE seq > ?", (kept,))
+            if checkpoints_too:
+                db.execute("DELETE FROM checkpoints WHERE seq > ?", (kept,))
+        result = audit("verify", "--data-dir", cut)
+        print(f"\n  {result.stdout.strip()}")
+        assert result.returncode == 1
+        assert problems(result) == [
+            f"missing tail: the log ends at seq {kept}, but log-checkpoint.json records the "
+            f"signed checkpoint at seq {witness['seq']} (head {witness['head'][:16]}…), which "
+            "the log does not hold" if checkpoints_too else
+            f"missing tail: the log ends at seq {kept}, but the signed checkpoint at seq "
+            f"{witness['seq']} covers rows up to there"]
+        attempt = attempt_start(cut)
+        assert attempt.detected and not attempt.served
+        assert "missing tail" in attempt.stderr
 
 
 def rewrite_from(db: sqlite3.Connection, seq: int) -> None:
@@ -223,14 +231,14 @@ def test_a_rewritten_chain_fails_verify_and_start(tmp_path: Path) -> None:
                  if b"Encrypt" in r[7]][:1]
     with closing(sqlite3.connect(data_dir / LOG_FILE)) as db, db:
         rewrite_from(db, target)
-        last_cp = db.execute("SELECT max(seq) FROM events WHERE stream = 'checkpoint'"
-                             ).fetchone()[0]
+        signed = [q for (q,) in db.execute("SELECT seq FROM checkpoints WHERE seq >= ?",
+                                           (target,))]
     result = audit("verify", "--data-dir", data_dir)
     print(f"\n  {result.stdout.strip()}")
-    assert result.returncode == 1
+    assert result.returncode == 1 and signed
     assert problems(result) == [
-        f"seq {last_cp}: rewritten chain: the checkpoint signed another head for seq "
-        f"{last_cp - 1} than the row the log holds there"]
+        f"seq {q}: rewritten chain: the row's hash is not the head the checkpoint signed there "
+        f"(the rows up to seq {q} are not the ones that were signed)" for q in signed]
     attempt = attempt_start(data_dir)
     assert attempt.detected and not attempt.served
 
@@ -305,7 +313,7 @@ def test_start_up_re_hashes_only_from_the_last_checkpoint(tmp_path: Path) -> Non
     print(f"\n  rows {first['rows']}: re-hashed at start {first['rows_rehashed']}; after more "
           f"calls and a kill, rows {second['rows']}: re-hashed {second['rows_rehashed']} "
           f"(from the checkpoint at seq {second['checkpoint_seq']})")
-    assert first["rows_rehashed"] == 1  # the checkpoint row itself
+    assert first["rows_rehashed"] == 1  # the row the checkpoint signs
     assert first["rows_link_checked"] == first["rows"] - 1
     unsigned = second["rows"] - second["checkpoint_seq"]
     assert second["rows_rehashed"] == 1 + unsigned > 1
