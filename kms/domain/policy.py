@@ -16,7 +16,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -231,6 +231,7 @@ def _number(v: str) -> float | None:
         return None
 
 
+@functools.lru_cache(maxsize=4096)
 def _date(v: str) -> float | None:
     if re.fullmatch(r"-?\d+(\.\d+)?", v):
         return float(v)
@@ -240,109 +241,142 @@ def _date(v: str) -> float | None:
         return None
 
 
-def _arn_like(pattern: str, value: str) -> bool:
-    """ARN components match one by one (six of them; the last keeps its colons)."""
-    p, v = pattern.split(":", 5), value.split(":", 5)
-    if len(p) != 6 or len(v) != 6:
-        return False
-    return all(_glob_cached(a, False).match(b) for a, b in zip(p, v, strict=True))
-
-
-def _ip(pattern: str, value: str) -> bool:
+@functools.lru_cache(maxsize=4096)
+def _address(v: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        return ipaddress.ip_address(value) in ipaddress.ip_network(pattern, strict=False)
+        return ipaddress.ip_address(v)
     except ValueError:
-        return False
+        return None
 
 
-Compare = Callable[[str, str], bool]
-
-
-def _cmp_number(op: Callable[[float, float], bool]) -> Compare:
-    def cmp(p: str, v: str) -> bool:
-        a, b = _number(v), _number(p)
-        return a is not None and b is not None and op(a, b)
-    return cmp
-
-
-def _cmp_date(op: Callable[[float, float], bool]) -> Compare:
-    def cmp(p: str, v: str) -> bool:
-        a, b = _date(v), _date(p)
-        return a is not None and b is not None and op(a, b)
-    return cmp
-
-
-def _binary(p: str, v: str) -> bool:
+def _network(p: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
     try:
-        return base64.b64decode(p) == v.encode("utf-8") or p == v
+        return ipaddress.ip_network(p, strict=False)
     except ValueError:
-        return False
+        return None
 
 
-# operator -> (compare(pattern, value), negated, substitute variables in patterns)
-_OPERATORS: dict[str, tuple[Compare, bool]] = {
-    "stringequals": (lambda p, v: p == v, False),
-    "stringnotequals": (lambda p, v: p == v, True),
-    "stringequalsignorecase": (lambda p, v: p.lower() == v.lower(), False),
-    "stringnotequalsignorecase": (lambda p, v: p.lower() == v.lower(), True),
-    "stringlike": (lambda p, v: bool(_glob_cached(p, False).match(v)), False),
-    "stringnotlike": (lambda p, v: bool(_glob_cached(p, False).match(v)), True),
-    "numericequals": (_cmp_number(lambda a, b: a == b), False),
-    "numericnotequals": (_cmp_number(lambda a, b: a == b), True),
-    "numericlessthan": (_cmp_number(lambda a, b: a < b), False),
-    "numericlessthanequals": (_cmp_number(lambda a, b: a <= b), False),
-    "numericgreaterthan": (_cmp_number(lambda a, b: a > b), False),
-    "numericgreaterthanequals": (_cmp_number(lambda a, b: a >= b), False),
-    "dateequals": (_cmp_date(lambda a, b: a == b), False),
-    "datenotequals": (_cmp_date(lambda a, b: a == b), True),
-    "datelessthan": (_cmp_date(lambda a, b: a < b), False),
-    "datelessthanequals": (_cmp_date(lambda a, b: a <= b), False),
-    "dategreaterthan": (_cmp_date(lambda a, b: a > b), False),
-    "dategreaterthanequals": (_cmp_date(lambda a, b: a >= b), False),
-    "bool": (lambda p, v: p.lower() == v.lower(), False),
-    "binaryequals": (_binary, False),
-    "ipaddress": (_ip, False),
-    "notipaddress": (_ip, True),
-    "arnequals": (_arn_like, False),
-    "arnlike": (_arn_like, False),
-    "arnnotequals": (_arn_like, True),
-    "arnnotlike": (_arn_like, True),
+def _arn_parts(pattern: str) -> tuple[re.Pattern[str], ...] | None:
+    parts = pattern.split(":", 5)
+    return tuple(_glob(x, ignore_case=False) for x in parts) if len(parts) == 6 else None
+
+
+def _binary(p: str) -> bytes | None:
+    try:
+        return base64.b64decode(p, validate=True)
+    except ValueError:
+        return None
+
+
+Test = Callable[[str], bool]  # does one request value match any of the patterns
+
+
+def _ordered(patterns: tuple[str, ...], parse: Callable[[str], float | None],
+             op: Callable[[float, float], bool]) -> Test:
+    bounds = [b for b in map(parse, patterns) if b is not None]
+
+    def test(v: str) -> bool:
+        a = parse(v)
+        return a is not None and any(op(a, b) for b in bounds)
+    return test
+
+
+def _matcher(operator: str, patterns: tuple[str, ...]) -> Test:  # noqa: C901 - one per family
+    """The compiled OR over a condition's values for one request value."""
+    if operator in ("stringequals", "stringnotequals"):
+        exact = frozenset(patterns)
+        return exact.__contains__
+    if operator in ("stringequalsignorecase", "stringnotequalsignorecase", "bool"):
+        lowered = frozenset(p.lower() for p in patterns)
+        return lambda v: v.lower() in lowered
+    if operator in ("stringlike", "stringnotlike"):
+        rx = re.compile("|".join(f"(?:{_glob(p, ignore_case=False).pattern})"
+                                 for p in patterns), re.DOTALL)
+        return lambda v: rx.match(v) is not None
+    if operator.startswith("numeric"):
+        op = _COMPARISONS[operator.removeprefix("numeric").replace("not", "")]
+        return _ordered(patterns, _number, op)
+    if operator.startswith("date"):
+        return _ordered(patterns, _date, _COMPARISONS[operator.removeprefix("date")
+                                                      .replace("not", "")])
+    if operator in ("ipaddress", "notipaddress"):
+        nets = [n for n in map(_network, patterns) if n is not None]
+
+        def in_nets(v: str) -> bool:
+            a = _address(v)
+            return a is not None and any(a.version == n.version and a in n for n in nets)
+        return in_nets
+    if operator.startswith("arn"):
+        arns = [a for a in map(_arn_parts, patterns) if a is not None]
+
+        def arn_like(v: str) -> bool:
+            parts = v.split(":", 5)
+            return len(parts) == 6 and any(
+                all(rx.match(x) for rx, x in zip(a, parts, strict=True)) for a in arns)
+        return arn_like
+    if operator == "binaryequals":
+        blobs = frozenset(b for b in map(_binary, patterns) if b is not None)
+        return lambda v: v.encode("utf-8") in blobs or v in patterns
+    raise AssertionError(operator)
+
+
+_COMPARISONS: dict[str, Callable[[float, float], bool]] = {
+    "equals": lambda a, b: a == b, "lessthan": lambda a, b: a < b,
+    "lessthanequals": lambda a, b: a <= b, "greaterthan": lambda a, b: a > b,
+    "greaterthanequals": lambda a, b: a >= b,
 }
+OPERATORS = frozenset({
+    "stringequals", "stringnotequals", "stringequalsignorecase", "stringnotequalsignorecase",
+    "stringlike", "stringnotlike", "numericequals", "numericnotequals", "numericlessthan",
+    "numericlessthanequals", "numericgreaterthan", "numericgreaterthanequals", "dateequals",
+    "datenotequals", "datelessthan", "datelessthanequals", "dategreaterthan",
+    "dategreaterthanequals", "bool", "binaryequals", "ipaddress", "notipaddress", "arnequals",
+    "arnlike", "arnnotequals", "arnnotlike", "null",
+})
+_NEGATED = frozenset({"stringnotequals", "stringnotequalsignorecase", "stringnotlike",
+                      "numericnotequals", "datenotequals", "notipaddress", "arnnotequals",
+                      "arnnotlike"})
 
 
-@dataclass(frozen=True, slots=True)
 class Condition:
-    """One key under one operator: values OR, the qualifier says how a set of values meets."""
+    """One key under one operator, compiled: its values OR (one matcher), the qualifier
+    says how a set of request values meets them."""
 
-    operator: str
-    key: str  # lowercased
-    patterns: tuple[str, ...]
-    qualifier: str  # "" | "foranyvalue" | "forallvalues"
-    if_exists: bool
+    __slots__ = ("_absent", "_test", "if_exists", "key", "negated", "operator", "patterns",
+                 "qualifier")
+
+    def __init__(self, operator: str, key: str, patterns: tuple[str, ...], qualifier: str,
+                 if_exists: bool) -> None:
+        self.operator, self.key, self.patterns = operator, key, patterns
+        self.qualifier, self.if_exists = qualifier, if_exists
+        self.negated = operator in _NEGATED
+        # The answer when the key is absent from the request (or an empty set).
+        self._absent = (qualifier == "forallvalues" or if_exists
+                        or (self.negated and qualifier != "foranyvalue"))
+        variable = any("${" in p for p in patterns)
+        self._test: Test | None = None
+        if operator != "null" and not variable:
+            self._test = _matcher(operator, patterns)
 
     def holds(self, ctx: Context) -> bool:
         got = ctx.values(self.key)
         if self.operator == "null":
             absent = not got
             return any((p.lower() == "true") == absent for p in self.patterns)
-        if not got:  # absent (or an empty set)
-            if self.qualifier == "forallvalues" or self.if_exists:
-                return True
-            return _OPERATORS[self.operator][1] and self.qualifier != "foranyvalue"
-        compare, negated = _OPERATORS[self.operator]
-        patterns = [p if "${" not in p else _substitute(p, ctx) for p in self.patterns]
-        live = [p for p in patterns if p is not None]
-
-        def matches(value: str) -> bool:
-            return any(compare(p, value) for p in live)
-
+        if not got:
+            return self._absent
+        test = self._test
+        if test is None:  # policy variables: substituted per request
+            live = tuple(x for x in (_substitute(p, ctx) for p in self.patterns)
+                         if x is not None)
+            test = _matcher(self.operator, live) if live else (lambda v: False)
         if self.qualifier == "forallvalues":
-            hit = all(matches(v) for v in got)
-            return (not any(matches(v) for v in got)) if negated else hit
-        if negated:
-            return not any(matches(v) for v in got) if self.qualifier != "foranyvalue" \
-                else any(not matches(v) for v in got)
-        return any(matches(v) for v in got)
+            return (not any(map(test, got))) if self.negated else all(map(test, got))
+        if self.negated:
+            if self.qualifier == "foranyvalue":
+                return not all(map(test, got))
+            return not any(map(test, got))
+        return any(map(test, got))
 
 
 def _conditions(raw: Any) -> tuple[Condition, ...]:
@@ -360,7 +394,7 @@ def _conditions(raw: Any) -> tuple[Condition, ...]:
         if_exists = name.endswith("ifexists") and name != "null"
         if if_exists:
             name = name[: -len("ifexists")]
-        if name not in _OPERATORS and name != "null":
+        if name not in OPERATORS:
             raise _malformed(f"Policy contains an unknown condition operator: {op_name}")
         for key, values in block.items():
             items = [values] if isinstance(values, str | bool | int | float) else values
@@ -394,10 +428,12 @@ class Statement:
     not_resource: bool
     conditions: tuple[Condition, ...]
 
-    def applies(self, r: Request, action: str) -> Outcome:
-        """Whether this statement speaks to ``r``: the principal outcome it matched, or NONE."""
-        if (action in self.actions) == self.not_action:
-            return Outcome.NONE
+    def acts_on(self, action: str) -> bool:
+        return (action in self.actions) != self.not_action
+
+    def applies(self, r: Request) -> Outcome:
+        """Whether this statement (already known to name the action) speaks to ``r``: the
+        principal outcome it matched, or NONE."""
         if self.resources is None or self.resources.match(r.resource, r) == self.not_resource:
             return Outcome.NONE
         if self.principals is None:
@@ -408,31 +444,82 @@ class Statement:
                 who = Outcome.NONE if who is not Outcome.NONE else Outcome.ALLOW
             if who is Outcome.NONE:
                 return Outcome.NONE
+        ctx = r.context
         for c in self.conditions:
-            if not c.holds(r.context):
+            if not c.holds(ctx):
                 return Outcome.NONE
         return who
 
 
+MEMO_SIZE = 512  # outcomes kept per compiled policy
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
+    """A compiled document. ``by_action`` holds, per lowercase action, the statements that
+    name it and the request-context keys they read; ``memo`` keeps recent outcomes by
+    everything an outcome depends on (action, resource, principal, those keys' values),
+    so the steady stream of alike requests costs one lookup per policy."""
+
     id: str
     statements: tuple[Statement, ...]
     principals: tuple[str, ...]  # every IAM principal ARN named (for existence checks)
+    by_action: dict[str, tuple[tuple[Statement, ...], tuple[str, ...]]]
+    memo: dict[tuple[Any, ...], Outcome] = field(default_factory=dict, compare=False)
 
     def evaluate(self, r: Request) -> Outcome:
         """DENY if a Deny statement applies; else the strongest Allow; else NONE."""
         action = r.action.lower()
-        best = Outcome.NONE
-        for s in self.statements:
-            got = s.applies(r, action)
-            if got is Outcome.NONE:
-                continue
-            if not s.allow:
-                return Outcome.DENY
-            if got is Outcome.ALLOW or best is Outcome.NONE:
-                best = got
-        return best
+        entry = self.by_action.get(action)
+        if entry is None:
+            return Outcome.NONE
+        statements, keys = entry
+        values = r.context.values
+        memo_key = (action, r.resource, r.principal_arn, r.account, r.principal_type,
+                    *[values(k) for k in keys])
+        got = self.memo.get(memo_key)
+        if got is None:
+            got = _decide(statements, r)
+            if len(self.memo) >= MEMO_SIZE:
+                self.memo.clear()
+            self.memo[memo_key] = got
+        return got
+
+
+def _decide(statements: tuple[Statement, ...], r: Request) -> Outcome:
+    best = Outcome.NONE
+    for s in statements:
+        got = s.applies(r)
+        if got is Outcome.NONE:
+            continue
+        if not s.allow:
+            return Outcome.DENY
+        if got is Outcome.ALLOW or best is Outcome.NONE:
+            best = got
+    return best
+
+
+def _reads(s: Statement) -> set[str]:
+    """The request-context keys a statement's outcome can depend on."""
+    keys = {c.key for c in s.conditions}
+    texts = [p for c in s.conditions for p in c.patterns]
+    if s.resources is not None:
+        texts.extend(s.resources.patterns)
+    for t in texts:
+        for m in _VARIABLE.finditer(t):
+            name = m.group(1).partition(",")[0].strip().lower()
+            if name not in ("*", "?", "$"):
+                keys.add(name)
+    return keys
+
+
+def _compile(pid: str, statements: tuple[Statement, ...], named: list[str]) -> Policy:
+    index: dict[str, tuple[tuple[Statement, ...], tuple[str, ...]]] = {}
+    for a in ALL_ACTIONS:
+        chosen = tuple(s for s in statements if s.acts_on(a))
+        if chosen:
+            index[a] = (chosen, tuple(sorted(set().union(*map(_reads, chosen)))))
+    return Policy(pid, statements, tuple(dict.fromkeys(named)), index)
 
 
 _TOP = {"Version", "Id", "Statement"}
@@ -480,11 +567,11 @@ def _statement(raw: Any, resource_policy: bool, named: list[str]) -> Statement:
 def parse(text: str, *, resource_policy: bool = True) -> Policy:
     """Validate and compile a policy document (MalformedPolicyDocumentException if not).
     Compiled once per text: repeated calls with the same text are dictionary lookups."""
-    return _compiled(text, resource_policy)
+    return _compiled(text, resource_policy)  # an LRU hit hashes the (cached) str hash
 
 
 @functools.lru_cache(maxsize=1024)
-def _compiled(text: str, resource_policy: bool) -> Policy:
+def _compiled(text: str, resource_policy: bool) -> Policy:  # positional: the cache's fast path
     if any(not (c in "\t\n\r" or " " <= c <= "\u00ff") for c in text):
         raise _malformed("The policy contains characters that are not allowed.")
     try:
@@ -505,7 +592,7 @@ def _compiled(text: str, resource_policy: bool) -> Policy:
         raise _malformed()
     named: list[str] = []
     statements = tuple(_statement(s, resource_policy, named) for s in items)
-    return Policy(pid, statements, tuple(dict.fromkeys(named)))
+    return _compile(pid, statements, named)
 
 
 def aws_text(doc: Any, indent: int = 0) -> str:

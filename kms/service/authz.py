@@ -13,6 +13,7 @@ the call: only the condition keys a policy asks for are computed.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kms.domain import policy as pol
@@ -35,6 +36,9 @@ def _flag(value: Any) -> str:
     return "true" if value else "false"
 
 
+_UNSET: Any = object()
+
+
 class CallContext:
     """The request context of one authorization, computed key by key on demand."""
 
@@ -46,14 +50,13 @@ class CallContext:
         self._cache: dict[str, tuple[str, ...] | None] = {}
 
     def values(self, name: str) -> tuple[str, ...] | None:
-        try:
-            return self._cache[name]
-        except KeyError:
+        got = self._cache.get(name, _UNSET)
+        if got is _UNSET:
             got = self._cache[name] = self._compute(name)
-            return got
+        return got  # type: ignore[return-value]
 
     # -- what each key is ---------------------------------------------------------------
-    def _encryption_context(self) -> dict[str, str]:
+    def encryption_context(self) -> dict[str, str]:
         p = self.call.params
         if self.call.operation == "ReEncrypt":
             member = ("DestinationEncryptionContext" if self.action == "ReEncryptTo"
@@ -63,134 +66,31 @@ class CallContext:
             ctx = p.get("EncryptionContext")
         return ctx if isinstance(ctx, dict) else {}
 
-    def _request_tags(self) -> list[tuple[str, str]]:
+    def request_tags(self) -> list[tuple[str, str]]:
         tags = self.call.params.get("Tags") or ()
         return [(t.get("TagKey", ""), t.get("TagValue", "")) for t in tags
                 if isinstance(t, dict)]
 
-    def _compute(self, name: str) -> tuple[str, ...] | None:  # noqa: C901 - one key each
-        call, key, caller, p = self.call, self.key, self.call.caller, self.call.params
+    def _compute(self, name: str) -> tuple[str, ...] | None:
+        exact = _KEYS.get(name)
+        if exact is not None:
+            return exact(self)
         if name.startswith("kms:encryptioncontext:"):
             want = name[len("kms:encryptioncontext:"):]
-            for k, v in self._encryption_context().items():
+            for k, v in self.encryption_context().items():
                 if k.lower() == want:
                     return (str(v),)
             return None
+        caller, key = self.call.caller, self.key
         if name.startswith("aws:principaltag/"):
             return _tag(caller.tags, name[len("aws:principaltag/"):])
         if name.startswith("aws:resourcetag/"):
             return _tag(key.tags, name[len("aws:resourcetag/"):]) if key else None
         if name.startswith("aws:requesttag/"):
-            return _tag(self._request_tags(), name[len("aws:requesttag/"):])
-        match name:
-            case "kms:encryptioncontextkeys":
-                return tuple(self._encryption_context()) or None
-            case "kms:calleraccount":
-                return (caller.account,) if caller.account else None
-            case "kms:viaservice":
-                return (caller.via_service,) if caller.via_service else None
-            case "kms:keyspec" | "kms:customermasterkeyspec":
-                return (key.key_spec,) if key else _param(p, "KeySpec", "CustomerMasterKeySpec")
-            case "kms:keyusage" | "kms:customermasterkeyusage":
-                return (key.key_usage,) if key else _param(p, "KeyUsage")
-            case "kms:keyorigin":
-                return (key.origin,) if key else (p.get("Origin", "AWS_KMS"),)
-            case "kms:multiregion":
-                return (_flag(key.multi_region if key else p.get("MultiRegion")),)
-            case "kms:multiregionkeytype":
-                return self._multi_region_type()
-            case "kms:requestalias":
-                return self._request_alias()
-            case "kms:resourcealiases":
-                return self._resource_aliases()
-            case "kms:encryptionalgorithm":
-                got = _param(p, "EncryptionAlgorithm")
-                if got is None and call.operation in SYMMETRIC_ALGORITHM_OPS:
-                    return ("SYMMETRIC_DEFAULT",)
-                return got
-            case "kms:signingalgorithm":
-                return _param(p, "SigningAlgorithm")
-            case "kms:messagetype":
-                if call.operation in ("Sign", "Verify"):
-                    return (p.get("MessageType", "RAW"),)
-                return None
-            case "kms:macalgorithm":
-                return _param(p, "MacAlgorithm")
-            case "kms:keyagreementalgorithm":
-                return _param(p, "KeyAgreementAlgorithm")
-            case "kms:datakeypairspec":
-                return _param(p, "KeyPairSpec")
-            case "kms:wrappingalgorithm":
-                return _param(p, "WrappingAlgorithm")
-            case "kms:wrappingkeyspec":
-                return _param(p, "WrappingKeySpec")
-            case "kms:expirationmodel":
-                return _param(p, "ExpirationModel")
-            case "kms:replicaregion":
-                return _param(p, "ReplicaRegion")
-            case "kms:primaryregion":
-                return _param(p, "PrimaryRegion")
-            case "kms:granteeprincipal":
-                return _param(p, "GranteePrincipal")
-            case "kms:retiringprincipal":
-                return _param(p, "RetiringPrincipal")
-            case "kms:grantoperations":
-                ops = p.get("Operations") if call.operation == "CreateGrant" else None
-                return tuple(ops) if ops else None
-            case "kms:grantconstrainttype":
-                constraints = p.get("Constraints") if call.operation == "CreateGrant" else None
-                return tuple(constraints) if isinstance(constraints, dict) and constraints \
-                    else None
-            case "kms:grantisforawsresource":
-                if call.operation not in ("CreateGrant", "ListGrants", "RevokeGrant"):
-                    return None
-                return (_flag(bool(caller.via_service)),)
-            case "kms:rotationperiodindays":
-                if call.operation == "EnableKeyRotation":
-                    return (str(p.get("RotationPeriodInDays", 365)),)
-                return None
-            case "kms:schedulekeydeletionpendingwindowindays":
-                if call.operation == "ScheduleKeyDeletion":
-                    return (str(p.get("PendingWindowInDays", 30)),)
-                return None
-            case "kms:bypasspolicylockoutsafetycheck":
-                if call.operation in ("CreateKey", "PutKeyPolicy", "ReplicateKey"):
-                    return (_flag(p.get("BypassPolicyLockoutSafetyCheck")),)
-                return None
-            case "kms:reencryptonsamekey":
-                if call.operation != "ReEncrypt":
-                    return None
-                return (_flag(len(call.resources) == 1),)
-            case "aws:principalarn":
-                return (_principal_arn(caller),)
-            case "aws:principalaccount":
-                return (caller.account,) if caller.account else None
-            case "aws:principaltype":
-                return (_PRINCIPAL_TYPES.get(caller.principal_type, caller.principal_type),)
-            case "aws:tagkeys":
-                if call.operation == "UntagResource":
-                    return tuple(p.get("TagKeys") or ()) or None
-                return tuple(k for k, _ in self._request_tags()) or None
-            case "aws:sourceip":
-                return (caller.source_ip,) if caller.source_ip else None
-            case "aws:currenttime":
-                when = dt.datetime.fromtimestamp(call.at_ms / 1000, dt.UTC)
-                return (when.strftime("%Y-%m-%dT%H:%M:%SZ"),)
-            case "aws:epochtime":
-                return (str(call.at_ms // 1000),)
-            case "aws:securetransport":
-                return (_flag(caller.secure_transport),)
-            case "aws:userid":
-                return (caller.user_id,) if caller.user_id else None
-            case "aws:username":
-                if caller.principal_type == "IAMUser":
-                    return (caller.principal_arn.rsplit("/", 1)[-1],)
-                return None
-            case "aws:requestedregion":
-                return (key.region,) if key else None
+            return _tag(self.request_tags(), name[len("aws:requesttag/"):])
         return None
 
-    def _request_alias(self) -> tuple[str, ...] | None:
+    def request_alias(self) -> tuple[str, ...] | None:
         raw = self.call.params.get("DestinationKeyId" if self.action == "ReEncryptTo"
                                    else "KeyId")
         if not isinstance(raw, str):
@@ -201,14 +101,14 @@ class CallContext:
             return (ALIAS_PREFIX + raw.split(":alias/", 1)[1],)
         return None
 
-    def _resource_aliases(self) -> tuple[str, ...] | None:
+    def resource_aliases(self) -> tuple[str, ...] | None:
         if self.key is None or self.service is None:
             return None
         got = alias_index(self.service).of(self.key.key_id)
         staged = [name for name, k in self.call.staged.items() if k.key_id == self.key.key_id]
         return tuple(sorted({*got, *staged})) or None
 
-    def _multi_region_type(self) -> tuple[str, ...] | None:
+    def multi_region_type(self) -> tuple[str, ...] | None:
         key = self.key
         if key is None or not key.multi_region or self.service is None:
             return None
@@ -240,6 +140,130 @@ def _principal_arn(caller: Caller) -> str:
         role = caller.principal_arn.split(":assumed-role/", 1)[1].split("/", 1)[0]
         return f"arn:aws:iam::{account}:role/{role}"
     return caller.principal_arn
+
+
+# -- the request context: one entry per exact condition key ---------------------------------
+Lookup = Callable[[CallContext], "tuple[str, ...] | None"]
+
+
+def _only(ops: frozenset[str] | tuple[str, ...], member: str, default: Any) -> Lookup:
+    """A parameter's value as a condition key, for the operations that take it."""
+    def get(c: CallContext) -> tuple[str, ...] | None:
+        if c.call.operation not in ops:
+            return None
+        value = c.call.params.get(member, default)
+        return (_flag(value) if isinstance(value, bool) or value is None else str(value),)
+    return get
+
+
+def _member(*names: str) -> Lookup:
+    return lambda c: _param(c.call.params, *names)
+
+
+def _encryption_algorithm(c: CallContext) -> tuple[str, ...] | None:
+    got = _param(c.call.params, "EncryptionAlgorithm")
+    if got is None and c.call.operation in SYMMETRIC_ALGORITHM_OPS:
+        return ("SYMMETRIC_DEFAULT",)
+    return got
+
+
+def _grant_constraint_type(c: CallContext) -> tuple[str, ...] | None:
+    constraints = c.call.params.get("Constraints") if c.call.operation == "CreateGrant" else None
+    return tuple(constraints) if isinstance(constraints, dict) and constraints else None
+
+
+def _grant_operations(c: CallContext) -> tuple[str, ...] | None:
+    ops = c.call.params.get("Operations") if c.call.operation == "CreateGrant" else None
+    return tuple(ops) if ops else None
+
+
+def _tag_keys(c: CallContext) -> tuple[str, ...] | None:
+    if c.call.operation == "UntagResource":
+        return tuple(c.call.params.get("TagKeys") or ()) or None
+    return tuple(k for k, _ in c.request_tags()) or None
+
+
+def _current_time(c: CallContext) -> tuple[str, ...]:
+    when = dt.datetime.fromtimestamp(c.call.at_ms / 1000, dt.UTC)
+    return (when.strftime("%Y-%m-%dT%H:%M:%SZ"),)
+
+
+def _username(c: CallContext) -> tuple[str, ...] | None:
+    caller = c.call.caller
+    if caller.principal_type != "IAMUser":
+        return None
+    return (caller.principal_arn.rsplit("/", 1)[-1],)
+
+
+def _of_key(attr: str, *members: str, default: str | None = None) -> Lookup:
+    """A key property (or, for CreateKey, the parameter that will set it)."""
+    def get(c: CallContext) -> tuple[str, ...] | None:
+        if c.key is not None:
+            return (str(getattr(c.key, attr)),)
+        got = _param(c.call.params, *members)
+        return got if got is not None or default is None else (default,)
+    return get
+
+
+def _optional(value: str) -> tuple[str, ...] | None:
+    return (value,) if value else None
+
+
+_GRANT_OPS = ("CreateGrant", "ListGrants", "RevokeGrant")
+_POLICY_OPS = ("CreateKey", "PutKeyPolicy", "ReplicateKey")
+_KEYS: dict[str, Lookup] = {
+    "kms:encryptioncontextkeys": lambda c: tuple(c.encryption_context()) or None,
+    "kms:calleraccount": lambda c: _optional(c.call.caller.account),
+    "kms:viaservice": lambda c: _optional(c.call.caller.via_service),
+    "kms:keyspec": _of_key("key_spec", "KeySpec", "CustomerMasterKeySpec",
+                           default="SYMMETRIC_DEFAULT"),
+    "kms:customermasterkeyspec": _of_key("key_spec", "KeySpec", "CustomerMasterKeySpec",
+                                         default="SYMMETRIC_DEFAULT"),
+    "kms:keyusage": _of_key("key_usage", "KeyUsage"),
+    "kms:customermasterkeyusage": _of_key("key_usage", "KeyUsage"),
+    "kms:keyorigin": _of_key("origin", "Origin", default="AWS_KMS"),
+    "kms:multiregion": lambda c: (_flag(c.key.multi_region if c.key is not None
+                                        else c.call.params.get("MultiRegion")),),
+    "kms:multiregionkeytype": lambda c: c.multi_region_type(),
+    "kms:requestalias": lambda c: c.request_alias(),
+    "kms:resourcealiases": lambda c: c.resource_aliases(),
+    "kms:encryptionalgorithm": _encryption_algorithm,
+    "kms:signingalgorithm": _member("SigningAlgorithm"),
+    "kms:messagetype": _only(("Sign", "Verify"), "MessageType", "RAW"),
+    "kms:macalgorithm": _member("MacAlgorithm"),
+    "kms:keyagreementalgorithm": _member("KeyAgreementAlgorithm"),
+    "kms:datakeypairspec": _member("KeyPairSpec"),
+    "kms:wrappingalgorithm": _member("WrappingAlgorithm"),
+    "kms:wrappingkeyspec": _member("WrappingKeySpec"),
+    "kms:expirationmodel": _member("ExpirationModel"),
+    "kms:replicaregion": _member("ReplicaRegion"),
+    "kms:primaryregion": _member("PrimaryRegion"),
+    "kms:granteeprincipal": _member("GranteePrincipal"),
+    "kms:retiringprincipal": _member("RetiringPrincipal"),
+    "kms:grantoperations": _grant_operations,
+    "kms:grantconstrainttype": _grant_constraint_type,
+    "kms:grantisforawsresource": lambda c: (_flag(bool(c.call.caller.via_service)),)
+    if c.call.operation in _GRANT_OPS else None,
+    "kms:rotationperiodindays": _only(("EnableKeyRotation",), "RotationPeriodInDays", 365),
+    "kms:schedulekeydeletionpendingwindowindays": _only(("ScheduleKeyDeletion",),
+                                                        "PendingWindowInDays", 30),
+    "kms:bypasspolicylockoutsafetycheck": _only(_POLICY_OPS, "BypassPolicyLockoutSafetyCheck",
+                                                False),
+    "kms:reencryptonsamekey": lambda c: (_flag(len(c.call.resources) == 1),)
+    if c.call.operation == "ReEncrypt" else None,
+    "aws:principalarn": lambda c: (_principal_arn(c.call.caller),),
+    "aws:principalaccount": lambda c: _optional(c.call.caller.account),
+    "aws:principaltype": lambda c: (_PRINCIPAL_TYPES.get(c.call.caller.principal_type,
+                                                         c.call.caller.principal_type),),
+    "aws:tagkeys": _tag_keys,
+    "aws:sourceip": lambda c: _optional(c.call.caller.source_ip),
+    "aws:currenttime": _current_time,
+    "aws:epochtime": lambda c: (str(c.call.at_ms // 1000),),
+    "aws:securetransport": lambda c: (_flag(c.call.caller.secure_transport),),
+    "aws:userid": lambda c: _optional(c.call.caller.user_id),
+    "aws:username": _username,
+    "aws:requestedregion": lambda c: (c.key.region,) if c.key is not None else None,
+}
 
 
 # -- the alias index behind kms:ResourceAliases ----------------------------------------------

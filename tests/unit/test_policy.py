@@ -292,3 +292,27 @@ def test_any_json_shape_parses_or_raises_the_one_declared_error(shape: Any) -> N
         pol.parse(json.dumps({"Version": "2012-10-17", "Statement": shape}))
     except MalformedPolicyDocumentException:
         pass
+
+
+MEMO_POLICY = doc(
+    allow(Condition={"StringEquals": {"kms:EncryptionContext:app": "pay"},
+                     "IpAddress": {"aws:SourceIp": "10.0.0.0/8"}}),
+    {"Effect": "Deny", "Principal": "*", "Action": "kms:*", "Resource": "*",
+     "Condition": {"StringEquals": {"aws:PrincipalTag/team": "${aws:username}"}}})
+
+
+@given(st.lists(st.tuples(st.sampled_from(["pay", "web", None]),
+                          st.sampled_from(["10.1.1.1", "192.168.1.1", None]),
+                          st.sampled_from(["alice", "bob", None]),
+                          st.sampled_from([ALICE, f"arn:aws:iam::{ACCOUNT}:user/bob"])),
+                min_size=1, max_size=12))
+def test_remembered_outcomes_are_the_outcomes(requests: list[tuple[Any, ...]]) -> None:
+    compiled = pol.parse(MEMO_POLICY)
+    for app, ip, tag, who in requests:
+        values = {"kms:EncryptionContext:app": app, "aws:SourceIp": ip,
+                  "aws:PrincipalTag/team": tag, "aws:username": who.rsplit("/", 1)[1]}
+        r = pol.Request("Encrypt", KEY, who, ACCOUNT, "IAMUser",
+                        Ctx({k: v for k, v in values.items() if v is not None}))
+        fresh = pol._decide(compiled.by_action["encrypt"][0], r)
+        assert compiled.evaluate(r) is fresh
+        assert compiled.evaluate(r) is fresh
