@@ -138,7 +138,8 @@ def verify_export(out: Path, pinned: AuditPublicKey | None = None) -> tuple[list
         problems.append(f"missing: {STATE_FILE}")
     for extra in sorted(files - expected):
         problems.append(f"added: {extra} (named by no digest)")
-    fingerprints = ", ".join(sorted(keys)) or "none"
+    fingerprints = (", ".join(sorted(keys)) or "none") + (
+        " (pinned)" if pinned is not None else " (the export's own copy: pin it with --public-key)")
     state_text = "all valid" if not problems else f"{len(problems)} problem(s)"
     summary = (f"export {out}: {len(digests)} digest files, {len(named_logs)} log files, "
                f"{n_records} records, key {fingerprints}: {state_text}")

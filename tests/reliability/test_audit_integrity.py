@@ -95,6 +95,13 @@ def test_an_export_verifies_and_each_tampering_is_named(tmp_path: Path) -> None:
     ok = audit("verify", out)
     print(f"\n  {ok.stdout.strip()}")
     assert ok.returncode == 0 and ok.stdout.strip().endswith("all valid"), ok.stdout
+    pinned = tmp_path / "published.pem"  # trust the key the node published, not the copy
+    pinned.write_text(published["Pem"])
+    assert audit("verify", out, "--public-key", pinned).returncode == 0
+    stranger = tmp_path / "stranger.pem"  # another region's key: nothing it signed holds here
+    stranger.write_bytes((history(tmp_path, "other") / "audit-signing.pub").read_bytes())
+    forged = audit("verify", out, "--public-key", stranger)
+    assert forged.returncode == 1 and "which is not a trusted key" in forged.stdout
     records = exported_records(out)
     assert len(records) == len(audit_rows(data_dir))
     assert any(r.get("errorCode") == "NotFoundException" for r in records)
