@@ -4,9 +4,10 @@ Rules: the node must be stopped (the data dir's lock is taken, as ``kms serve`` 
 the live log must verify first; only rows of the ``audit`` stream go, and only those that
 ``audit-exported.json`` (written by ``kms audit export``) says are exported, that are older
 than the age by the node's clock (the ``--dev`` clock's offset included), and that lie before
-a signed checkpoint, the cut. The deletion and the ``pruned_through`` mark (the cut's seq)
-are one transaction: below the cut the chain has gaps, and start-up and ``verify`` trust
-it from the cut's signature on (rows before it are still checked one by one).
+the cut: the last signed checkpoint the export covers (the row it signs stays). The deletion
+and the ``pruned_through`` mark (the cut's seq) are one transaction: below the cut the chain
+has gaps, and start-up and ``verify`` trust it from the cut's signed head on (rows before it
+are still re-hashed one by one by ``verify``).
 """
 
 from __future__ import annotations
