@@ -192,6 +192,10 @@ OPS: dict[str, Op] = {
     "GetKeyLastUsage": Op("sym", lambda kms, s: kms.get_key_last_usage(KeyId=s.key_id)),
     "ListAliases": Op("sym", lambda kms, s: kms.list_aliases(KeyId=s.key_id), ("alias",)),
     "ListResourceTags": Op("sym", lambda kms, s: kms.list_resource_tags(KeyId=s.key_id)),
+    "GetKeyPolicy": Op("sym", lambda kms, s: kms.get_key_policy(KeyId=s.key_id)),
+    "ListKeyPolicies": Op("sym", lambda kms, s: kms.list_key_policies(KeyId=s.key_id)),
+    "PutKeyPolicy": Op("sym", lambda kms, s: kms.put_key_policy(
+        KeyId=s.key_id, Policy=kms.get_key_policy(KeyId=s.key_id)["Policy"])),
     "ReEncrypt": Op("sym", lambda kms, s: kms.re_encrypt(CiphertextBlob=s.blob,
                                                          DestinationKeyId=s.companion),
                     ("blob",)),
