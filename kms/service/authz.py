@@ -16,6 +16,7 @@ import datetime as dt
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from kms.domain import events as ev
 from kms.domain import policy as pol
 from kms.domain.errors import AccessDeniedException, KMSError
 from kms.domain.ids import ALIAS_PREFIX
@@ -288,8 +289,6 @@ class AliasIndex:
         return frozenset(self._of.get(key_id, ()))
 
     def __call__(self, envelopes: Any) -> None:
-        from kms.domain import events as ev
-
         if envelopes is None:
             self._of.clear()
             self._target.clear()

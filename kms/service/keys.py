@@ -84,6 +84,8 @@ def _spec_and_usage(p: dict[str, Any]) -> tuple[str, str]:
 @operation("CreateKey", read_only=False)
 async def create_key(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
     authz.authorize(call, "CreateKey", None, account=svc.account)
+    if p.get("Tags"):  # tagging at creation needs kms:TagResource too (IAM policies alone)
+        authz.authorize(call, "TagResource", None, account=svc.account)
     spec, usage = _spec_and_usage(p)
     origin = p.get("Origin", "AWS_KMS")
     if origin in ("AWS_CLOUDHSM", "EXTERNAL_KEY_STORE") or "CustomKeyStoreId" in p:

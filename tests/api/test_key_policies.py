@@ -34,6 +34,9 @@ ALL_BUT_ENCRYPT = ('{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Acti
                    '"Resource":"*"},{"Effect":"Deny","Action":"kms:Encrypt","Resource":"*"}]}')
 # No signed checkpoint rows during a test: a refused call must add exactly one row.
 QUIET = {"KMS_CHECKPOINT_SECONDS": "86400", "KMS_CHECKPOINT_ROWS": "1000000"}
+CREATE_ONLY = ('{"Version":"2012-10-17","Statement":[{"Effect":"Allow",'
+               '"Action":["kms:CreateKey","kms:ListKeys"],"Resource":"*"}]}')
+DAVE = f"arn:aws:iam::{A}:user/dave"
 CONFIG = f"""
 account_id = "{A}"
 [[principals]]
@@ -50,6 +53,11 @@ arn = "{CAROL}"
 access_key_id = "AKIAPOLICYCAROL00001"
 secret_access_key = "carol-secret"
 policies = ['{ALL_BUT_ENCRYPT}']
+[[principals]]
+arn = "{DAVE}"
+access_key_id = "AKIAPOLICYDAVE000001"
+secret_access_key = "dave-secret"
+policies = ['{CREATE_ONLY}']
 """
 
 DEFAULT_POLICY = (
@@ -64,7 +72,7 @@ def policy(*statements: dict[str, Any]) -> str:
     return json.dumps({"Version": "2012-10-17", "Statement": list(statements)})
 
 
-def root_may(action: str = "kms:*") -> dict[str, Any]:
+def root_may(action: str | list[str] = "kms:*") -> dict[str, Any]:
     return {"Effect": "Allow", "Principal": {"AWS": ROOT}, "Action": action, "Resource": "*"}
 
 
@@ -87,7 +95,8 @@ def root(node: ServerProcess) -> Any:
 def as_(node: ServerProcess, who: str) -> Any:
     return client_for(node.url, access_key={"alice": "AKIAPOLICYALICE00001",
                                             "bob": "AKIAPOLICYBOB0000001",
-                                            "carol": "AKIAPOLICYCAROL00001"}[who])
+                                            "carol": "AKIAPOLICYCAROL00001",
+                                            "dave": "AKIAPOLICYDAVE000001"}[who])
 
 
 def via_s3(client: Any) -> Any:
@@ -309,3 +318,42 @@ def test_a_policy_survives_a_restart(tmp_path: Path) -> None:
         assert client_for(server.url).get_key_policy(KeyId=key)["Policy"] == text
     finally:
         server.stop()
+
+
+def test_alias_condition_keys_follow_the_keys_aliases(root: Any, node: ServerProcess) -> None:
+    text = policy(root_may(["kms:PutKeyPolicy", "kms:CreateAlias", "kms:UpdateAlias",
+                            "kms:DeleteAlias"]), {
+        "Effect": "Allow", "Principal": {"AWS": ROOT}, "Resource": "*", "Action": "kms:Encrypt",
+        "Condition": {"ForAnyValue:StringEquals": {"kms:ResourceAliases": "alias/pay"}}}, {
+        "Effect": "Allow", "Principal": {"AWS": ROOT}, "Resource": "*",
+        "Action": "kms:DescribeKey",
+        "Condition": {"StringEquals": {"kms:RequestAlias": "alias/named"}}})
+    key = root.create_key(Policy=text)["KeyMetadata"]["KeyId"]
+    other = root.create_key()["KeyMetadata"]["KeyId"]
+    encrypt = lambda: root.encrypt(KeyId=key, Plaintext=b"x")  # noqa: E731
+
+    refused(node, encrypt, "AccessDeniedException")
+    root.create_alias(AliasName="alias/pay", TargetKeyId=other)
+    refused(node, encrypt, "AccessDeniedException")  # the alias names another key
+    root.update_alias(AliasName="alias/pay", TargetKeyId=key)
+    assert encrypt()["KeyId"].endswith(key)
+    root.delete_alias(AliasName="alias/pay")
+    refused(node, encrypt, "AccessDeniedException")
+    # kms:RequestAlias: the alias the request named the key by.
+    refused(node, lambda: root.describe_key(KeyId=key), "AccessDeniedException")
+    root.create_alias(AliasName="alias/named", TargetKeyId=other)
+    root.update_alias(AliasName="alias/named", TargetKeyId=key)
+    assert root.describe_key(KeyId="alias/named")["KeyMetadata"]["KeyId"] == key
+
+
+def test_tags_at_creation_need_tag_resource(root: Any, node: ServerProcess) -> None:
+    dave = as_(node, "dave")
+
+    refused(node, lambda: dave.create_key(Tags=[{"TagKey": "team", "TagValue": "x"}],
+                                          BypassPolicyLockoutSafetyCheck=True),
+            "AccessDeniedException",
+            f"User: {DAVE} is not authorized to perform: kms:TagResource on resource: * "
+            "because no identity-based policy allows the kms:TagResource action")
+
+    assert dave.list_keys()["Keys"] == []
+    assert dave.create_key()["KeyMetadata"]["KeyState"] == "Enabled"
