@@ -474,9 +474,8 @@ class Policy:
         if entry is None:
             return Outcome.NONE
         statements, keys = entry
-        values = r.context.values
         memo_key = (action, r.resource, r.principal_arn, r.account, r.principal_type,
-                    *[values(k) for k in keys])
+                    *map(r.context.values, keys))
         got = self.memo.get(memo_key)
         if got is None:
             got = _decide(statements, r)

@@ -51,10 +51,12 @@ class CallContext:
         self._cache: dict[str, tuple[str, ...] | None] = {}
 
     def values(self, name: str) -> tuple[str, ...] | None:
-        got = self._cache.get(name, _UNSET)
+        cache = self._cache
+        got = cache.get(name, _UNSET)
         if got is _UNSET:
-            got = self._cache[name] = self._compute(name)
-        return got  # type: ignore[return-value]
+            exact = _KEYS.get(name)
+            got = cache[name] = exact(self) if exact is not None else self._prefixed(name)
+        return got  # type: ignore[no-any-return]
 
     # -- what each key is ---------------------------------------------------------------
     def encryption_context(self) -> dict[str, str]:
@@ -72,10 +74,8 @@ class CallContext:
         return [(t.get("TagKey", ""), t.get("TagValue", "")) for t in tags
                 if isinstance(t, dict)]
 
-    def _compute(self, name: str) -> tuple[str, ...] | None:
-        exact = _KEYS.get(name)
-        if exact is not None:
-            return exact(self)
+    def _prefixed(self, name: str) -> tuple[str, ...] | None:
+        """The condition keys that name a context key, principal tag or tag."""
         if name.startswith("kms:encryptioncontext:"):
             want = name[len("kms:encryptioncontext:"):]
             for k, v in self.encryption_context().items():
@@ -184,9 +184,16 @@ def _tag_keys(c: CallContext) -> tuple[str, ...] | None:
     return tuple(k for k, _ in c.request_tags()) or None
 
 
+_LAST_SECOND: list[Any] = [None, ()]  # (epoch second, its aws:CurrentTime): one a second
+
+
 def _current_time(c: CallContext) -> tuple[str, ...]:
-    when = dt.datetime.fromtimestamp(c.call.at_ms / 1000, dt.UTC)
-    return (when.strftime("%Y-%m-%dT%H:%M:%SZ"),)
+    second = c.call.at_ms // 1000
+    if _LAST_SECOND[0] != second:
+        when = dt.datetime.fromtimestamp(second, dt.UTC)
+        _LAST_SECOND[:] = [second, (when.strftime("%Y-%m-%dT%H:%M:%SZ"),)]
+    got: tuple[str, ...] = _LAST_SECOND[1]
+    return got
 
 
 def _username(c: CallContext) -> tuple[str, ...] | None:
