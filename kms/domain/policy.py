@@ -1,26 +1,34 @@
 """The policy language: parse and validate a policy document, compile it once per text into
 an evaluator of statements, and evaluate it against a request context as IAM does.
 
-Rules: pure (json, re and ipaddress only; no I/O, no clock). A document is compiled once
-per exact text (bounded LRU) and every action pattern is expanded against the KMS action
-list at compile time, so evaluation is set lookups and pre-built regexes. Condition keys
-are compared case-insensitively; the request context is asked lazily, key by key.
+Rules: pure (no I/O, no clock; conditions are kms.domain.conditions'). A document is
+compiled once per exact text (bounded LRU), every action pattern expanded against the KMS
+action list at compile time, so evaluation is set lookups and pre-built matchers, and
+recent outcomes are remembered per policy; the request context is asked lazily.
 """
 
 from __future__ import annotations
 
-import base64
 import enum
 import functools
-import ipaddress
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
-from kms.domain.errors import MalformedPolicyDocumentException
+from kms.domain.conditions import (
+    INVALID_PRINCIPALS,
+    MALFORMED,
+    VARIABLE,
+    Condition,
+    Context,
+    conditions,
+    glob,
+    glob_cached,
+    malformed,
+    substitute,
+)
 
 # Every IAM action of KMS (ReEncrypt is authorized as ReEncryptFrom + ReEncryptTo).
 KMS_ACTIONS: tuple[str, ...] = (
@@ -47,20 +55,7 @@ _IAM_PRINCIPAL = re.compile(
     r"^arn:aws:iam::(\d{12}):(root|user/[\w+=,.@/-]+|role/[\w+=,.@/-]+)$")
 _ASSUMED_ROLE = re.compile(r"^arn:aws:sts::(\d{12}):assumed-role/([\w+=,.@-]+)/([\w+=,.@-]+)$")
 _SERVICE = re.compile(r"^[a-z0-9.-]+\.amazonaws\.com(\.cn)?$")
-_VARIABLE = re.compile(r"\$\{([^}]*)\}")
 
-MALFORMED = "The policy is not syntactically correct."  # shape errors, AWS's generic words
-INVALID_PRINCIPALS = "Policy contains a statement with one or more invalid principals."
-
-
-def _malformed(message: str = MALFORMED) -> MalformedPolicyDocumentException:
-    return MalformedPolicyDocumentException(message)
-
-
-class Context(Protocol):
-    """The request context, asked by condition key (lowercased); None when absent."""
-
-    def values(self, key: str) -> tuple[str, ...] | None: ...
 
 
 class Outcome(enum.Enum):
@@ -89,16 +84,6 @@ class Request:
 
 
 # -- compiled pieces ------------------------------------------------------------------------
-def _glob(pattern: str, *, ignore_case: bool) -> re.Pattern[str]:
-    body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.compile(f"^{body}$", re.DOTALL | (re.IGNORECASE if ignore_case else 0))
-
-
-@functools.lru_cache(maxsize=4096)
-def _glob_cached(pattern: str, ignore_case: bool) -> re.Pattern[str]:
-    return _glob(pattern, ignore_case=ignore_case)
-
-
 @dataclass(frozen=True, slots=True)
 class Principals:
     anyone: bool
@@ -124,7 +109,7 @@ def _principals(value: Any) -> Principals:
     if value == "*":
         return Principals(True, frozenset(), frozenset(), frozenset())
     if not isinstance(value, dict) or not value:
-        raise _malformed(INVALID_PRINCIPALS)
+        raise malformed(INVALID_PRINCIPALS)
     anyone, arns, accounts, services = False, set(), set(), set()
     for kind, raw in value.items():
         items = _strings(raw, INVALID_PRINCIPALS)
@@ -142,21 +127,21 @@ def _principals(value: Any) -> Principals:
                 elif _ASSUMED_ROLE.match(p):
                     arns.add(p)
                 else:
-                    raise _malformed(INVALID_PRINCIPALS)
+                    raise malformed(INVALID_PRINCIPALS)
         elif kind == "Service":
             for p in items:
                 if not _SERVICE.match(p):
-                    raise _malformed(INVALID_PRINCIPALS)
+                    raise malformed(INVALID_PRINCIPALS)
                 services.add(p)
         else:
-            raise _malformed(INVALID_PRINCIPALS)
+            raise malformed(INVALID_PRINCIPALS)
     return Principals(anyone, frozenset(arns), frozenset(accounts), frozenset(services))
 
 
 def _strings(raw: Any, message: str = MALFORMED) -> list[str]:
     items = [raw] if isinstance(raw, str) else raw
     if not isinstance(items, list) or not items or not all(isinstance(i, str) for i in items):
-        raise _malformed(message)
+        raise malformed(message)
     return items
 
 
@@ -168,16 +153,16 @@ def _actions(raw: Any) -> frozenset[str]:
             return ALL_ACTIONS
         service, sep, name = pattern.partition(":")
         if not sep or not service or not name:
-            raise _malformed(f"Invalid action: {pattern}")
+            raise malformed(f"Invalid action: {pattern}")
         if service.lower() != "kms":
             continue
         if "*" in name or "?" in name:
-            rx = _glob(name, ignore_case=True)
+            rx = glob(name, ignore_case=True)
             matched.update(a for a in ALL_ACTIONS if rx.match(a))
         elif name.lower() in ALL_ACTIONS:
             matched.add(name.lower())
         else:
-            raise _malformed(f"Policy contains an unknown action: {pattern}")
+            raise malformed(f"Policy contains an unknown action: {pattern}")
     return frozenset(matched)
 
 
@@ -190,8 +175,8 @@ class Resources:
         if self.anything:
             return True
         for raw in self.patterns:
-            p = _substitute(raw, r.context) if "${" in raw else raw
-            if p is not None and _glob_cached(p, False).match(resource):
+            p = substitute(raw, r.context) if "${" in raw else raw
+            if p is not None and glob_cached(p, False).match(resource):
                 return True
         return False
 
@@ -202,219 +187,6 @@ def _resources(raw: Any) -> Resources:
 
 
 # -- conditions -----------------------------------------------------------------------------
-def _substitute(text: str, ctx: Context) -> str | None:
-    """Policy variables (``${aws:username}``, ``${*}``...); None when one is absent."""
-    missing = False
-
-    def one(m: re.Match[str]) -> str:
-        nonlocal missing
-        name = m.group(1)
-        if name in ("*", "?", "$"):
-            return name
-        key, _, default = name.partition(",")
-        got = ctx.values(key.strip().lower())
-        if got:
-            return got[0]
-        if default:
-            return default.strip().strip("'")
-        missing = True
-        return ""
-
-    out = _VARIABLE.sub(one, text)
-    return None if missing else out
-
-
-def _number(v: str) -> float | None:
-    try:
-        return float(v)
-    except ValueError:
-        return None
-
-
-@functools.lru_cache(maxsize=4096)
-def _date(v: str) -> float | None:
-    if re.fullmatch(r"-?\d+(\.\d+)?", v):
-        return float(v)
-    try:
-        return datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
-@functools.lru_cache(maxsize=4096)
-def _address(v: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(v)
-    except ValueError:
-        return None
-
-
-def _network(p: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
-    try:
-        return ipaddress.ip_network(p, strict=False)
-    except ValueError:
-        return None
-
-
-def _arn_parts(pattern: str) -> tuple[re.Pattern[str], ...] | None:
-    parts = pattern.split(":", 5)
-    return tuple(_glob(x, ignore_case=False) for x in parts) if len(parts) == 6 else None
-
-
-def _binary(p: str) -> bytes | None:
-    try:
-        return base64.b64decode(p, validate=True)
-    except ValueError:
-        return None
-
-
-Test = Callable[[str], bool]  # does one request value match any of the patterns
-
-
-def _ordered(patterns: tuple[str, ...], parse: Callable[[str], float | None],
-             op: Callable[[float, float], bool]) -> Test:
-    bounds = [b for b in map(parse, patterns) if b is not None]
-
-    def test(v: str) -> bool:
-        a = parse(v)
-        return a is not None and any(op(a, b) for b in bounds)
-    return test
-
-
-def _matcher(operator: str, patterns: tuple[str, ...]) -> Test:  # noqa: C901 - one per family
-    """The compiled OR over a condition's values for one request value."""
-    if operator in ("stringequals", "stringnotequals"):
-        exact = frozenset(patterns)
-        return exact.__contains__
-    if operator in ("stringequalsignorecase", "stringnotequalsignorecase", "bool"):
-        lowered = frozenset(p.lower() for p in patterns)
-        return lambda v: v.lower() in lowered
-    if operator in ("stringlike", "stringnotlike"):
-        rx = re.compile("|".join(f"(?:{_glob(p, ignore_case=False).pattern})"
-                                 for p in patterns), re.DOTALL)
-        return lambda v: rx.match(v) is not None
-    if operator.startswith("numeric"):
-        op = _COMPARISONS[operator.removeprefix("numeric").replace("not", "")]
-        return _ordered(patterns, _number, op)
-    if operator.startswith("date"):
-        return _ordered(patterns, _date, _COMPARISONS[operator.removeprefix("date")
-                                                      .replace("not", "")])
-    if operator in ("ipaddress", "notipaddress"):
-        nets = [n for n in map(_network, patterns) if n is not None]
-
-        def in_nets(v: str) -> bool:
-            a = _address(v)
-            return a is not None and any(a.version == n.version and a in n for n in nets)
-        return in_nets
-    if operator.startswith("arn"):
-        arns = [a for a in map(_arn_parts, patterns) if a is not None]
-
-        def arn_like(v: str) -> bool:
-            parts = v.split(":", 5)
-            return len(parts) == 6 and any(
-                all(rx.match(x) for rx, x in zip(a, parts, strict=True)) for a in arns)
-        return arn_like
-    if operator == "binaryequals":
-        blobs = frozenset(b for b in map(_binary, patterns) if b is not None)
-        return lambda v: v.encode("utf-8") in blobs or v in patterns
-    raise AssertionError(operator)
-
-
-_COMPARISONS: dict[str, Callable[[float, float], bool]] = {
-    "equals": lambda a, b: a == b, "lessthan": lambda a, b: a < b,
-    "lessthanequals": lambda a, b: a <= b, "greaterthan": lambda a, b: a > b,
-    "greaterthanequals": lambda a, b: a >= b,
-}
-OPERATORS = frozenset({
-    "stringequals", "stringnotequals", "stringequalsignorecase", "stringnotequalsignorecase",
-    "stringlike", "stringnotlike", "numericequals", "numericnotequals", "numericlessthan",
-    "numericlessthanequals", "numericgreaterthan", "numericgreaterthanequals", "dateequals",
-    "datenotequals", "datelessthan", "datelessthanequals", "dategreaterthan",
-    "dategreaterthanequals", "bool", "binaryequals", "ipaddress", "notipaddress", "arnequals",
-    "arnlike", "arnnotequals", "arnnotlike", "null",
-})
-_NEGATED = frozenset({"stringnotequals", "stringnotequalsignorecase", "stringnotlike",
-                      "numericnotequals", "datenotequals", "notipaddress", "arnnotequals",
-                      "arnnotlike"})
-
-
-class Condition:
-    """One key under one operator, compiled: its values OR (one matcher), the qualifier
-    says how a set of request values meets them."""
-
-    __slots__ = ("_absent", "_test", "if_exists", "key", "negated", "operator", "patterns",
-                 "qualifier")
-
-    def __init__(self, operator: str, key: str, patterns: tuple[str, ...], qualifier: str,
-                 if_exists: bool) -> None:
-        self.operator, self.key, self.patterns = operator, key, patterns
-        self.qualifier, self.if_exists = qualifier, if_exists
-        self.negated = operator in _NEGATED
-        # The answer when the key is absent from the request (or an empty set).
-        self._absent = (qualifier == "forallvalues" or if_exists
-                        or (self.negated and qualifier != "foranyvalue"))
-        variable = any("${" in p for p in patterns)
-        self._test: Test | None = None
-        if operator != "null" and not variable:
-            self._test = _matcher(operator, patterns)
-
-    def holds(self, ctx: Context) -> bool:
-        got = ctx.values(self.key)
-        if self.operator == "null":
-            absent = not got
-            return any((p.lower() == "true") == absent for p in self.patterns)
-        if not got:
-            return self._absent
-        test = self._test
-        if test is None:  # policy variables: substituted per request
-            live = tuple(x for x in (_substitute(p, ctx) for p in self.patterns)
-                         if x is not None)
-            test = _matcher(self.operator, live) if live else (lambda v: False)
-        if self.qualifier == "forallvalues":
-            return (not any(map(test, got))) if self.negated else all(map(test, got))
-        if self.negated:
-            if self.qualifier == "foranyvalue":
-                return not all(map(test, got))
-            return not any(map(test, got))
-        return any(map(test, got))
-
-
-def _conditions(raw: Any) -> tuple[Condition, ...]:
-    if not isinstance(raw, dict):
-        raise _malformed()
-    out: list[Condition] = []
-    for op_name, block in raw.items():
-        if not isinstance(op_name, str) or not isinstance(block, dict) or not block:
-            raise _malformed()
-        name = op_name.lower()
-        qualifier = ""
-        for q in ("foranyvalue:", "forallvalues:"):
-            if name.startswith(q):
-                qualifier, name = q[:-1], name[len(q):]
-        if_exists = name.endswith("ifexists") and name != "null"
-        if if_exists:
-            name = name[: -len("ifexists")]
-        if name not in OPERATORS:
-            raise _malformed(f"Policy contains an unknown condition operator: {op_name}")
-        for key, values in block.items():
-            items = [values] if isinstance(values, str | bool | int | float) else values
-            if not isinstance(items, list) or not items:
-                raise _malformed()
-            patterns = tuple(_scalar(v) for v in items)
-            out.append(Condition(name, str(key).lower(), patterns, qualifier, if_exists))
-    return tuple(out)
-
-
-def _scalar(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return str(v)
-    if isinstance(v, str):
-        return v
-    raise _malformed()
-
-
 # -- statements and documents ---------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Statement:
@@ -505,7 +277,7 @@ def _reads(s: Statement) -> set[str]:
     if s.resources is not None:
         texts.extend(s.resources.patterns)
     for t in texts:
-        for m in _VARIABLE.finditer(t):
+        for m in VARIABLE.finditer(t):
             name = m.group(1).partition(",")[0].strip().lower()
             if name not in ("*", "?", "$"):
                 keys.add(name)
@@ -528,27 +300,27 @@ _STATEMENT = {"Sid", "Effect", "Principal", "NotPrincipal", "Action", "NotAction
 
 def _statement(raw: Any, resource_policy: bool, named: list[str]) -> Statement:
     if not isinstance(raw, dict) or set(raw) - _STATEMENT:
-        raise _malformed()
+        raise malformed()
     sid = raw.get("Sid", "")
     effect = raw.get("Effect")
     if not isinstance(sid, str) or effect not in ("Allow", "Deny"):
-        raise _malformed()
+        raise malformed()
     if ("Action" in raw) == ("NotAction" in raw) and "Action" in raw:
-        raise _malformed()
+        raise malformed()
     if "Resource" in raw and "NotResource" in raw:
-        raise _malformed()
+        raise malformed()
     principals: Principals | None = None
     not_principal = False
     if resource_policy:
         if ("Principal" in raw) == ("NotPrincipal" in raw):
-            raise _malformed(INVALID_PRINCIPALS)
+            raise malformed(INVALID_PRINCIPALS)
         not_principal = "NotPrincipal" in raw
         value = raw["NotPrincipal" if not_principal else "Principal"]
         principals = _principals(value)
         if isinstance(value, dict):
             named.extend(p for p in _strings(value.get("AWS", "*")) if p.startswith("arn:"))
     elif "Principal" in raw or "NotPrincipal" in raw:
-        raise _malformed("Identity policies do not name a Principal.")
+        raise malformed("Identity policies do not name a Principal.")
     not_action = "NotAction" in raw
     actions = _actions(raw["NotAction" if not_action else "Action"]) \
         if ("Action" in raw or not_action) else frozenset()
@@ -556,11 +328,11 @@ def _statement(raw: Any, resource_policy: bool, named: list[str]) -> Statement:
     resources = None
     if "Resource" in raw or not_resource:
         resources = _resources(raw["NotResource" if not_resource else "Resource"])
-    conditions = _conditions(raw["Condition"]) if "Condition" in raw else ()
+    compiled = conditions(raw["Condition"]) if "Condition" in raw else ()
     if not ("Action" in raw or not_action):  # a missing Action is ineffective, not an error
         not_action, actions = False, frozenset()
     return Statement(sid, effect == "Allow", principals, not_principal, actions, not_action,
-                     resources, not_resource, conditions)
+                     resources, not_resource, compiled)
 
 
 def parse(text: str, *, resource_policy: bool = True) -> Policy:
@@ -572,23 +344,23 @@ def parse(text: str, *, resource_policy: bool = True) -> Policy:
 @functools.lru_cache(maxsize=1024)
 def _compiled(text: str, resource_policy: bool) -> Policy:  # positional: the cache's fast path
     if any(not (c in "\t\n\r" or " " <= c <= "\u00ff") for c in text):
-        raise _malformed("The policy contains characters that are not allowed.")
+        raise malformed("The policy contains characters that are not allowed.")
     try:
         doc = json.loads(text)
     except ValueError:
-        raise _malformed() from None
+        raise malformed() from None
     if not isinstance(doc, dict) or set(doc) - _TOP or "Statement" not in doc:
-        raise _malformed()
+        raise malformed()
     version = doc.get("Version", "2008-10-17")
     if version not in ("2012-10-17", "2008-10-17"):
-        raise _malformed()
+        raise malformed()
     pid = doc.get("Id", "")
     if not isinstance(pid, str):
-        raise _malformed()
+        raise malformed()
     raw = doc["Statement"]
     items = raw if isinstance(raw, list) else [raw]
     if not items:
-        raise _malformed()
+        raise malformed()
     named: list[str] = []
     statements = tuple(_statement(s, resource_policy, named) for s in items)
     return _compile(pid, statements, named)
