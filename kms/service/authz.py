@@ -91,6 +91,17 @@ class CallContext:
             return _tag(self.request_tags(), name[len("aws:requesttag/"):])
         return None
 
+    def same_key(self) -> tuple[str, ...] | None:
+        """kms:ReEncryptOnSameKey: ReEncrypt's destination names the key it decrypts with."""
+        raw, key = self.call.params.get("DestinationKeyId"), self.key
+        if self.call.operation != "ReEncrypt" or not isinstance(raw, str) or key is None:
+            return None
+        if raw in (key.key_id, key.arn):
+            return ("true",)
+        alias = ALIAS_PREFIX + raw.split(":alias/", 1)[1] if ":alias/" in raw else raw
+        target = self.service.state.aliases.get(alias) if self.service is not None else None
+        return (_flag(target is not None and target.key_id == key.key_id),)
+
     def request_alias(self) -> tuple[str, ...] | None:
         raw = self.call.params.get("DestinationKeyId" if self.action == "ReEncryptTo"
                                    else "KeyId")
@@ -257,8 +268,7 @@ _KEYS: dict[str, Lookup] = {
                                                         "PendingWindowInDays", 30),
     "kms:bypasspolicylockoutsafetycheck": _only(_POLICY_OPS, "BypassPolicyLockoutSafetyCheck",
                                                 False),
-    "kms:reencryptonsamekey": lambda c: (_flag(len(c.call.resources) == 1),)
-    if c.call.operation == "ReEncrypt" else None,
+    "kms:reencryptonsamekey": lambda c: c.same_key(),
     "aws:principalarn": lambda c: (_principal_arn(c.call.caller),),
     "aws:principalaccount": lambda c: _optional(c.call.caller.account),
     "aws:principaltype": lambda c: (_PRINCIPAL_TYPES.get(c.call.caller.principal_type,

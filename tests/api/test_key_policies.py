@@ -357,3 +357,21 @@ def test_tags_at_creation_need_tag_resource(root: Any, node: ServerProcess) -> N
 
     assert dave.list_keys()["Keys"] == []
     assert dave.create_key()["KeyMetadata"]["KeyState"] == "Enabled"
+
+
+def test_reencrypt_on_the_same_key_can_be_denied(root: Any, node: ServerProcess) -> None:
+    text = policy(root_may(), {
+        "Effect": "Deny", "Principal": "*", "Action": "kms:ReEncrypt*", "Resource": "*",
+        "Condition": {"Bool": {"kms:ReEncryptOnSameKey": "true"}}})
+    key = root.create_key(Policy=text)["KeyMetadata"]["KeyId"]
+    other = root.create_key()["KeyMetadata"]["KeyId"]
+    root.create_alias(AliasName="alias/same", TargetKeyId=key)
+    blob = root.encrypt(KeyId=key, Plaintext=b"x")["CiphertextBlob"]
+
+    for same in (key, "alias/same"):
+        message = refused(node, lambda same=same: root.re_encrypt(
+            CiphertextBlob=blob, DestinationKeyId=same), "AccessDeniedException")
+        assert "kms:ReEncrypt" in message and message.endswith(
+            "with an explicit deny in a resource-based policy")
+    assert root.re_encrypt(CiphertextBlob=blob, DestinationKeyId=other)["KeyId"].endswith(
+        other)
