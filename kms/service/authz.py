@@ -343,13 +343,19 @@ EXPLICIT_DENY_RESOURCE = "with an explicit deny in a resource-based policy"
 EXPLICIT_DENY_IDENTITY = "with an explicit deny in an identity-based policy"
 
 
+# An identity policy this evaluator cannot read stands for a Deny of everything (fail
+# closed): a Deny statement with a typo must not silently grant what it was written to stop.
+_UNREADABLE = pol.parse('{"Version": "2012-10-17", "Statement": [{"Effect": "Deny", '
+                        '"Action": "*", "Resource": "*"}]}', resource_policy=False)
+
+
 def identity_policies(caller: Caller) -> list[pol.Policy]:
     out = []
     for text in caller.identity_policies:
         try:
             out.append(pol.parse(text, resource_policy=False))
         except KMSError:
-            continue  # validated at start; a bad one grants nothing
+            out.append(_UNREADABLE)
     return out
 
 

@@ -316,3 +316,18 @@ def test_remembered_outcomes_are_the_outcomes(requests: list[tuple[Any, ...]]) -
         fresh = pol._decide(compiled.by_action["encrypt"][0], r)
         assert compiled.evaluate(r) is fresh
         assert compiled.evaluate(r) is fresh
+
+
+def test_an_unreadable_identity_policy_denies_everything() -> None:
+    """A Deny written with a typo must not leave the Allow beside it standing (fail closed)."""
+    from kms.service import authz
+    from kms.service.core import Call, Caller
+
+    allow_all = doc({"Effect": "Allow", "Action": "kms:*", "Resource": "*"})
+    typo = doc({"Effect": "Deny", "Action": "kms:ListKey", "Resource": "*"})
+    caller = Caller(ALICE, ACCOUNT, "AK", principal_type="IAMUser",
+                    identity_policies=(allow_all, typo))
+
+    why = authz.decide(Call("r", "ListKeys", caller, 0, {}), "ListKeys", None, account=ACCOUNT)
+
+    assert why == authz.EXPLICIT_DENY_IDENTITY
