@@ -178,6 +178,12 @@ DRY_RUNS: dict[str, Callable[[Any, dict[str, Any]], Any]] = {
     "Decapsulate": lambda kms, k: kms.decapsulate(
         KeyId=k["kem"], SharedSecretCiphertextBlob=k["encapsulated"],
         EncapsulationAlgorithm="ML_KEM", DryRun=True),
+    "CreateGrant": lambda kms, k: kms.create_grant(
+        KeyId=k["sym"], GranteePrincipal=k["grantee"], Operations=["Decrypt"], DryRun=True),
+    "RetireGrant": lambda kms, k: kms.retire_grant(KeyId=k["sym"], GrantId=k["grant"],
+                                                   DryRun=True),
+    "RevokeGrant": lambda kms, k: kms.revoke_grant(KeyId=k["sym"], GrantId=k["grant"],
+                                                   DryRun=True),
 }
 
 
@@ -198,6 +204,10 @@ def dry_run_keys(kms: Any) -> dict[str, Any]:
                                    MacAlgorithm="HMAC_SHA_256")["Mac"]
     keys["signature"] = kms.sign(KeyId=keys["sign"], Message=b"m",
                                  SigningAlgorithm="ECDSA_SHA_256")["Signature"]
+    account = kms.describe_key(KeyId=sym)["KeyMetadata"]["AWSAccountId"]
+    keys["grantee"] = f"arn:aws:iam::{account}:root"
+    keys["grant"] = kms.create_grant(KeyId=sym, GranteePrincipal=keys["grantee"],
+                                     Operations=["Encrypt"])["GrantId"]
     return keys
 
 
