@@ -77,8 +77,11 @@ async def list_key_rotations(svc: Service, call: Call, p: dict[str, Any]) -> dic
         lifecycle.check_rotatable(key)
     everything = p.get("IncludeKeyMaterial") == "ALL_KEY_MATERIAL"
     rotated = {r.material_id: r for r in key.rotations}
+    fenced = _fenced_versions(svc, key)
     entries: list[dict[str, Any]] = []
     for position, material_id in enumerate(_material_ids(key)):
+        if material_id in fenced:
+            continue
         r = rotated.get(material_id)
         if r is None and not everything:
             continue
@@ -92,6 +95,18 @@ async def list_key_rotations(svc: Service, call: Call, p: dict[str, Any]) -> dic
                        valid=lambda m: len(m) == 8 and m.isdigit())
     return {"Rotations": [{k: v for k, v in e.items() if k != "_position"} for e in chunk],
             **tail}
+
+
+def _fenced_versions(svc: Service, key: Key) -> frozenset[str]:
+    """The versions a demoted old primary made under an epoch a promotion ended: they never
+    became part of the key (``kms region conflicts`` reports them; they still decrypt what
+    they encrypted here), so its rotation list is the one every member shows."""
+    mrk = svc.state.mrks.get(key.key_id) if key.multi_region else None
+    if (mrk is None or mrk.origin == "EXTERNAL"
+            or not any(c.origin_region == key.region for c in mrk.conflicts)):
+        return frozenset()
+    shared = {m.material_id for m in mrk.materials}
+    return frozenset(m.material_id for m in key.materials if m.material_id not in shared)
 
 
 def _material_ids(key: Key) -> list[str]:

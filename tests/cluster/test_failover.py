@@ -224,6 +224,10 @@ def test_a_write_acknowledged_while_cut_off_is_fenced_and_reported_not_merged(
 
     # The fenced rotation never reached the new primary's shared side: AP has one version.
     assert kms[AP].list_key_rotations(KeyId=key)["Rotations"] == []
+    # ... and the old primary lists what every member lists, not its fenced rotation
+    # (reported above, never passed off as the key's).
+    for region in (US, EU):
+        assert kms[region].list_key_rotations(KeyId=key)["Rotations"] == [], region
     # No data lost: every ciphertext decrypts where its material exists.
     for region in (US, EU, AP):
         assert sum(decrypts(kms[region], b, p) for b, p in blobs) == 4, region
