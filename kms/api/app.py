@@ -531,14 +531,16 @@ def create_app(node: Node, regions: Regions | None = None) -> web.Application:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
+    stream = audit_handler(regions)
     app.cleanup_ctx.append(lifecycle)
     app.cleanup_ctx.append(auth_failure_summaries)
+    app.cleanup_ctx.append(stream.summaries)  # read summaries, written before regions stop
     routes = [
         web.post("/", gateway.handle),
         web.get("/", gateway.handle_get),
         web.get("/_kms/health", with_regions),
         web.get("/_kms/audit/public-key", audit_public_key),
-        web.get("/_kms/audit", audit_handler(regions)),  # the CloudTrail stream (kms.audit)
+        web.get("/_kms/audit", stream),  # the CloudTrail stream (kms.audit)
     ]
     if node.config.dev:
         routes += [web.post("/_kms/reset", dev_reset), web.post("/_kms/clock", dev_clock)]

@@ -4,7 +4,9 @@ Rules: ``cloudtrail_record`` is pure (a fact and where it sits in, a record out)
 stream, the export and the tests read the same record; ``requestParameters`` keep only the
 members the botocore model neither marks ``sensitive`` nor types as a blob (no plaintext,
 ciphertext, key material, public key, MAC or signature ever); crypto operations log
-``responseElements: null``, as AWS does.
+``responseElements: null``, as AWS does. A cross-account call gives one record per account
+(``fact_records``): the key owner's (eventID ``event_id``, the one GetKeyLastUsage names) and
+the caller's, each with its recipientAccountId, both with the same sharedEventID.
 """
 
 from __future__ import annotations
@@ -142,8 +144,10 @@ def _camel_keys(value: Any, member: str = "") -> Any:
 
 # -- the record ---------------------------------------------------------------------------
 def cloudtrail_record(fact: ev.ApiCallRecorded, *, seq: int, at_ms: int, region: str,
-                      recipient_account: str) -> dict[str, Any]:
-    """The CloudTrail record of one audit fact at ``seq`` (its eventID: ``event_id``)."""
+                      recipient_account: str, shared: bool | None = None) -> dict[str, Any]:
+    """The CloudTrail record of one audit fact at ``seq`` (its eventID: ``event_id``) as
+    ``recipient_account`` receives it; ``shared``: whether it carries a sharedEventID
+    (default: when the caller is of another account)."""
     service = fact.event_type == "AwsServiceEvent"
     account = recipient_account
     record: dict[str, Any] = {
@@ -172,7 +176,8 @@ def cloudtrail_record(fact: ev.ApiCallRecorded, *, seq: int, at_ms: int, region:
     record["eventType"] = fact.event_type
     record["managementEvent"] = True
     record["recipientAccountId"] = account
-    if not service and _cross_account(fact, recipient_account):
+    if shared if shared is not None else (not service and _cross_account(fact,
+                                                                       recipient_account)):
         record["sharedEventID"] = _shared_event_id(fact.request_id)
     if service:
         details: dict[str, Any] = {"keyId": _key_id(fact.resources[0])} if fact.resources \
@@ -184,12 +189,50 @@ def cloudtrail_record(fact: ev.ApiCallRecorded, *, seq: int, at_ms: int, region:
     return record
 
 
+def recipients(fact: ev.ApiCallRecorded, default_account: str) -> list[str]:
+    """The accounts a fact's record is delivered to: the owners of the keys it names, then
+    the caller's account if another (a cross-account call); ``default_account`` (the node's)
+    when it names neither (a caller never authenticated, say)."""
+    out: list[str] = []
+    for account in map(_arn_account, fact.resources):
+        if account and account not in out:
+            out.append(account)
+    if fact.event_type != "AwsServiceEvent" and fact.account and fact.account not in out:
+        out.append(fact.account)
+    return out or [default_account]
+
+
+def fact_records(fact: ev.ApiCallRecorded, *, seq: int, at_ms: int, region: str,
+                 default_account: str) -> list[dict[str, Any]]:
+    """Every record of one fact, one per recipient account (``recipients``): the first keeps
+    eventID ``event_id(request_id, seq)``; the others get their own eventID, and all of them
+    the same sharedEventID when there are several."""
+    accounts = recipients(fact, default_account)
+    shared = len(accounts) > 1
+    out = []
+    for i, account in enumerate(accounts):
+        record = cloudtrail_record(fact, seq=seq, at_ms=at_ms, region=region,
+                                   recipient_account=account, shared=shared)
+        if i:
+            record["eventID"] = account_event_id(fact.request_id, seq, account)
+        out.append(record)
+    return out
+
+
+def account_event_id(request_id: str, seq: int, account: str) -> str:
+    """The eventID of a fact's record in a recipient account other than its first."""
+    digest = hashlib.sha256(
+        f"kms-audit-event\x00{request_id}\x00{seq}\x00{account}".encode()).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=4))
+
+
 def records(envelopes: Sequence[ev.Envelope], region: str, account: str,
             ) -> list[tuple[int, dict[str, Any]]]:
-    """(seq, record) of each audit fact among ``envelopes``."""
-    return [(e.seq, cloudtrail_record(e.event, seq=e.seq, at_ms=e.at_ms, region=region,
-                                      recipient_account=account))
-            for e in envelopes if isinstance(e.event, ev.ApiCallRecorded)]
+    """(seq, record) of each audit fact among ``envelopes``, every recipient's record
+    (``account``: the node's, for a fact that names no account)."""
+    return [(e.seq, r) for e in envelopes if isinstance(e.event, ev.ApiCallRecorded)
+            for r in fact_records(e.event, seq=e.seq, at_ms=e.at_ms, region=region,
+                                  default_account=account)]
 
 
 def user_identity(fact: ev.ApiCallRecorded, recipient_account: str) -> dict[str, Any]:
@@ -288,18 +331,20 @@ def _key_id(arn: str) -> str:
 
 
 async def read_records(log: EventLog, after_seq: int, limit: int, *,
-                       account: str | None = None) -> tuple[list[tuple[int, dict[str, Any]]], int]:
+                       account: str | None = None, default_account: str = "",
+                       ) -> tuple[list[tuple[int, dict[str, Any]]], int]:
     """The CloudTrail records of the committed audit facts after ``after_seq`` (at most
-    ``limit``), and the seq the answer is complete up to. ``account`` is the recipient
-    account (default: each fact's resource's, else the caller's)."""
+    ``limit`` facts), and the seq the answer is complete up to. Each fact gives one record
+    per recipient account (``fact_records``); ``account`` keeps only that account's view.
+    ``default_account``: the recipient of a fact that names no account."""
     envelopes, through = await log.read_audit(after_seq, limit)
     out = []
     for e in envelopes:
         fact = e.event
         if not isinstance(fact, ev.ApiCallRecorded):
             continue
-        owner = account or next((a for a in map(_arn_account, fact.resources) if a),
-                                fact.account)
-        out.append((e.seq, cloudtrail_record(fact, seq=e.seq, at_ms=e.at_ms,
-                                              region=log.region, recipient_account=owner)))
+        out += [(e.seq, r) for r in fact_records(fact, seq=e.seq, at_ms=e.at_ms,
+                                                 region=log.region,
+                                                 default_account=default_account)
+                if account is None or r["recipientAccountId"] == account]
     return out, through

@@ -1,11 +1,14 @@
 """``GET /_kms/audit``: the CloudTrail records of a region's log, after a cursor, long-polled.
 
 Rules: a consumer is woken by the log's durable commit of an audit fact (``subscribe_audit``),
-never by polling the database. A cursor names a position by its seq and the hash chain's
-value there, so after ``/_kms/reset`` or a restore (where the same seq holds another row or
-none) it is refused with ``ExpiredCursorException`` (410), never silently reused. Reads are
-audited (``ReadAuditStream``) unless every record they return is itself a read: so a read
-never feeds a loop of reads. Open in ``--dev``; otherwise SigV4 by an ``audit_readers`` ARN.
+never by polling the database; recent facts are kept in a ring and each is rendered (record
+and JSON) once, however many reads return it; a long-poll that finds fewer than ``limit``
+records lingers ``COALESCE_SECONDS`` once to batch more. A cursor names a position by its seq
+and the hash chain's value there, so after ``/_kms/reset`` or a restore (where the same seq
+holds another row or none) it is refused with ``ExpiredCursorException`` (410), never silently
+reused. ``?account=`` keeps one recipient account's records (a cross-account call has one per
+account). Reads are audited by ``ReadAudits``' rule (below), so a read never feeds a loop of
+reads. Open in ``--dev``; otherwise SigV4 by an ``audit_readers`` ARN.
 """
 
 from __future__ import annotations
@@ -13,19 +16,29 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import bisect
+import contextlib
+import json
 import re
 import struct
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from aiohttp import web
 
 from kms.api.sigv4 import SigV4Verifier
-from kms.audit.cloudtrail import read_records
+from kms.audit.cloudtrail import fact_records, read_records
 from kms.domain import events as ev
-from kms.domain.errors import AccessDeniedException, KMSError, ValidationException
+from kms.domain.errors import (
+    AccessDeniedException,
+    KMSError,
+    KMSInternalException,
+    ValidationException,
+)
 from kms.service.core import Caller, printable
 from kms.store.log import EventLog
 
@@ -37,9 +50,15 @@ READ_EVENT = "ReadAuditStream"  # the eventName of a read of this stream
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_WAIT_SECONDS = 20.0
+COALESCE_SECONDS = 0.02  # how long a long-poll that found a few records waits for more
+RING_FACTS = 4096  # recent audit facts kept rendered (between this and twice as many)
+ISSUED_CURSORS = 1024  # cursors remembered, so a follower's next read skips the db check
+READ_SUMMARY_SECONDS = 60.0  # a consumer's reads in this long: one fact, then a summary
 _CURSOR_PREFIX = "c1_"
 _CURSOR = struct.Struct(">Q16s")
 _CREDENTIAL = re.compile(r"Credential=([A-Za-z0-9]+)/")
+_ACCOUNT = re.compile(r"[0-9]{12}")
+log = structlog.get_logger("kms.audit")
 
 
 class ExpiredCursorException(KMSError):
@@ -76,18 +95,52 @@ def decode_cursor(cursor: str) -> tuple[int, bytes]:
             "cursor this stream returned in NextCursor") from None
 
 
-# -- waking followers ---------------------------------------------------------------------
+# -- waking followers, and the ring of rendered records ----------------------------------
+class _Fact:
+    """One audit fact of the ring, rendered on first read: (account, eventName, JSON) of
+    each recipient's record."""
+
+    __slots__ = ("seq", "envelope", "views")
+
+    def __init__(self, envelope: ev.Envelope) -> None:
+        self.seq = envelope.seq
+        self.envelope = envelope
+        self.views: list[tuple[str, str, bytes]] | None = None
+
+    def rendered(self, region: str, account: str) -> list[tuple[str, str, bytes]]:
+        if self.views is None:
+            e = self.envelope
+            assert isinstance(e.event, ev.ApiCallRecorded)
+            self.views = [(r["recipientAccountId"], r["eventName"], _json(r))
+                          for r in fact_records(e.event, seq=e.seq, at_ms=e.at_ms,
+                                                region=region, default_account=account)]
+        return self.views
+
+
 class AuditFeed:
-    """Resolves a future at each durable commit of audit facts (and at a wipe)."""
+    """Resolves a future at each durable commit of audit facts (and at a wipe), and keeps
+    the facts committed since it was made in a ring: every audit fact after ``ring_from``."""
 
     def __init__(self, log: EventLog) -> None:
+        self.log = log
         self._changed: asyncio.Future[None] | None = None
         self.wipes = 0
+        self.ring: list[_Fact] = []
+        self.ring_from = log.last_seq
+        self.issued: dict[int, bytes] = {}  # seq -> chain prefix of the cursors it gave out
         log.subscribe_audit(self)
 
     def __call__(self, envelopes: Sequence[ev.Envelope] | None) -> None:
         if envelopes is None:
             self.wipes += 1
+            self.ring.clear()
+            self.issued.clear()
+            self.ring_from = self.log.last_seq
+        else:
+            self.ring += [_Fact(e) for e in envelopes if isinstance(e.event, ev.ApiCallRecorded)]
+            if len(self.ring) > 2 * RING_FACTS:
+                self.ring_from = self.ring[-RING_FACTS - 1].seq
+                del self.ring[:-RING_FACTS]
         if self._changed is not None and not self._changed.done():
             self._changed.set_result(None)
         self._changed = None
@@ -97,6 +150,34 @@ class AuditFeed:
         if self._changed is None:
             self._changed = asyncio.get_running_loop().create_future()
         return self._changed
+
+    def issue(self, seq: int, chain: bytes) -> None:
+        self.issued[seq] = chain[:16]
+        if len(self.issued) > ISSUED_CURSORS:
+            del self.issued[next(iter(self.issued))]
+
+    def from_ring(self, after_seq: int, limit: int, account: str | None, region: str,
+                  default_account: str) -> tuple[list[tuple[str, bytes]], int] | None:
+        """(eventName, JSON) of the records after ``after_seq`` (whole facts, up to
+        ``limit`` records) and the seq the answer is complete up to; None when the ring
+        does not reach back to ``after_seq``."""
+        if after_seq < self.ring_from:
+            return None
+        ring = self.ring
+        i = bisect.bisect_right(ring, after_seq, key=lambda f: f.seq)
+        out: list[tuple[str, bytes]] = []
+        through = self.log.last_seq  # the ring holds every audit fact up to the last commit
+        for fact in ring[i:]:
+            views = [(name, body) for acct, name, body in fact.rendered(region, default_account)
+                     if account is None or acct == account]
+            if out and len(out) + len(views) > limit:
+                through = fact.seq - 1
+                break
+            out += views
+            if len(out) >= limit:
+                through = fact.seq
+                break
+        return out, through
 
 
 _FEEDS: weakref.WeakKeyDictionary[EventLog, AuditFeed] = weakref.WeakKeyDictionary()
@@ -109,12 +190,90 @@ def feed_for(log: EventLog) -> AuditFeed:
     return feed
 
 
-# -- the endpoint -------------------------------------------------------------------------
-def audit_handler(regions: Regions) -> Callable[[web.Request], Awaitable[web.Response]]:
-    """The ``GET /_kms/audit`` handler for the regions ``regions`` hosts."""
-    verifiers: dict[str, SigV4Verifier] = {}
+def _json(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, separators=(",", ":")).encode()
 
-    def caller_of(request: web.Request, node: Node) -> Caller:
+
+# -- auditing reads -----------------------------------------------------------------------
+@dataclass(slots=True)
+class _Window:
+    node: Node
+    caller: Caller
+    started_ms: int
+    wipes: int  # the log's wipes when it began: a wipe (/_kms/reset) drops the window
+    reads: int = 0
+    records: int = 0
+
+
+class ReadAudits:
+    """The rule: a failed read is audited on its own, before its answer. A read that
+    returns no record but reads' records is never audited (so reads never feed a loop of
+    reads). Any other read is a consumer's (region, principal, access key, source address):
+    its first in each ``interval`` seconds of the node's clock is audited on its own, before
+    its answer; the rest of that interval are answered at once and counted into one
+    ``ReadAuditStream`` summary fact (additionalEventData ``summarizedReads``,
+    ``summarizedRecords``, ``summaryWindowSeconds``), written once the interval has ended
+    (at that consumer's next read, by the flush task, or when the node stops). Beyond
+    ``max_consumers`` tracked, every read is audited on its own. ``/_kms/reset`` drops the
+    windows open in the wiped log (the records their reads returned are gone too)."""
+
+    def __init__(self, interval: float = READ_SUMMARY_SECONDS,
+                 max_consumers: int = 4096) -> None:
+        self.interval_ms = int(interval * 1000)
+        self.max_consumers = max_consumers
+        self._windows: dict[tuple[str, str, str, str], _Window] = {}
+
+    def admit(self, node: Node, caller: Caller, records: int,
+              ) -> tuple[bool, _Window | None]:
+        """Whether this read is audited on its own, and the ended window to summarize."""
+        key = (node.config.region, caller.principal_arn, caller.access_key_id,
+               caller.source_ip)
+        now = node.clock.now_ms()
+        wipes = feed_for(node.log).wipes
+        w = self._windows.get(key)
+        if w is not None and w.wipes != wipes:
+            del self._windows[key]
+            w = None
+        if w is not None and now - w.started_ms < self.interval_ms:
+            w.reads += 1
+            w.records += records
+            w.caller = caller
+            return False, None
+        ended = self._windows.pop(key, None)
+        if len(self._windows) < self.max_consumers:
+            self._windows[key] = _Window(node, caller, now, wipes)
+        return True, ended if ended is not None and ended.reads else None
+
+    def due(self, *, all_of_them: bool = False) -> list[_Window]:
+        """The ended windows with counted reads (every one with ``all_of_them``); those
+        consumers are forgotten."""
+        out = []
+        for key, w in list(self._windows.items()):
+            wiped = feed_for(w.node.log).wipes != w.wipes
+            if wiped or all_of_them or w.node.clock.now_ms() - w.started_ms >= self.interval_ms:
+                del self._windows[key]
+                if w.reads and not wiped:
+                    out.append(w)
+        return out
+
+    async def summarize(self, w: _Window) -> KMSError | None:
+        return await w.node.service.record_beside(
+            READ_EVENT, {}, w.caller, str(uuid.uuid4()),
+            additional={"summarizedReads": w.reads, "summarizedRecords": w.records,
+                        "summaryWindowSeconds": self.interval_ms / 1000})
+
+
+# -- the endpoint -------------------------------------------------------------------------
+class AuditStream:
+    """The ``GET /_kms/audit`` handler for the regions ``regions`` hosts; ``summaries`` is
+    the app's cleanup context that writes ended read summaries (and all, at shutdown)."""
+
+    def __init__(self, regions: Regions) -> None:
+        self.regions = regions
+        self.verifiers: dict[str, SigV4Verifier] = {}
+        self.reads = ReadAudits()
+
+    def caller_of(self, request: web.Request, node: Node) -> Caller:
         ip, agent = request.remote or "", request.headers.get("User-Agent", "")
         account = node.config.account_id
         if node.config.dev:
@@ -122,10 +281,10 @@ def audit_handler(regions: Regions) -> Callable[[web.Request], Awaitable[web.Res
             return Caller(f"arn:aws:iam::{account}:root", account, m.group(1) if m else "",
                           ip, agent, principal_type="Root", user_id=account)
         region = node.config.region
-        verifier = verifiers.get(region)
+        verifier = self.verifiers.get(region)
         if verifier is None:
-            verifier = verifiers[region] = SigV4Verifier(node.credentials.secret, region,
-                                                         now=node.clock.now)
+            verifier = self.verifiers[region] = SigV4Verifier(node.credentials.secret, region,
+                                                              now=node.clock.now)
         access_key = verifier.verify(request.method, request.raw_path.split("?", 1)[0],
                                      request.query_string, request.headers, b"")
         principal = node.credentials.principal(access_key)
@@ -133,10 +292,10 @@ def audit_handler(regions: Regions) -> Callable[[web.Request], Awaitable[web.Res
         return Caller(principal.arn, principal.account, access_key, ip, agent,
                       principal_type=principal.principal_type, user_id=principal.user_id)
 
-    def check_reader(node: Node, caller: Caller) -> None:
+    def check_reader(self, node: Node, caller: Caller) -> None:
         if node.config.dev:
             return
-        readers = regions.own.config.audit_readers
+        readers = self.regions.own.config.audit_readers
         identity = node.credentials.principal(caller.access_key_id)
         if caller.principal_arn not in readers and (
                 identity is None or identity.identity_arn not in readers):
@@ -144,49 +303,104 @@ def audit_handler(regions: Regions) -> Callable[[web.Request], Awaitable[web.Res
                 f"User: {caller.principal_arn} is not authorized to read the audit stream: it "
                 "is not named in audit_readers")
 
-    async def handle(request: web.Request) -> web.Response:
+    async def __call__(self, request: web.Request) -> web.Response:
         request_id = str(uuid.uuid4())
         q = request.query
-        node = regions.own
+        node = self.regions.own
         caller = _unauthenticated(request)
-        params = {k: printable(q[k][:128]) for k in ("after", "limit", "wait", "region")
-                  if k in q}
+        params = {k: printable(q[k][:128]) for k in ("after", "limit", "wait", "region",
+                                                      "account") if k in q}
         try:
-            node = _node_for(regions, q.get("region"))
-            caller = caller_of(request, node)
-            check_reader(node, caller)
+            node = _node_for(self.regions, q.get("region"))
+            caller = self.caller_of(request, node)
+            self.check_reader(node, caller)
             limit = _number(q.get("limit"), "limit", DEFAULT_LIMIT, 1, MAX_LIMIT, int)
             wait = _number(q.get("wait"), "wait", 0.0, 0.0, MAX_WAIT_SECONDS, float)
-            found, next_cursor = await _read(node, q.get("after", ""), int(limit), float(wait))
+            account = q.get("account")
+            if account is not None and not _ACCOUNT.fullmatch(account):
+                raise ValidationException(
+                    f"1 validation error detected: Value '{account[:32]}' at 'account' "
+                    "failed to satisfy constraint: Member must be an account id of 12 digits")
+            found, next_cursor = await _read(node, q.get("after", ""), int(limit),
+                                             float(wait), account)
         except KMSError as exc:
             err = await node.service.record_beside(READ_EVENT, params, caller, request_id, exc)
             return _error(err or exc, request_id)
-        if any(r["eventName"] != READ_EVENT for _, r in found):  # else: no loop of reads
-            err = await node.service.record_beside(READ_EVENT, params, caller, request_id)
-            if err is not None:
-                return _error(err, request_id)
-        return web.json_response({"Records": [r for _, r in found], "NextCursor": next_cursor},
-                                 headers={"x-amzn-RequestId": request_id})
+        if any(name != READ_EVENT for name, _ in found):  # else: no loop of reads
+            alone, ended = self.reads.admit(node, caller, len(found))
+            if ended is not None:
+                await self._summarize(ended)
+            if alone:
+                err = await node.service.record_beside(READ_EVENT, params, caller, request_id)
+                if err is not None:
+                    return _error(err, request_id)
+        body = b"".join((b'{"Records":[', b",".join(b for _, b in found), b'],"NextCursor":',
+                         json.dumps(next_cursor).encode(), b"}"))
+        return web.Response(body=body, content_type="application/json",
+                            headers={"x-amzn-RequestId": request_id})
 
-    return handle
+    async def _summarize(self, w: _Window) -> None:
+        try:
+            err = await self.reads.summarize(w)
+        except Exception as exc:  # the stream outlives one failed write
+            err = KMSInternalException(str(exc))
+        if err is not None:
+            log.error("audit_read_summary_failed", region=w.node.config.region,
+                      reads=w.reads, error=err.code)
+
+    async def summaries(self, app: web.Application) -> AsyncIterator[None]:
+        """Cleanup context: writes the summaries of ended windows every few seconds, and
+        every pending one when the app stops (before its regions close)."""
+        async def flush() -> None:
+            while True:
+                await asyncio.sleep(min(self.reads.interval_ms / 1000, 5.0))
+                for w in self.reads.due():
+                    await self._summarize(w)
+
+        task = asyncio.create_task(flush())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        for w in self.reads.due(all_of_them=True):
+            await self._summarize(w)
 
 
-async def _read(node: Node, after: str, limit: int, wait: float,
-                ) -> tuple[list[tuple[int, dict[str, Any]]], str]:
+def audit_handler(regions: Regions) -> AuditStream:
+    """The ``GET /_kms/audit`` handler for the regions ``regions`` hosts."""
+    return AuditStream(regions)
+
+
+async def _read(node: Node, after: str, limit: int, wait: float, account: str | None,
+                ) -> tuple[list[tuple[str, bytes]], str]:
     log = node.log
     feed = feed_for(log)
     wipes = feed.wipes
     seq, prefix = decode_cursor(after) if after else (0, b"")
-    if after:
+    if after and feed.issued.get(seq) != prefix:
         await _check(log, seq, prefix)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
+    lingered = False
+    region, default_account = node.config.region, node.config.account_id
     while True:
         changed = feed.changed()
-        found, through = await read_records(log, seq, limit, account=node.config.account_id)
+        ring = feed.from_ring(seq, limit, account, region, default_account)
+        if ring is not None:
+            found, through = ring
+        else:  # older than the ring: read from the log, rendered for this read only
+            rows, through = await read_records(log, seq, limit, account=account,
+                                               default_account=default_account)
+            found = [(r["eventName"], _json(r)) for _, r in rows]
         remaining = deadline - loop.time()
-        if found or remaining <= 0 or feed.wipes != wipes:
+        if feed.wipes != wipes or remaining <= 0 or len(found) >= limit:
             break
+        if found:
+            if lingered:
+                break
+            lingered = True  # found some: wait a moment for more, to answer with a batch
+            await asyncio.sleep(min(COALESCE_SECONDS, remaining))
+            continue
         try:
             await asyncio.wait_for(asyncio.shield(changed), remaining)
         except TimeoutError:
@@ -196,6 +410,7 @@ async def _read(node: Node, after: str, limit: int, wait: float,
     chain = await log.chain_hash(through)
     if chain is None:
         raise ExpiredCursorException(_EXPIRED)
+    feed.issue(through, chain)
     return found, encode_cursor(through, chain)
 
 

@@ -410,11 +410,13 @@ class Service:
         return await self._refused(c, op.read_only if op else True, error)
 
     async def record_beside(self, name: str, params: dict[str, Any], caller: Caller,
-                            request_id: str, error: KMSError | None = None) -> KMSError | None:
+                            request_id: str, error: KMSError | None = None,
+                            additional: dict[str, Any] | None = None) -> KMSError | None:
         """Audit a read served beside the API (the audit stream): one fact, read-only, no
         state events. The error to answer with (``error``, or one if the fact could not be
         written: fail closed), None for a success recorded."""
         c = Call(request_id, name, caller, self.clock.now_ms(), params)
+        c.additional.update(additional or {})
         return await self._settle(c, True, error)
 
     async def service_event(self, name: str, key: Key,
