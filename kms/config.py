@@ -31,6 +31,16 @@ class Config:
     # a window's are counted into one summary fact (kms.api.auth_failures).
     auth_failure_audit_limit: int = 60
     auth_failure_window_seconds: int = 60
+    # Signed checkpoints of the log (kms.audit.checkpoints): one every ``checkpoint_rows`` rows
+    # or ``checkpoint_seconds`` of batch time; start-up re-hashes the rows after the last one
+    # and ``start_recheck_rows`` before it; a projection snapshot is stored every
+    # ``snapshot_checkpoints`` checkpoints (0: only at clean shutdown). The environment
+    # variables KMS_CHECKPOINT_ROWS, KMS_CHECKPOINT_SECONDS, KMS_START_RECHECK_ROWS and
+    # KMS_SNAPSHOT_CHECKPOINTS override them.
+    checkpoint_rows: int = 1000
+    checkpoint_seconds: int = 60
+    start_recheck_rows: int = 10_000
+    snapshot_checkpoints: int = 10
     # The top-level ``[[principals]]`` tables, raw: kms.identity parses and validates them.
     principals: tuple[dict[str, Any], ...] = field(default_factory=tuple)
     # Top-level lists of principal ARNs: who may run ``kms region`` admin actions (promote),
@@ -86,9 +96,13 @@ class Config:
             raise ValueError(f"max_dev_regions must be at least 1, not {self.max_dev_regions}")
         if self.log_format not in _LOG_FORMATS:
             raise ValueError(f"log_format must be one of {', '.join(_LOG_FORMATS)}")
-        for name in ("auth_failure_audit_limit", "auth_failure_window_seconds"):
+        for name in ("auth_failure_audit_limit", "auth_failure_window_seconds",
+                     "checkpoint_rows", "checkpoint_seconds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("start_recheck_rows", "snapshot_checkpoints"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be at least 0, not {getattr(self, name)}")
         parse_principals(self.principals)  # malformed ARNs, duplicates, bad policy JSON
 
 
@@ -117,6 +131,8 @@ _SETTING_TYPES: dict[str, type] = {
     "host": str, "port": int, "region": str, "data_dir": str, "account_id": str,
     "dev": bool, "log_format": str, "max_dev_regions": int,
     "auth_failure_audit_limit": int, "auth_failure_window_seconds": int,
+    "checkpoint_rows": int, "checkpoint_seconds": int, "start_recheck_rows": int,
+    "snapshot_checkpoints": int,
 }
 _LOG_FORMATS = ("auto", "json", "console")
 _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+", re.ASCII)  # AWS's shape: eu-west-1

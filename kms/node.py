@@ -44,8 +44,10 @@ class Node:
         # Signs the log's checkpoints and the export's digests; sealed beside the root key.
         self.audit_key = AuditSigningKey.load_or_create(data_dir, self.keyring.root)
         if self.log.checkpointer is None:
-            self.log.checkpointer = Checkpointer(config.region, self.audit_key,
-                                                 data_dir / WITNESS_FILE)
+            self.log.checkpointer = Checkpointer(
+                config.region, self.audit_key, data_dir / WITNESS_FILE,
+                rows=config.checkpoint_rows, seconds=config.checkpoint_seconds,
+                recheck=config.start_recheck_rows, snapshot_every=config.snapshot_checkpoints)
         self.credentials, self.new_credential = Credentials.load_or_create(
             data_dir, config.account_id, config.principals
         )

@@ -42,6 +42,7 @@ import structlog
 from kms.audit.checkpoints import WITNESS_FILE, Checkpoint
 from kms.domain import events as ev
 from kms.domain.errors import ConflictingWrite, KMSInternalException
+from kms.store import snapshot as snapshots
 from kms.store.replication import (
     CursorChange,
     ReplicatedBatch,
@@ -50,6 +51,7 @@ from kms.store.replication import (
     merged_cursors,
     peer_page,
 )
+from kms.store.snapshot import Projection
 
 if TYPE_CHECKING:
     from kms.audit.checkpoints import Checkpointer
@@ -58,6 +60,7 @@ AUDIT_STREAM = "audit"
 GENESIS = b"\x00" * 32
 MAX_BATCH = 1024
 COMMIT_FAILED = "The event log could not commit; try again."
+KEEP_SNAPSHOTS = 2  # stored projection snapshots kept: the newest and the one before
 REPLAY_CHUNK = 10_000  # rows read, and audit facts handed on, per step of the start-up replay
 
 log = structlog.get_logger("kms.store")
@@ -140,6 +143,12 @@ class EventLog(abc.ABC):
         self._cp_since_ms: int | None = None  # batch time the unchecked span began
         self._last_at_ms = 0
         self.start_rehashed = 0  # rows re-hashed by the last start-up (the rest link-checked)
+        self.start_decoded = 0  # rows decoded by the last start-up (those after its snapshot)
+        self.start_snapshot_seq = 0  # the seq of the snapshot it restored (0: none)
+        self._held: dict[str, int] = {}  # per origin region, the last origin seq rows reached
+        self._cp_count = 0  # checkpoints since the last snapshot
+        self._last_checkpoint: Checkpoint | None = None
+        self._snapshot_seq = 0  # the seq of the last snapshot stored (0: none)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def subscribe(self, fn: Subscriber) -> None:
@@ -167,19 +176,21 @@ class EventLog(abc.ABC):
         self._writer = asyncio.create_task(self._run(), name="event-log-writer")
 
     async def _replay(self) -> None:
-        """Verify and decode the stored rows a page at a time. State subscribers get every
-        state event in one call once the whole chain verified; audit facts (most of the
-        log) go to audit subscribers page by page and are not kept.
+        """Verify and decode the stored rows a page at a time. State subscribers get the
+        state events in one call once the chain verified; audit facts (most of the log) go
+        to audit subscribers page by page and are not kept.
+
+        With a usable snapshot (kms.store.snapshot: bound to a verified checkpoint, signed,
+        of this code's version and schema), the projections are restored from it and only
+        the rows after its seq are decoded and handed on; rows before it are not read, but
+        for the ``recheck`` window. Any trouble with a snapshot is logged and every row is
+        replayed instead.
 
         Rows after the last signed checkpoint, and ``recheck`` rows before it, are re-hashed;
-        older rows are link-checked (each names the stored hash before it), which the
-        checkpoints' signatures vouch for; ``kms audit verify --data-dir`` re-hashes all."""
+        rows read before that are link-checked (each names the stored hash before it), which
+        the checkpoints' signatures vouch for; ``kms audit verify --data-dir`` re-hashes all."""
         batch: list[ev.Envelope] = []
-        prev = GENESIS
-        prev_seq = 0
-        verified = rehashed = 0
-        handed_on = False
-        stored, vault, cursors = await self._load()
+        vault, cursors = await self._load()
         self.vault.clear()  # the keyring holds this very dict
         self.vault.update(vault)
         cp = self.checkpointer
@@ -195,16 +206,30 @@ class EventLog(abc.ABC):
             if cp is not None and not cp.verifies(c):
                 raise LogCorrupted(f"the signed checkpoint at seq {c.seq} does not verify "
                                    "under the audit signing key (a rewritten chain?)")
-        held: dict[str, int] = {}  # per origin, the last origin_seq its rows reached
-        while rows := await self.read_rows(self.last_seq, REPLAY_CHUNK):
+        restored = await self._restore_snapshot(checkpoints)
+        snap_seq = restored.seq if restored is not None else 0
+        # The first row read (the anchor) is trusted for its hash only: the re-hashed rows
+        # after it reach a signed checkpoint, which vouches for it.
+        anchor = min(snap_seq, recheck_from) if restored is not None else 0
+        after = max(0, anchor - 1)
+        prev: bytes | None = GENESIS if anchor == 0 else None
+        prev_seq = after
+        read = rehashed = decoded = 0
+        handed_on = False
+        held: dict[str, int] = dict(self._held)  # per origin, the last origin_seq rows reached
+        while rows := await self.read_rows(after, REPLAY_CHUNK):
+            after = rows[-1][0]
             audit: list[ev.Envelope] = []
             for row in rows:
                 seq, stream, version, type_name, origin_region, origin_seq, at_ms, body, p, h \
                     = row
                 linked = seq > pruned or seq == prev_seq + 1  # a prune leaves gaps before its cut
-                if (linked and p != prev) or (seq > recheck_from and row_hash(
-                        p, seq, stream, version, type_name, origin_region, origin_seq, at_ms,
-                        body) != h):
+                if prev is None and seq != anchor and anchor > pruned:
+                    raise LogCorrupted(f"hash chain broken at seq {anchor}: the row is missing")
+                if (linked and prev is not None and p != prev) or (
+                        seq > recheck_from and row_hash(
+                            p, seq, stream, version, type_name, origin_region, origin_seq,
+                            at_ms, body) != h):
                     raise LogCorrupted(f"hash chain broken at seq {seq}")
                 signed = checkpoints.get(seq)
                 if signed is not None and signed.head != h:
@@ -212,8 +237,10 @@ class EventLog(abc.ABC):
                                        "signed checkpoint names")
                 rehashed += seq > recheck_from
                 prev, prev_seq = h, seq
-                verified += 1
+                read += 1
                 self.last_seq = seq
+                if seq <= snap_seq:  # folded into the snapshot: verified, not decoded
+                    continue
                 self._last_at_ms = at_ms
                 self._heads[stream] = version
                 if origin_region != self.region:
@@ -222,14 +249,16 @@ class EventLog(abc.ABC):
                     event = ev.decode(type_name, body)
                 except Exception as exc:  # a row that hashes right but will not decode
                     raise LogCorrupted(f"undecodable event at seq {seq}: {exc}") from exc
+                decoded += 1
                 (audit if stream == AUDIT_STREAM else batch).append(
                     ev.Envelope(seq, stream, version, origin_region, origin_seq, at_ms, event))
             if audit:
                 handed_on = True
                 for fn in self._audit_subscribers:
                     fn(audit)
-        if verified != stored:  # a row below seq 1, which paging from seq 0 never reads
-            raise LogCorrupted(f"{stored - verified} stored rows are outside the hash chain")
+        stored, below = await self._count(max(0, anchor - 1))
+        if below or stored != read:  # a row below seq 1, which paging never reads
+            raise LogCorrupted(f"{stored + below - read} stored rows are outside the hash chain")
         if last_cp > self.last_seq:
             raise LogCorrupted(f"missing tail: the log ends at seq {self.last_seq}, but a "
                                f"signed checkpoint covers it up to seq {last_cp}")
@@ -237,19 +266,123 @@ class EventLog(abc.ABC):
             raise LogCorrupted(
                 f"missing tail: the log ends at seq {self.last_seq}, but {WITNESS_FILE} records "
                 f"the signed checkpoint at seq {witness.seq}, which the log does not hold")
-        self._last_hash = prev
+        self._last_hash = prev if prev is not None else GENESIS
+        self._held = held
         self._cp_rows = self.last_seq - last_cp
         self._cp_since_ms = checkpoints[last_cp].at_ms if last_cp else None
+        self._cp_count = 0
+        self._last_checkpoint = checkpoints[last_cp] if last_cp else None
+        self._snapshot_seq = snap_seq
         self.start_rehashed = rehashed
+        self.start_decoded = decoded
+        self.start_snapshot_seq = snap_seq
         self._cursors = merged_cursors(cursors, held)
-        log.info("log_verified", rows=verified, rows_rehashed=rehashed,
-                 rows_link_checked=verified - rehashed, checkpoint_seq=last_cp,
+        log.info("log_verified", rows=self.last_seq, rows_read=read, rows_rehashed=rehashed,
+                 rows_link_checked=read - rehashed, rows_decoded=decoded,
+                 snapshot_seq=snap_seq, checkpoint_seq=last_cp,
                  checkpoints=len(checkpoints), pruned_through=pruned)
         if not handed_on:  # an empty replay is still a replay
             for fn in self._audit_subscribers:
                 fn([])
         for fn in self._subscribers:
             fn(batch)
+
+    # -- projection snapshots -----------------------------------------------------------------
+    def _projections(self) -> list[Projection]:
+        return [fn for fn in (*self._subscribers, *self._audit_subscribers)
+                if isinstance(fn, Projection)]
+
+    def _schema(self) -> str:
+        return snapshots.schema(snapshots.LogMarks,
+                                *sorted((p.snapshot_type for p in self._projections()),
+                                        key=lambda t: t.__qualname__))
+
+    async def _restore_snapshot(self, checkpoints: dict[int, Checkpoint],
+                                ) -> snapshots.Snapshot | None:
+        """Restore every projection (and the log's heads) from the newest usable stored
+        snapshot; None (projections untouched) when there is none."""
+        cp = self.checkpointer
+        if cp is None:
+            return None
+        for stored in await self._snapshots():
+            try:
+                marks, data = self._usable(stored, checkpoints)
+            except snapshots.SnapshotUnusable as exc:
+                log.warning("snapshot_unusable", snapshot_seq=stored.seq, reason=str(exc),
+                            fallback="an older snapshot, else every row")
+                continue
+            projections = self._projections()
+            try:
+                for p in projections:
+                    p.restore(data[p.snapshot_name])
+            except Exception as exc:  # noqa: BLE001  (any decode trouble: replay instead)
+                for p in projections:
+                    p(None)  # back to empty, as a full replay expects
+                log.warning("snapshot_unusable", snapshot_seq=stored.seq,
+                            reason=f"a projection did not decode: {type(exc).__name__}: {exc}",
+                            fallback="an older snapshot, else every row")
+                continue
+            self._heads.update(marks.heads)
+            self._held = dict(marks.held)
+            self._last_at_ms = marks.last_at_ms
+            return stored
+        return None
+
+    def _usable(self, stored: snapshots.Snapshot, checkpoints: dict[int, Checkpoint],
+                ) -> tuple[snapshots.LogMarks, dict[str, object]]:
+        cp = self.checkpointer
+        assert cp is not None
+        if stored.version != snapshots.VERSION:
+            raise snapshots.SnapshotUnusable(f"version {stored.version}, this code reads "
+                                             f"version {snapshots.VERSION}")
+        signed = checkpoints.get(stored.seq)
+        if signed is None or signed.head != stored.head:
+            raise snapshots.SnapshotUnusable("no signed checkpoint at its seq names its hash")
+        if snapshots.digest_of(stored.body) != stored.digest:
+            raise snapshots.SnapshotUnusable("its body does not match its digest")
+        if not cp.signed(snapshots.message(self.region, stored.seq, stored.head, stored.version,
+                                           stored.digest), stored.signature):
+            raise snapshots.SnapshotUnusable("its signature does not verify")
+        try:
+            schema_id, marks, data = snapshots.unpack_body(stored.body)
+        except Exception as exc:  # noqa: BLE001
+            raise snapshots.SnapshotUnusable(f"undecodable: {type(exc).__name__}") from None
+        if schema_id != self._schema():
+            raise snapshots.SnapshotUnusable("written for another shape of the projections")
+        missing = [p.snapshot_name for p in self._projections() if p.snapshot_name not in data]
+        if missing:
+            raise snapshots.SnapshotUnusable(f"it lacks {', '.join(missing)}")
+        return marks, data
+
+    def _snapshot_due(self, checkpoint: Checkpoint, *, final: bool = False) -> bool:
+        cp = self.checkpointer
+        if cp is None:
+            return False
+        self._cp_count += 1
+        return final or (cp.snapshot_every > 0 and self._cp_count >= cp.snapshot_every)
+
+    async def _write_snapshot(self, checkpoint: Checkpoint) -> None:
+        """Store a snapshot of every projection as of ``checkpoint`` (the projections have
+        folded exactly the rows through its seq); trouble is logged, never fails a call."""
+        cp = self.checkpointer
+        assert cp is not None and checkpoint.seq == self.last_seq
+        try:
+            marks = snapshots.LogMarks(dict(self._heads), dict(self._held), self._last_at_ms)
+            body = snapshots.pack_body(self._schema(), marks,
+                                       {p.snapshot_name: p.snapshot() for p in
+                                        self._projections()})
+            digest = snapshots.digest_of(body)
+            fingerprint, signature = cp.sign(snapshots.message(
+                self.region, checkpoint.seq, checkpoint.head, snapshots.VERSION, digest))
+            await self._persist_snapshot(snapshots.Snapshot(
+                checkpoint.seq, checkpoint.head, snapshots.VERSION, digest, fingerprint,
+                signature, body))
+        except Exception as exc:  # noqa: BLE001  (the log is valid without it)
+            log.warning("snapshot_failed", error=str(exc) or type(exc).__name__,
+                        seq=checkpoint.seq)
+            return
+        self._cp_count, self._snapshot_seq = 0, checkpoint.seq
+        log.info("snapshot_written", seq=checkpoint.seq, bytes=len(body))
 
     @property
     def writable(self) -> bool:
@@ -484,6 +617,9 @@ class EventLog(abc.ABC):
         self._heads, self.last_seq, self._last_hash = heads, seq, prev
         self._cursors = cursors
         self._counted(rows, checkpoint)
+        for row in rows:
+            if row[4] != self.region and row[5] > self._held.get(row[4], 0):
+                self._held[row[4]] = row[5]
         for v in vault:
             if v.wrapped is None:
                 self.vault.pop(v.key_id, None)
@@ -504,6 +640,8 @@ class EventLog(abc.ABC):
                 pending.future.set_result(envs)
         if checkpoint is not None:
             await self._witness(checkpoint)
+            if self._snapshot_due(checkpoint):
+                await self._write_snapshot(checkpoint)
 
     # -- signed checkpoints -------------------------------------------------------------------
     def _checkpoint_due(self, rows: list[_Row], seq: int, prev: bytes, *,
@@ -523,6 +661,7 @@ class EventLog(abc.ABC):
             self._last_at_ms = rows[-1][6]
         if checkpoint is not None:
             self._cp_rows, self._cp_since_ms = 0, checkpoint.at_ms
+            self._last_checkpoint = checkpoint
         else:
             self._cp_rows += len(rows)
             if self._cp_since_ms is None and rows:
@@ -538,8 +677,14 @@ class EventLog(abc.ABC):
             log.warning("checkpoint_witness_failed", error=str(exc), seq=checkpoint.seq)
 
     async def _final_checkpoint(self) -> None:
-        """At clean shutdown: sign the head if rows came after the last checkpoint."""
-        if self.checkpointer is None or self._cp_rows == 0:
+        """At clean shutdown: sign the head if rows came after the last checkpoint, and
+        snapshot the projections at it (so the next start decodes nothing)."""
+        if self.checkpointer is None:
+            return
+        last = self._last_checkpoint
+        if self._cp_rows == 0:
+            if last is not None and last.seq == self.last_seq != self._snapshot_seq:
+                await self._write_snapshot(last)
             return
         checkpoint = self._checkpoint_due([], self.last_seq, self._last_hash, force=True)
         if checkpoint is None:
@@ -551,6 +696,7 @@ class EventLog(abc.ABC):
             return
         self._counted([], checkpoint)
         await self._witness(checkpoint)
+        await self._write_snapshot(checkpoint)
 
     async def _rolled_back(self, exc: Exception) -> bool:
         """Whether a failed commit was transient and left the store exactly as the
@@ -608,17 +754,23 @@ class EventLog(abc.ABC):
         self._heads.clear()
         self.vault.clear()
         self._cursors.clear()
+        self._held.clear()
         self.last_seq, self._last_hash = 0, GENESIS
         self._cp_rows, self._cp_since_ms = 0, None
+        self._cp_count, self._last_checkpoint, self._snapshot_seq = 0, None, 0
         for fn in (*self._subscribers, *self._audit_subscribers):
             fn(None)
         pending.future.set_result([])
 
     # -- storage hooks ------------------------------------------------------------------------
     @abc.abstractmethod
-    async def _load(self) -> tuple[int, dict[str, bytes], dict[str, int]]:
-        """Open the store; return how many rows it holds, the vault and the replication
-        cursors (the rows themselves are read a page at a time with ``read_rows``)."""
+    async def _load(self) -> tuple[dict[str, bytes], dict[str, int]]:
+        """Open the store; return the vault and the replication cursors (the rows
+        themselves are read a page at a time with ``read_rows``)."""
+
+    @abc.abstractmethod
+    async def _count(self, after_seq: int) -> tuple[int, int]:
+        """How many stored rows have a seq after ``after_seq``, and how many below 1."""
 
     @abc.abstractmethod
     async def _persist(self, rows: list[_Row], changes: list[SideChange]) -> None:
@@ -648,6 +800,14 @@ class EventLog(abc.ABC):
         """The seq of the checkpoint a prune cut at: rows before it may have gaps (0: none)."""
         return 0
 
+    async def _snapshots(self) -> list[snapshots.Snapshot]:
+        """The stored projection snapshots, newest first."""
+        return []
+
+    async def _persist_snapshot(self, snapshot: snapshots.Snapshot) -> None:
+        """Store a snapshot durably, dropping all but the newest ``KEEP_SNAPSHOTS``."""
+        return None
+
     async def _close(self) -> None:
         return None
 
@@ -670,9 +830,20 @@ class MemoryLog(EventLog):
         self.stored_vault: dict[str, bytes] = {}
         self.stored_cursors: dict[str, int] = {}
         self.stored_checkpoints: list[Checkpoint] = []
+        self.stored_snapshots: list[snapshots.Snapshot] = []
 
-    async def _load(self) -> tuple[int, dict[str, bytes], dict[str, int]]:
-        return len(self.rows), dict(self.stored_vault), dict(self.stored_cursors)
+    async def _load(self) -> tuple[dict[str, bytes], dict[str, int]]:
+        return dict(self.stored_vault), dict(self.stored_cursors)
+
+    async def _count(self, after_seq: int) -> tuple[int, int]:
+        return (sum(r[0] > after_seq for r in self.rows), sum(r[0] < 1 for r in self.rows))
+
+    async def _snapshots(self) -> list[snapshots.Snapshot]:
+        return sorted(self.stored_snapshots, key=lambda s: -s.seq)
+
+    async def _persist_snapshot(self, snapshot: snapshots.Snapshot) -> None:
+        kept = [s for s in self.stored_snapshots if s.seq != snapshot.seq]
+        self.stored_snapshots = sorted([*kept, snapshot], key=lambda s: -s.seq)[:KEEP_SNAPSHOTS]
 
     async def _persist(self, rows: list[_Row], changes: list[SideChange]) -> None:
         self.rows.extend(rows)
@@ -691,6 +862,7 @@ class MemoryLog(EventLog):
         self.stored_vault.clear()
         self.stored_cursors.clear()
         self.stored_checkpoints.clear()
+        self.stored_snapshots.clear()
 
     async def _checkpoints(self) -> list[Checkpoint]:
         return list(self.stored_checkpoints)

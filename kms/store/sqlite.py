@@ -17,6 +17,7 @@ from kms.audit.checkpoints import Checkpoint
 from kms.store.log import (
     AUDIT_STREAM,
     GENESIS,
+    KEEP_SNAPSHOTS,
     EventLog,
     LogCorrupted,
     SideChange,
@@ -25,6 +26,7 @@ from kms.store.log import (
     log,
 )
 from kms.store.replication import CursorChange, ReplicatedRow
+from kms.store.snapshot import Snapshot
 
 BUSY_TIMEOUT_MS = 2000  # a brief external lock is waited out, a long one fails the batch
 
@@ -58,6 +60,15 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     fingerprint TEXT NOT NULL,
     signature BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS snapshots (
+    seq INTEGER PRIMARY KEY,
+    head BLOB NOT NULL,
+    version INTEGER NOT NULL,
+    digest BLOB NOT NULL,
+    fingerprint TEXT NOT NULL,
+    signature BLOB NOT NULL,
+    body BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS log_marks (
     name TEXT PRIMARY KEY,
     seq INTEGER NOT NULL
@@ -88,7 +99,7 @@ class SqliteLog(EventLog):
         assert self._db is not None, "log not open"
         return self._db
 
-    async def _load(self) -> tuple[int, dict[str, bytes], dict[str, int]]:
+    async def _load(self) -> tuple[dict[str, bytes], dict[str, int]]:
         self._db = await aiosqlite.connect(self.path)
         await self.db.execute("PRAGMA journal_mode=WAL")
         await self.db.execute("PRAGMA secure_delete=ON")  # a dropped KEK is overwritten
@@ -111,14 +122,43 @@ class SqliteLog(EventLog):
         # holds the WAL).
         self._checkpoint_owed = True
         await self.db._execute(self._checkpoint, self.db._conn)
-        async with self.db.execute("SELECT count(*) FROM events") as cur:
-            count = await cur.fetchone()
         async with self.db.execute("SELECT key_id, wrapped FROM vault") as cur:
             vault = {k: bytes(w) for k, w in await cur.fetchall()}
         async with self.db.execute("SELECT origin_region, origin_seq FROM replication_cursors"
                                    ) as cur:
             cursors = {str(o): int(s) for o, s in await cur.fetchall()}
-        return int(count[0]) if count is not None else 0, vault, cursors
+        return vault, cursors
+
+    async def _count(self, after_seq: int) -> tuple[int, int]:
+        counts = []
+        for where in ("seq > ?", "seq < 1 AND ? = ?"):  # both ranges of the rowid: no scan
+            args = (after_seq,) if where == "seq > ?" else (0, 0)
+            async with self.db.execute(f"SELECT count(*) FROM events WHERE {where}", args) as cur:
+                row = await cur.fetchone()
+            counts.append(int(row[0]) if row is not None else 0)
+        return counts[0], counts[1]
+
+    async def _snapshots(self) -> list[Snapshot]:
+        async with self.db.execute("SELECT seq, head, version, digest, fingerprint, signature,"
+                                   " body FROM snapshots ORDER BY seq DESC") as cur:
+            return [Snapshot(int(q), bytes(h), int(v), bytes(d), str(f), bytes(g), bytes(b))
+                    for q, h, v, d, f, g, b in await cur.fetchall()]
+
+    async def _persist_snapshot(self, snapshot: Snapshot) -> None:
+        await self.db._execute(self._write_snapshot_row, snapshot)
+
+    def _write_snapshot_row(self, s: Snapshot) -> None:
+        conn = self.db._conn
+        try:
+            conn.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (s.seq, s.head, s.version, s.digest, s.fingerprint, s.signature,
+                          s.body))
+            conn.execute("DELETE FROM snapshots WHERE seq NOT IN (SELECT seq FROM snapshots "
+                         "ORDER BY seq DESC LIMIT ?)", (KEEP_SNAPSHOTS,))
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
 
     async def _persist(self, rows: list[_Row], changes: list[SideChange]) -> None:
         # One hop to aiosqlite's thread for the whole batch (insert, vault, cursors,
@@ -217,6 +257,7 @@ class SqliteLog(EventLog):
         await self.db.execute("DELETE FROM replication_cursors")
         await self.db.execute("DELETE FROM log_marks")
         await self.db.execute("DELETE FROM checkpoints")
+        await self.db.execute("DELETE FROM snapshots")
         await self.db.commit()
         self._checkpoint_owed = True
         await self.db._execute(self._checkpoint, self.db._conn)

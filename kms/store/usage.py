@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from kms.domain import events as ev
+from kms.store import snapshot as snap
 
 # KeyLastUsageTrackingOperation in the botocore model: the operations GetKeyLastUsage reports.
 TRACKED_OPERATIONS = frozenset({
@@ -29,8 +31,17 @@ class LastUse:
     record_seq: int  # the audit fact's position in the log: its record id
 
 
+@dataclass(frozen=True, slots=True)
+class UsageSnapshot:
+    last: dict[str, LastUse]
+    tracking_since_ms: int | None
+
+
 class KeyUsage:
     """key ARN -> its last successful cryptographic use; an audit subscriber."""
+
+    snapshot_name = "usage"
+    snapshot_type = UsageSnapshot
 
     def __init__(self) -> None:
         self.last: dict[str, LastUse] = {}
@@ -54,6 +65,15 @@ class KeyUsage:
                 use = LastUse(fact.operation, env.at_ms, fact.request_id, env.seq)
                 for arn in fact.resources:
                     self.last[arn] = use
+
+    def snapshot(self) -> Any:
+        return snap.dump(UsageSnapshot(self.last, self.tracking_since_ms))
+
+    def restore(self, data: Any) -> None:
+        s: UsageSnapshot = snap.load(UsageSnapshot, data)
+        self.last.clear()
+        self.last.update(s.last)
+        self.tracking_since_ms = s.tracking_since_ms
 
     def tracking_start_ms(self, created_at_ms: int) -> int:
         """The later of the key's creation and the start of tracking."""
