@@ -25,9 +25,10 @@ import structlog
 from kms.domain import events as ev
 from kms.domain import multi_region as mr
 from kms.domain.errors import KMSInternalException
-from kms.domain.key import KeyState
+from kms.domain.key import Key, KeyState
 from kms.domain.lifecycle import DAY_MS
 from kms.node import Node
+from kms.service import import_ops
 from kms.service.core import Call, Service
 from kms.store.replication import ReplicatedRow
 from kms.store.state import key_stream
@@ -78,6 +79,7 @@ class Reactor:
                         continue
                 done += await self._take_materials(mrk)
                 done += await self._restore_current(svc.state.mrks[key_id])
+                done += await self._follow_imported(svc.state.mrks[key_id])
                 done += await self._mirror_schedule(svc.state.mrks[key_id])
                 key = svc.state.keys.get(mrk.key_id)
                 mrk = svc.state.mrks[key_id]
@@ -131,6 +133,32 @@ class Reactor:
         if restored is None:
             return 0
         return await self._act("SynchronizeMultiRegionKey", mrk, [restored])
+
+    async def _follow_imported(self, mrk: mr.MultiRegionKey) -> int:
+        """A replica of an EXTERNAL primary: rotate to each material the primary rotated to
+        (its own copy of the same bytes), and delete its copy of pending material the
+        primary deleted before rotating (AWS deletes the replicas' with it)."""
+        svc = self.service
+        key = svc.state.keys.get(mrk.key_id)
+        if key is None:
+            return 0
+        done = 0
+        withdrawn = mr.withdrawn_here(key, mrk)
+        if withdrawn:
+            def drop(call: Call, k: Key = key) -> None:
+                for material_id in withdrawn:
+                    import_ops.destroy_material(svc, call, k, material_id)
+                call.additional["keyMaterialIds"] = withdrawn
+            done += int(await svc.service_action(
+                "DeleteImportedKeyMaterial", mrk.arn_in(self.region),
+                (key_stream(mrk.key_id),), drop))
+            key = svc.state.keys.get(mrk.key_id)
+            if key is None:
+                return done
+        follow = mr.imported_to_follow(key, mrk)
+        if follow:
+            done += await self._act("SynchronizeMultiRegionKey", mrk, follow)
+        return done
 
     async def _mirror_schedule(self, mrk: mr.MultiRegionKey) -> int:
         """Automatic rotation is a shared property: the replica's setting is the primary's

@@ -184,14 +184,12 @@ class ImportDecision:
     description: str
 
 
-def decide_import(key: Key, material_id: str, import_type: str | None,
-                  named_material_id: str | None, description: str | None) -> ImportDecision:
-    """ImportType's rules. NEW_KEY_MATERIAL is the default for a key that never had
-    material, EXISTING_KEY_MATERIAL afterwards; asymmetric and HMAC keys take one
-    material for life and no ImportType at all."""
-    symmetric = key.key_spec == SYMMETRIC
-    if not symmetric and (import_type is not None or named_material_id is not None
-                          or description is not None):
+def check_import_type(key: Key, import_type: str | None, named_material_id: str | None,
+                      description: str | None) -> None:
+    """The ImportType parameters' own rules: symmetric keys only; no KeyMaterialId with
+    NEW_KEY_MATERIAL."""
+    if key.key_spec != SYMMETRIC and (import_type is not None or named_material_id is not None
+                                      or description is not None):
         raise UnsupportedOperationException(
             "ImportType, KeyMaterialId and KeyMaterialDescription are only valid for "
             "symmetric encryption keys."
@@ -201,6 +199,16 @@ def decide_import(key: Key, material_id: str, import_type: str | None,
         raise ValidationException(
             "You cannot specify a key material ID with ImportType set to NEW_KEY_MATERIAL."
         )
+
+
+def decide_import(key: Key, material_id: str, import_type: str | None,
+                  named_material_id: str | None, description: str | None) -> ImportDecision:
+    """ImportType's rules. NEW_KEY_MATERIAL is the default for a key that never had
+    material, EXISTING_KEY_MATERIAL afterwards; asymmetric and HMAC keys take one
+    material for life and no ImportType at all."""
+    symmetric = key.key_spec == SYMMETRIC
+    check_import_type(key, import_type, named_material_id, description)
+    kind = import_type or ("EXISTING_KEY_MATERIAL" if key.imports else "NEW_KEY_MATERIAL")
     known = key.imported(material_id)
     if kind == "EXISTING_KEY_MATERIAL":
         if known is None or (named_material_id is not None

@@ -19,6 +19,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from kms.domain import events as ev
+from kms.domain import lifecycle
 from kms.domain.errors import (
     IncorrectKeyMaterialException,
     KMSInvalidStateException,
@@ -68,7 +69,66 @@ class CurrentMaterialRestored(ev.Event):
     material_id: str
 
 
-ev.register(PrimaryRegionPromoted, MultiRegionConflictRecorded, CurrentMaterialRestored)
+@dataclass(frozen=True, slots=True)
+class ImportedMaterialPending(ev.Event):
+    """ImportKeyMaterial NEW_KEY_MATERIAL into an EXTERNAL primary: the id (never the bytes)
+    of the material waiting for RotateKeyOnDemand. Each replica imports the same bytes with
+    EXISTING_KEY_MATERIAL first; until then the primary shows it
+    PENDING_MULTI_REGION_IMPORT_AND_ROTATION."""
+
+    key_id: str
+    material_id: str
+    epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaMaterialImported(ev.Event):
+    """A replica's region took the primary's pending material (written there, as
+    ReplicaDeleted is: no epoch, never fenced)."""
+
+    key_id: str
+    region: str
+    material_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ImportedMaterialRotated(ev.Event):
+    """RotateKeyOnDemand on an EXTERNAL primary made ``material_id`` current: each replica
+    makes its own copy of the same bytes current (a SynchronizeMultiRegionKey action)."""
+
+    key_id: str
+    material_id: str
+    rotation_type: str
+    rotated_at_ms: int
+    epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ImportedMaterialWithdrawn(ev.Event):
+    """The primary's pending material was deleted before its rotation: it leaves the key,
+    and each replica deletes its copy (AWS: deleting a primary's PENDING_ROTATION or
+    PENDING_MULTI_REGION_IMPORT_AND_ROTATION material deletes the replicas' too)."""
+
+    key_id: str
+    material_id: str
+    epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PrimaryRegionDeclined(ev.Event):
+    """The region UpdatePrimaryRegion named refused to take the primary (its own key is not
+    Enabled, or gone): the handover at ``epoch`` is rolled back and the old primary stays
+    primary. Written by the declining region; ``reason`` says why (its audit fact too)."""
+
+    key_id: str
+    region: str
+    epoch: int
+    reason: str
+
+
+ev.register(PrimaryRegionPromoted, MultiRegionConflictRecorded, CurrentMaterialRestored,
+            ImportedMaterialPending, ReplicaMaterialImported, ImportedMaterialRotated,
+            ImportedMaterialWithdrawn, PrimaryRegionDeclined)
 
 
 def mrk_stream(key_id: str) -> str:
@@ -142,6 +202,9 @@ class MultiRegionKey:
     deleted_in: tuple[str, ...] = ()  # regions whose replica was deleted (ReplicaDeleted)
     promotions: tuple[Promotion, ...] = ()  # PrimaryRegionPromoted, by epoch
     conflicts: tuple[Conflict, ...] = ()  # fenced events whose origin is known
+    pending_import: str = ""  # an EXTERNAL primary's material waiting for rotation
+    imported_in: tuple[tuple[str, str], ...] = ()  # (replica region, pending material id)
+    imported_rotations: tuple[tuple[str, str, int], ...] = ()  # (id, type, at_ms), in order
 
     @property
     def handing_over(self) -> bool:
@@ -164,6 +227,18 @@ class MultiRegionKey:
     def regions(self) -> tuple[str, ...]:
         """Every member region, the primary first."""
         return (self.primary_region, *(r.region for r in self.replicas))
+
+    def lacking_import(self, material_id: str) -> tuple[str, ...]:
+        """The replica regions that have not imported ``material_id`` (the pending one)."""
+        return tuple(r.region for r in self.replicas
+                     if (r.region, material_id) not in self.imported_in)
+
+    @property
+    def current_import(self) -> str:
+        """An EXTERNAL key's current material id as the primary made it ("" if unknown)."""
+        if self.imported_rotations:
+            return self.imported_rotations[-1][0]
+        return self.imported_ids[0] if self.imported_ids else ""
 
     def shared_with(self, region: str) -> list[tuple[SharedMaterial, bytes]]:
         """The material versions sealed to ``region``, in order, with their sealed bytes."""
@@ -243,11 +318,32 @@ def apply(mrk: MultiRegionKey, event: ev.Event, at_ms: int = 0, origin: str = ""
         case ev.ReplicaDeleted(region=region):
             deleted = mrk.deleted_in if region in mrk.deleted_in else (*mrk.deleted_in, region)
             return replace(mrk, replicas=tuple(r for r in mrk.replicas if r.region != region),
-                           deleted_in=deleted)
+                           deleted_in=deleted,
+                           imported_in=tuple(x for x in mrk.imported_in if x[0] != region))
         case ev.ImportedMaterialNamed(material_id=mid):
             if mid in mrk.imported_ids:
                 return mrk
             return replace(mrk, imported_ids=(*mrk.imported_ids, mid))
+        case ImportedMaterialPending(material_id=mid):
+            ids = mrk.imported_ids if mid in mrk.imported_ids else (*mrk.imported_ids, mid)
+            return replace(mrk, imported_ids=ids, pending_import=mid)
+        case ReplicaMaterialImported(region=region, material_id=mid):
+            if (region, mid) in mrk.imported_in:
+                return mrk
+            return replace(mrk, imported_in=(*mrk.imported_in, (region, mid)))
+        case ImportedMaterialRotated(material_id=mid, rotation_type=rt, rotated_at_ms=when):
+            if any(r[0] == mid for r in mrk.imported_rotations):
+                return mrk
+            ids = mrk.imported_ids if mid in mrk.imported_ids else (*mrk.imported_ids, mid)
+            return replace(mrk, imported_ids=ids, imported_rotations=(
+                *mrk.imported_rotations, (mid, rt, when or at_ms)),
+                pending_import="" if mrk.pending_import == mid else mrk.pending_import,
+                imported_in=tuple(x for x in mrk.imported_in if x[1] != mid))
+        case ImportedMaterialWithdrawn(material_id=mid):
+            return replace(mrk, imported_ids=tuple(i for i in mrk.imported_ids if i != mid),
+                           pending_import="" if mrk.pending_import == mid else
+                           mrk.pending_import,
+                           imported_in=tuple(x for x in mrk.imported_in if x[1] != mid))
         case ev.RotationScheduleShared(period_days=days, next_rotation_ms=nxt):
             return replace(mrk, rotation_period_days=days, next_rotation_ms=nxt)
         case ev.PrimaryRegionUpdated(primary_region=new, previous_region=old, epoch=n):
@@ -327,13 +423,76 @@ def check_primary(key: Key, mrk: MultiRegionKey | None, action: str) -> None:
             f"multi-Region replica keys; call it on the primary key {mrk.primary_arn}.")
 
 
-def check_replica_import(key: Key, mrk: MultiRegionKey | None, material_id: str) -> None:
-    """A replica of an EXTERNAL primary takes only the primary's own material: the same
-    bytes give the same KeyMaterialId in every region (kms.crypto.wrapping)."""
-    if is_replica(key, mrk) and mrk is not None and material_id not in mrk.imported_ids:
+def replica_import(key: Key, mrk: MultiRegionKey, material_id: str, import_type: str | None,
+                   named_material_id: str | None, description: str | None,
+                   ) -> lifecycle.ImportDecision:
+    """ImportKeyMaterial into a replica of an EXTERNAL primary: only the primary's own
+    material (the same bytes give the same KeyMaterialId in every region,
+    kms.crypto.wrapping), never new material; the primary's pending material waits here in
+    PENDING_ROTATION for the primary's RotateKeyOnDemand."""
+    lifecycle.check_import_type(key, import_type, named_material_id, description)
+    if material_id not in mrk.imported_ids or (named_material_id is not None
+                                               and named_material_id != material_id):
         raise IncorrectKeyMaterialException(
             "The key material you are importing is not the same as the key material of the "
             f"primary key {mrk.primary_arn}.")
+    if import_type == "NEW_KEY_MATERIAL" and key.imports:
+        raise UnsupportedOperationException(
+            f"{key.arn} is not a multi-Region primary key. ImportKeyMaterial with ImportType "
+            "NEW_KEY_MATERIAL is not supported on multi-Region replica keys; import new key "
+            f"material into the primary key {mrk.primary_arn}, then the same key material "
+            "here with ImportType EXISTING_KEY_MATERIAL.")
+    known = key.imported(material_id)
+    pending = known.pending if known is not None else material_id == mrk.pending_import
+    return lifecycle.ImportDecision(pending, description or "")
+
+
+def pending_material_state(key: Key, mrk: MultiRegionKey | None, material_id: str) -> str:
+    """ListKeyRotations' KeyMaterialState of material waiting for rotation: on a primary,
+    PENDING_MULTI_REGION_IMPORT_AND_ROTATION while a replica has not imported it."""
+    if is_primary(key, mrk) and mrk is not None and mrk.lacking_import(material_id):
+        return "PENDING_MULTI_REGION_IMPORT_AND_ROTATION"
+    return "PENDING_ROTATION"
+
+
+def check_imported_rotation(key: Key, mrk: MultiRegionKey | None, material_id: str) -> None:
+    """RotateKeyOnDemand of an EXTERNAL primary: the material it would rotate to must be in
+    every replica first. AWS publishes no text for this refusal; it is the one it gives
+    when no material is PENDING_ROTATION, which this material is not yet."""
+    if key.origin == "EXTERNAL" and is_primary(key, mrk) and mrk is not None and (
+            mrk.lacking_import(material_id)):
+        raise KMSInvalidStateException(
+            f"No available key material pending rotation for the key: {key.arn}.")
+
+
+def imported_to_follow(key: Key, mrk: MultiRegionKey) -> list[ev.Event]:
+    """What a replica of an EXTERNAL primary does to match the primary's rotations: each
+    rotation to a material it holds and has not followed is recorded (KeyRotated, its own
+    copy), then the primary's current material, if held here, is made current."""
+    if is_primary(key, mrk) or mrk.origin != "EXTERNAL":
+        return []
+    followed = {r.material_id for r in key.rotations}
+    out: list[ev.Event] = []
+    current = key.current_material_id
+    for mid, rotation_type, _ in mrk.imported_rotations:
+        material = key.material(mid)
+        if mid in followed or material is None:
+            continue
+        out.append(ev.KeyRotated(key.key_id, material, rotation_type, key.next_rotation_ms))
+        current = mid
+    target = mrk.current_import
+    if target and target != current and key.material(target) is not None:
+        out.append(CurrentMaterialRestored(key.key_id, target))
+    return out
+
+
+def withdrawn_here(key: Key, mrk: MultiRegionKey) -> list[str]:
+    """The materials a replica holds pending that the primary no longer names (its pending
+    material deleted before rotation): they go here too."""
+    if is_primary(key, mrk) or mrk.origin != "EXTERNAL":
+        return []
+    return [i.material_id for i in key.imports
+            if i.pending and i.imported and i.material_id not in mrk.imported_ids]
 
 
 def is_replica(key: Key, mrk: MultiRegionKey | None) -> bool:

@@ -17,6 +17,7 @@ from typing import Any
 from kms.crypto import asymmetric, mac, wrapping
 from kms.crypto.keyring import material_vault_id
 from kms.domain import events as ev
+from kms.domain import key as keys
 from kms.domain import lifecycle
 from kms.domain import multi_region as mr
 from kms.domain.errors import IncorrectKeyMaterialException, InvalidImportTokenException
@@ -84,16 +85,48 @@ async def import_key_material(svc: Service, call: Call, p: dict[str, Any]) -> di
                                   p["EncryptedKeyMaterial"])
     public = await asyncio.to_thread(_check_material, key.key_spec, raw)
     material_id = wrapping.imported_material_id(key.key_id, raw)
-    mr.check_replica_import(key, svc.state.mrks.get(key.key_id), material_id)
-    decision = lifecycle.decide_import(key, material_id, p.get("ImportType"),
-                                       p.get("KeyMaterialId"), p.get("KeyMaterialDescription"))
+    mrk = svc.state.mrks.get(key.key_id)
+    args = (material_id, p.get("ImportType"), p.get("KeyMaterialId"),
+            p.get("KeyMaterialDescription"))
+    if mr.is_replica(key, mrk):
+        assert mrk is not None
+        decision = mr.replica_import(key, mrk, *args)
+    else:
+        decision = lifecycle.decide_import(key, *args)
     material = _seal_imported(svc, call, key.key_id, material_id, raw, public,
                               present=key.material(material_id) is not None)
-    call.emit(key_stream(key.key_id),
-              [ev.KeyMaterialImported(key.key_id, material, model, valid_to,
-                                      decision.description, decision.pending)])
+    imported = ev.KeyMaterialImported(key.key_id, material, model, valid_to,
+                                      decision.description, decision.pending)
+    call.emit(key_stream(key.key_id), [imported])
+    if mr.is_replica(key, mrk):  # material the primary already rotated to: current here too
+        assert mrk is not None
+        call.emit(key_stream(key.key_id),
+                  mr.imported_to_follow(keys.apply(key, imported, call.at_ms), mrk))
+    _share_import(svc, call, key, mrk, material_id, decision.pending)
     call.additional["keyMaterialId"] = material_id
     return {"KeyId": key.arn, "KeyMaterialId": material_id}
+
+
+def _share_import(svc: Service, call: Call, key: Key, mrk: mr.MultiRegionKey | None,
+                  material_id: str, pending: bool) -> None:
+    """A multi-region key's import, on its shared stream by id only (never the bytes): a
+    primary names its new material (and that it waits for rotation); a replica says it
+    holds the primary's pending material (so the primary can rotate once all do)."""
+    if mrk is None or not key.multi_region:
+        return
+    stream = mr.mrk_stream(key.key_id)
+    shared: list[ev.Event] = []
+    if mr.is_primary(key, mrk):
+        if pending and mrk.pending_import != material_id:
+            shared.append(mr.ImportedMaterialPending(key.key_id, material_id, mrk.epoch))
+        elif material_id not in mrk.imported_ids:
+            shared.append(ev.ImportedMaterialNamed(key.key_id, material_id, mrk.epoch))
+    elif (material_id == mrk.pending_import
+          and (svc.region, material_id) not in mrk.imported_in):
+        shared.append(mr.ReplicaMaterialImported(key.key_id, svc.region, material_id))
+    if shared:
+        call.seen.setdefault(stream, svc.log.version(stream))
+        call.emit(stream, shared)
 
 
 def _seal_imported(svc: Service, call: Call, key_id: str, material_id: str, raw: bytes,
@@ -126,6 +159,13 @@ def destroy_material(svc: Service, call: Call, key: Key, material_id: str, *,
     entry (crypto-shredding every sealed copy; the keyring drops its caches on commit)."""
     events = lifecycle.delete_imported(key, material_id, expired=expired)
     call.emit(key_stream(key.key_id), events)
+    mrk = svc.state.mrks.get(key.key_id)
+    waiting = key.imported(material_id)
+    if events and waiting is not None and waiting.pending and mr.is_primary(key, mrk):
+        assert mrk is not None  # the replicas' copies of pending material go with it
+        stream = mr.mrk_stream(key.key_id)
+        call.seen.setdefault(stream, svc.log.version(stream))
+        call.emit(stream, [mr.ImportedMaterialWithdrawn(key.key_id, material_id, mrk.epoch)])
     material = key.material(material_id) if events else None
     if material is not None and material.vault_id:
         call.vault.append(VaultChange(material.vault_id, None))

@@ -86,6 +86,9 @@ async def list_key_rotations(svc: Service, call: Call, p: dict[str, Any]) -> dic
         if r is None and not everything:
             continue
         entry = _rotation_entry(key, material_id)
+        if entry["KeyMaterialState"] == "PENDING_ROTATION":  # a replica may still lack it
+            entry["KeyMaterialState"] = mr.pending_material_state(
+                key, svc.state.mrks.get(key.key_id), material_id)
         entry["_position"] = f"{position:08d}"
         if r is not None:
             entry["RotationDate"] = seconds(r.at_ms)

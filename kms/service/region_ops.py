@@ -73,7 +73,16 @@ async def replicate_key(svc: Service, call: Call, p: dict[str, Any]) -> dict[str
     shared: list[ev.Event] = [added]
     if key.origin == "EXTERNAL":  # the replica waits in PendingImport for the same bytes
         shared.extend(ev.ImportedMaterialNamed(key.key_id, i.material_id, mrk.epoch)
-                      for i in key.imports if i.material_id not in mrk.imported_ids)
+                      for i in key.imports
+                      if i.material_id not in mrk.imported_ids and not i.pending)
+        followed = {r[0] for r in mrk.imported_rotations}
+        shared.extend(mr.ImportedMaterialRotated(key.key_id, r.material_id, r.rotation_type,
+                                                 r.at_ms, mrk.epoch)
+                      for r in key.rotations if r.material_id not in followed)
+        waiting = key.pending_material
+        if waiting is not None and mrk.pending_import != waiting.material_id:
+            shared.append(mr.ImportedMaterialPending(key.key_id, waiting.material_id,
+                                                     mrk.epoch))
     for material in _shareable(key):  # every version, oldest first: the last is current
         r = rotated.get(material.material_id)
         shared.append(ev.MaterialShared(key.key_id, material.material_id, material.public_key,
@@ -161,8 +170,10 @@ def share_rotation(svc: Service, call: Call, key: Key, material: ev.Material,
         shared.append(ev.MaterialShared(key.key_id, material.material_id, material.public_key,
                                         _sealed(svc, key, material, identities.by_region),
                                         rotation_type, call.at_ms, mrk.epoch))
-    if key.origin == "EXTERNAL" and material.material_id not in mrk.imported_ids:
-        shared.append(ev.ImportedMaterialNamed(key.key_id, material.material_id, mrk.epoch))
+    if key.origin == "EXTERNAL":  # ids only: each replica makes its own copy current
+        mr.check_imported_rotation(key, mrk, material.material_id)
+        shared.append(mr.ImportedMaterialRotated(key.key_id, material.material_id,
+                                                 rotation_type, call.at_ms, mrk.epoch))
     if next_rotation_ms is not None:
         shared.append(ev.RotationScheduleShared(key.key_id, key.rotation_period_days,
                                                 next_rotation_ms, mrk.epoch))
