@@ -2,10 +2,11 @@
 auto-created account root.
 
 Rules: the config's principals are validated before anything is bound (``parse_principals``
-raises ValueError naming the entry); secrets live only in the config and in
-``credentials.json`` in the data dir (mode 0600, printed once when first created) and never
-reach a log line or an audit record (the access key id does, as AWS records it). Unique ids
-are derived from the ARN, so a principal keeps its ``aws:userid`` across restarts and nodes.
+raises ValueError naming the entry; identity policies are parsed as the evaluator will read
+them); secrets live only in the config and in ``credentials.json`` in the data dir (mode
+0600, printed once when first created) and never reach a log line or an audit record (the
+access key id does, as AWS records it). Unique ids are derived from the ARN, so a principal
+keeps its ``aws:userid`` across restarts and nodes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kms.domain import policy as pol
+from kms.domain.errors import MalformedPolicyDocumentException
 from kms.files import create_secret_file
 
 CREDENTIALS_FILE = "credentials.json"
@@ -101,6 +104,11 @@ def parse_principal(entry: Any, where: str) -> Credential:
         if not isinstance(parsed, dict) or "Statement" not in parsed:
             raise ValueError(f"{where}: policies[{i}] is not a policy document "
                              "(a JSON object with a Statement)")
+        try:  # as the evaluator reads it: what it cannot read would deny everything
+            pol.parse(doc, resource_policy=False)
+        except MalformedPolicyDocumentException as exc:
+            raise ValueError(f"{where}: policies[{i}] is not a valid identity policy: "
+                             f"{exc}") from None
     session = entry.get("session_name")
     if session is not None and (kind != "role" or not isinstance(session, str)
                                 or _SESSION.fullmatch(session) is None):

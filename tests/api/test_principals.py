@@ -155,6 +155,19 @@ ENTRY = f'arn = "arn:aws:iam::{ACCOUNT}:user/carol"\naccess_key_id = "AKIACAROL0
      "principals[0]: access_key_id is required"),
     (f"[[principals]]\n{ENTRY}tags = {{ team = 3 }}\n", "tags must be a table of strings"),
     (f"[[principals]]\n{ENTRY}colour = \"blue\"\n", "principals[0]: unknown settings: colour"),
+    # Valid JSON the evaluator cannot read: refused at start, not denied at every call.
+    (f"[[principals]]\n{ENTRY}policies = ['{ALLOW_ALL}', "
+     "'{\"Statement\":[{\"Effect\":\"Allow\",\"Action\":\"kms:Encrpyt\",\"Resource\":\"*\"}]}']\n",
+     "principals[0]: policies[1] is not a valid identity policy: "
+     "Policy contains an unknown action: kms:Encrpyt"),
+    (f"[[principals]]\n{ENTRY}policies = ['{{\"Statement\":[{{\"Effect\":\"Allow\","
+     "\"Principal\":\"*\",\"Action\":\"kms:*\",\"Resource\":\"*\"}]}']\n",
+     "principals[0]: policies[0] is not a valid identity policy: "
+     "Identity policies do not name a Principal."),
+    (f"[[principals]]\n{ENTRY}policies = ['{{\"Statement\":[{{\"Effect\":\"Permit\","
+     "\"Action\":\"kms:*\",\"Resource\":\"*\"}]}']\n",
+     "principals[0]: policies[0] is not a valid identity policy: "
+     "The policy is not syntactically correct."),
 ])
 def test_a_malformed_principal_is_refused_at_start(tmp_path: Path, text: str,
                                                    fragment: str) -> None:
