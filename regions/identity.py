@@ -4,7 +4,8 @@ Rules: the X25519 private key lives only sealed under the region's root key, in
 ``region-identity.key`` (0600, created once on first start); ``peers.json`` maps each peer
 region to its base64 public key, pinned on first contact unless the config names the key,
 and rewritten only atomically (temp file, fsync, rename, fsync of the dir). A key that
-differs from the pin or from the config is refused with ``PeerIdentityChanged``.
+differs from the pin or from the config is refused with ``PeerIdentityChanged``. The
+private key also keys the MACs of peer requests (``peer_mac``, for regions.peer_auth).
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as crypto_hmac
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from kms.crypto import transport
 from kms.crypto.sealing import Sealer
@@ -36,6 +40,7 @@ class RegionIdentity:
     def __init__(self, private: X25519PrivateKey) -> None:
         self._private = private
         self.public_key: bytes = transport.public_raw(private)
+        self._mac_keys: dict[tuple[bytes, bytes], bytes] = {}  # (peer key, label) -> key
 
     @classmethod
     def load_or_create(cls, data_dir: Path, root_key: Sealer) -> RegionIdentity:
@@ -74,6 +79,25 @@ class RegionIdentity:
     @property
     def fingerprint(self) -> str:
         return transport.fingerprint(self.public_key)
+
+    def peer_mac(self, peer_public: bytes, label: bytes, message: bytes) -> bytes:
+        """HMAC-SHA256 of ``message`` under the key HKDF derives from this region's and
+        ``peer_public``'s X25519 agreement with ``label`` as info (regions.peer_auth); the
+        peer computes the same with its private key and ours. The derived key stays here.
+        ValueError if ``peer_public`` is not a usable X25519 public key."""
+        key = self._mac_keys.get((peer_public, label))
+        if key is None:
+            transport.check_public(peer_public)
+            shared = self._private.exchange(X25519PublicKey.from_public_bytes(peer_public))
+            low, high = sorted((self.public_key, peer_public))
+            key = HKDF(algorithm=hashes.SHA256(), length=32, salt=low + high,
+                       info=label).derive(shared)
+            if len(self._mac_keys) >= 256:  # peers' keys are few; a bound all the same
+                self._mac_keys.clear()
+            self._mac_keys[(peer_public, label)] = key
+        mac = crypto_hmac.HMAC(key, hashes.SHA256())
+        mac.update(message)
+        return mac.finalize()
 
     def reseal(self, sealed: bytes, context: bytes, seal_under: Callable[[bytes], bytes]) -> bytes:
         """Material a peer sealed to this region, resealed by ``seal_under`` (the local

@@ -6,18 +6,23 @@ the own region's shared (``mrk/``) rows after a cursor through ``EventLog.read_f
 (bodies base64, exactly as stored: material in them is only ever sealed to a receiving
 region), with ``next_cursor``; with ``wait > 0`` and nothing new it long-polls, woken by the
 log's own commits (never by polling), for at most ``WAIT_MAX`` seconds, and returns early
-when the node shuts down. Only configured peers may read it: in ``--dev`` a loopback caller
-is admitted; otherwise the caller names itself in ``X-Kms-Peer-Region``, which must be a
-configured peer, and must connect from an address that peer's configured URL host resolves
-to (interim, until issue 9's principals sign peer traffic).
+when the node shuts down. Only configured peers may read it, in requests signed with their
+identity key (regions.peer_auth: MAC keyed from the X25519 agreement with this region's key,
+fresh within 5 minutes, each nonce once); a peer not pinned yet is pinned first from its
+configured URL's ``/_kms/region`` (trust on first use, as the follower does). The caller's
+address is not checked: the MAC proves the peer's key, and addresses change behind NAT, load
+balancers and proxies. In ``--dev`` an unsigned loopback caller is admitted (a signed one is
+still checked). Every refusal is 403 ``AccessDeniedException`` naming why.
 
 Each peer has one follower task for the node's life (``cleanup_ctx``): on (re)contact it
 reads the peer's ``/_kms/region``, checks the region, and pins the key (``PeerPins``; a
 configured ``identity_key`` wins; a changed key is refused, logged once, shown in health,
 and that peer is neither followed nor replicated to). Then it long-polls the peer from the
-durable ``log.cursor(peer)``, appends with ``append_replicated`` (a replay appends
-nothing), and runs the own region's Reactor. A peer that is down is retried with backoff,
-logged once per outage (``peer_unreachable``, then ``peer_reachable``).
+durable ``log.cursor(peer)`` in signed reads, appends with ``append_replicated`` (a replay
+appends nothing), and runs the own region's Reactor. A peer that is down is retried with
+backoff, logged once per outage (``peer_unreachable``, then ``peer_reachable``). Health's
+``reachable`` follows the last answer: a read held more than ``FOLLOW_WAIT + REPLY_GRACE``
+seconds past it (a stalled link) shows the peer unreachable, and the read is then abandoned.
 """
 
 from __future__ import annotations
@@ -26,12 +31,11 @@ import asyncio
 import base64
 import binascii
 import ipaddress
-import socket
+import json
 import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
@@ -43,8 +47,10 @@ from kms.domain import multi_region as mr
 from kms.node import Node
 from kms.store.log import EventLog
 from kms.store.replication import ReplicatedRow
+from regions import peer_auth
 from regions.admin import Admin
-from regions.identity import PeerIdentityChanged, PeerPins
+from regions.identity import PeerIdentityChanged, PeerPins, RegionIdentity
+from regions.peer_auth import PeerRequestRefused, PeerVerifier
 from regions.replication import Reactor
 from regions.topology import Peer, Topology
 
@@ -53,14 +59,16 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("regions.peering")
 
-PEER_REGION_HEADER = "X-Kms-Peer-Region"
+PEER_REGION_HEADER = peer_auth.REGION_HEADER
+REPLICATION_PATH = "/_kms/replication"
 WAIT_MAX = 20.0  # seconds a replication read may be held open
-FOLLOW_WAIT = 15.0  # what a follower asks for
+FOLLOW_WAIT = 10.0  # what a follower asks for
+REPLY_GRACE = 5.0  # past its wait, a held read with no answer means the link is stalled
 LIMIT_DEFAULT, LIMIT_MAX = 500, 1000
 CONTACT_TIMEOUT = aiohttp.ClientTimeout(total=5, sock_connect=3)
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 2.0
-REFUSED_RETRY = 30.0  # a peer whose identity was refused is asked again this rarely
-RESOLVE_TTL = 30.0
+REFUSED_RETRY = 30.0  # a peer whose identity was refused (or who refused us) is asked again
+# this rarely
 
 
 class PeerAnswerInvalid(ValueError):
@@ -69,6 +77,10 @@ class PeerAnswerInvalid(ValueError):
 
 class PeerRefused(Exception):
     """A peer that answers, but cannot be trusted as the configured region."""
+
+
+class RefusedByPeer(Exception):
+    """A peer that answers our signed read with 403 (it does not accept our identity)."""
 
 
 # ---------------------------------------------------------------- serving
@@ -94,49 +106,21 @@ class CommitSignal:
         return self._event
 
 
-class PeerGate:
-    """Who may read this node's replication stream (interim: see the module's rules)."""
-
-    def __init__(self, topology: Topology, dev: bool) -> None:
-        self.topology = topology
-        self.dev = dev
-        self._resolved: dict[str, tuple[float, frozenset[str]]] = {}
-
-    async def refusal(self, request: web.Request) -> str | None:
-        """Why ``request`` may not read replication (None: it may)."""
-        remote = request.remote or ""
-        if self.dev and _loopback(remote):
-            return None
-        claimed = request.headers.get(PEER_REGION_HEADER, "")
-        peer = self.topology.peer(claimed)
-        if peer is None:
-            return (f"Replication is served only to this node's configured peers; name the "
-                    f"calling region in {PEER_REGION_HEADER}.")
-        if remote not in await self._addresses(peer, fresh=False) and \
-                remote not in await self._addresses(peer, fresh=True):
-            return f"Region {peer.region} is configured at {peer.url}, not at {remote}."
-        return None
-
-    async def _addresses(self, peer: Peer, *, fresh: bool) -> frozenset[str]:
-        host = urlsplit(peer.url).hostname or ""
-        known = self._resolved.get(host)
-        if known is not None and not fresh and time.monotonic() - known[0] < RESOLVE_TTL:
-            return known[1]
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, None,
-                                                                 type=socket.SOCK_STREAM)
-            found = frozenset(str(info[4][0]) for info in infos)
-        except OSError:
-            found = frozenset()
-        self._resolved[host] = (time.monotonic(), found)
-        return found
-
-
 def _loopback(address: str) -> bool:
     try:
         return ipaddress.ip_address(address).is_loopback
     except ValueError:
         return False
+
+
+async def _message(reply: aiohttp.ClientResponse) -> str:
+    """The message of a peer's JSON error, or the start of its body."""
+    text = (await reply.text())[:500]
+    try:
+        doc = json.loads(text)
+        return str(doc["message"])[:500]
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {reply.status}: {text[:200]}"
 
 
 def _bad(status: int, code: str, message: str) -> web.Response:
@@ -168,22 +152,42 @@ class PeerLink:
     refused: str | None = None  # why the peer's identity was refused, if it was
     error: str | None = None
     last_ok: float | None = None  # monotonic time of the last answer
+    last_contact_ms: int | None = None  # the same, as wall-clock epoch ms
     peer_last_seq: int | None = None
     cursor_seen: int = 0
     waiting: bool = False
+    refused_by_peer: str | None = None  # the peer's 403 to our signed read, if it gave one
+    pinning: asyncio.Lock = field(default_factory=asyncio.Lock)  # one first-use pin at once
+    pin_failed: tuple[float, str] | None = None  # (monotonic, why) of the last failed pin
+
+    def stalled(self, now: float) -> float | None:
+        """Seconds since the last answer, if a read is held past its wait and grace."""
+        if not self.waiting or self.last_ok is None:
+            return None
+        silent = now - self.last_ok
+        return silent if silent > FOLLOW_WAIT + REPLY_GRACE else None
 
     def health(self, cursor: int) -> dict[str, Any]:
-        doc: dict[str, Any] = {"url": self.peer.url, "reachable": bool(self.reachable),
-                               "cursor": cursor}
+        now = time.monotonic()
+        stalled = self.stalled(now)
+        reachable = bool(self.reachable) and stalled is None
+        doc: dict[str, Any] = {"url": self.peer.url, "reachable": reachable, "cursor": cursor}
         if self.peer_last_seq is not None:
             doc["lag_events"] = max(0, self.peer_last_seq - cursor)
         if self.last_ok is not None:
-            doc["seconds_since_pull"] = round(time.monotonic() - self.last_ok, 3)
+            doc["seconds_since_pull"] = round(now - self.last_ok, 3)
+        if self.last_contact_ms is not None:
+            doc["last_contact_ms"] = self.last_contact_ms
         if self.identity is not None:
             doc["identity_fingerprint"] = transport.fingerprint(self.identity)
         if self.refused is not None:
             doc["identity_refused"] = self.refused
-        if self.error is not None and not self.reachable:
+        if self.refused_by_peer is not None:
+            doc["refused_by_peer"] = self.refused_by_peer
+        if stalled is not None:
+            doc["error"] = (f"no answer for {stalled:.0f} s (a replication read held past "
+                            f"its {FOLLOW_WAIT:g} s wait)")
+        elif self.error is not None and not reachable:
             doc["error"] = self.error
         return doc
 
@@ -191,32 +195,39 @@ class PeerLink:
 class Peering:
     """The node's side of its peers: the two endpoints, a follower per peer, pinned keys."""
 
-    def __init__(self, host: RegionHost, topology: Topology) -> None:
-        """Raises DataDirRefused for a damaged peers.json."""
+    def __init__(self, host: RegionHost, topology: Topology,
+                 wall: Callable[[], float] = time.time) -> None:
+        """Raises DataDirRefused for a damaged peers.json. ``wall`` dates and checks signed
+        peer requests: the real clock, never a --dev node's movable key-schedule clock."""
         self.host = host
         self.node: Node = host.own
         self.topology = topology
         self.region = topology.region
         config = self.node.config
         self.pins = PeerPins.load(config.data_dir)
-        self.gate = PeerGate(topology, config.dev)
+        self.dev = config.dev
+        self.wall = wall
         self.links = {r: PeerLink(p) for r, p in topology.peers.items()}
         self._signal: CommitSignal | None = None
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = asyncio.Event()
+        self._identity: RegionIdentity | None = None  # the own region's, once nodes started
+        self._verifier: PeerVerifier | None = None
 
     def install(self, app: web.Application) -> None:
         """Add the endpoints, and the followers' life, to ``app`` (after the nodes' own
         start in ``cleanup_ctx``, so they start after and stop before the nodes)."""
         app.add_routes([web.get("/_kms/region", self.region_info),
-                        web.get("/_kms/replication", self.replication)])
+                        web.get(REPLICATION_PATH, self.replication)])
         Admin(self.host).install(app)  # promote, conflicts (regions.admin)
         app.cleanup_ctx.append(self._ctx)
         app.on_shutdown.append(self._shutdown)
 
     async def _ctx(self, app: web.Application) -> AsyncIterator[None]:
         self._signal = CommitSignal(self.node.log)
+        self._identity = self.host.replication.identity_of(self.node)
+        self._verifier = PeerVerifier(self._identity, self.region, now=self.wall)
         self._session = aiohttp.ClientSession(skip_auto_headers=("User-Agent",))
         self._tasks = [asyncio.create_task(self._follow(link), name=f"follow-{region}")
                        for region, link in self.links.items()]
@@ -247,10 +258,11 @@ class Peering:
                                   "fingerprint": identity.fingerprint})
 
     async def replication(self, request: web.Request) -> web.Response:
-        refusal = await self.gate.refusal(request)
+        refusal = await self._admit(request)
         if refusal is not None:
             log.warning("replication_read_refused", remote=request.remote,
-                        claimed=request.headers.get(PEER_REGION_HEADER, "")[:40])
+                        claimed=request.headers.get(PEER_REGION_HEADER, "")[:40],
+                        reason=refusal)
             return _bad(403, "AccessDeniedException", refusal)
         q = request.query
         origin = q.get("origin", self.region)
@@ -282,6 +294,63 @@ class Peering:
                 rows, through = await node.log.read_for_peer(after, mr.is_shared_stream, limit)
         return web.json_response({"origin": self.region, "rows": [row_json(r) for r in rows],
                                   "next_cursor": through, "last_seq": node.log.last_seq})
+
+    async def _admit(self, request: web.Request) -> str | None:
+        """Why ``request`` may not read replication (None: it may); see the module's rules."""
+        try:
+            signed = peer_auth.signed_headers(request.headers)
+            if signed is None:
+                if self.dev and _loopback(request.remote or ""):
+                    return None
+                claimed = request.headers.get(PEER_REGION_HEADER, "")[:40]
+                named = (f"The request names region {claimed} in {PEER_REGION_HEADER} but is "
+                         "not signed. " if claimed else "")
+                return (f"{named}Replication is served only to this node's configured peers, "
+                        f"in requests signed with their region identity key: name the calling "
+                        f"region in {PEER_REGION_HEADER} and sign the request "
+                        f"({', '.join(peer_auth.SIGNED_HEADERS)}).")
+            link = self.links.get(signed.region)
+            if link is None:
+                return (f"Region {signed.region[:40]!r} is not a configured peer of this node "
+                        f"({self.region}); replication is served only to its configured peers.")
+            verifier = self._verifier
+            if verifier is None:
+                return "The node is starting."
+            verifier.check_fresh(signed)  # before a first-use pin costs a request
+            pinned = await self._pinned(link)
+            verifier.verify(signed, pinned, request.method, request.path,
+                            request.query.items())
+        except PeerRequestRefused as exc:
+            return str(exc)
+        return None
+
+    async def _pinned(self, link: PeerLink) -> bytes:
+        """The key a request from ``link``'s region must be signed with: configured, pinned,
+        or pinned now from the peer's configured URL (PeerRequestRefused if it cannot be)."""
+        peer = link.peer
+        if peer.identity_key is not None:
+            return transport.public_from_text(peer.identity_key)
+        found = self.pins.get(peer.region)
+        if found is not None:
+            return found
+        async with link.pinning:
+            found = self.pins.get(peer.region)
+            if found is not None:
+                return found
+            failed = link.pin_failed
+            if failed is not None and time.monotonic() - failed[0] < BACKOFF_MAX:
+                why = failed[1]  # asked a moment ago: a burst of requests asks it once
+            else:
+                try:
+                    return await self._contact(link)
+                except PeerRefused as exc:
+                    why = str(exc)
+                except (PeerAnswerInvalid, aiohttp.ClientError, TimeoutError, OSError) as exc:
+                    why = (f"{peer.url}/_kms/region did not answer: "
+                           f"{type(exc).__name__}: {exc}")[:300]
+                link.pin_failed = (time.monotonic(), why)
+        raise PeerRequestRefused(f"No identity key is pinned for region {peer.region} yet, and "
+                                 f"it could not be pinned now ({why}); refusing the request.")
 
     # -- identities --------------------------------------------------------------------
     async def identity(self, region: str) -> bytes | None:
@@ -328,7 +397,7 @@ class Peering:
             raise self._refuse(link, str(exc)) from None
         except ValueError as exc:  # the key itself is not a usable X25519 public key
             raise PeerAnswerInvalid(str(exc)) from None
-        link.identity, link.refused = key, None
+        link.identity, link.refused, link.pin_failed = key, None, None
         return key
 
     def _refuse(self, link: PeerLink, why: str) -> PeerRefused:
@@ -343,14 +412,19 @@ class Peering:
                     ) -> tuple[list[ReplicatedRow], int, int]:
         peer = link.peer
         assert self._session is not None
+        assert self._identity is not None and link.identity is not None, "contacted first"
         params = {"origin": peer.region, "after": str(after), "limit": str(LIMIT_DEFAULT),
                   "wait": f"{wait:g}"}
-        timeout = aiohttp.ClientTimeout(total=wait + 10, sock_connect=3)
+        headers = peer_auth.sign(self._identity, link.identity, self.region, peer.region,
+                                 "GET", REPLICATION_PATH, params, now=self.wall())
+        # A stalled link (a dropped connection that never resets) ends the read here.
+        timeout = aiohttp.ClientTimeout(total=wait + REPLY_GRACE, sock_connect=3)
         link.waiting = True
         try:
-            async with self._session.get(peer.url + "/_kms/replication", params=params,
-                                         headers={PEER_REGION_HEADER: self.region},
-                                         timeout=timeout) as reply:
+            async with self._session.get(peer.url + REPLICATION_PATH, params=params,
+                                         headers=headers, timeout=timeout) as reply:
+                if reply.status == 403:
+                    raise RefusedByPeer(await _message(reply))
                 if reply.status != 200:
                     text = (await reply.text())[:200]
                     raise PeerAnswerInvalid(f"/_kms/replication answered HTTP "
@@ -384,6 +458,8 @@ class Peering:
                 if rows or through > after:
                     await node.log.append_replicated(region, rows, through)
                 link.last_ok, link.peer_last_seq, link.error = time.monotonic(), last_seq, None
+                link.last_contact_ms = int(self.wall() * 1000)
+                link.refused_by_peer = None
                 if not link.reachable:
                     if link.reachable is False:
                         log.info("peer_reachable", region=region, url=link.peer.url,
@@ -397,6 +473,15 @@ class Peering:
             except PeerRefused:
                 contacted = False
                 link.reachable = True
+                await asyncio.sleep(REFUSED_RETRY)
+            except RefusedByPeer as exc:
+                contacted = False
+                link.reachable, link.error = True, None
+                link.last_ok, link.last_contact_ms = time.monotonic(), int(self.wall() * 1000)
+                if link.refused_by_peer != str(exc):
+                    log.error("refused_by_peer", region=region, url=link.peer.url,
+                              reason=str(exc))
+                link.refused_by_peer = str(exc)
                 await asyncio.sleep(REFUSED_RETRY)
             except (aiohttp.ClientError, TimeoutError, OSError, PeerAnswerInvalid) as exc:
                 contacted = False
