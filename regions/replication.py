@@ -178,6 +178,9 @@ class Reactor:
         if key is None:
             return 0
         done = 0
+        declined = mr.decline_handover(key, mrk)
+        if declined is not None:  # this region's own key is not Enabled: give it back
+            return await self._decline(mrk, key, declined)
         if mrk.handing_over:
             # A handover to this region: take every version first, pass through Updating,
             # then act as primary under the new epoch (the old primary then finishes too).
@@ -196,13 +199,39 @@ class Reactor:
             if key is None:
                 return done
         mrk = svc.state.mrks[mrk.key_id]
+        if key.state is KeyState.UPDATING and not mrk.handing_over and mrk.declined:
+            # The region this one handed the primary to declined it: still primary here.
+            epoch, region, reason = mrk.declined[-1]
+            done += await self._act("UpdatePrimaryRegion", mrk,
+                                    [ev.KeyUpdateFinished(mrk.key_id)], additional={
+                                        "primaryRegionDeclinedBy": region, "epoch": epoch,
+                                        "declineReason": reason})
+            key = svc.state.keys.get(mrk.key_id)
+            if key is None:
+                return done
         waited = mr.replicas_gone(key, mrk, svc.clock.now_ms(), DAY_MS)
         if waited is not None:
             done += await self._act("ScheduleKeyDeletion", mrk, [waited])
         return done
 
+    async def _decline(self, mrk: mr.MultiRegionKey, key: Key,
+                       declined: mr.PrimaryRegionDeclined) -> int:
+        """Refuse a handover to this region (its key is not Enabled): the decline on the
+        shared stream, with an audit fact naming why; this key leaves Updating if in it."""
+        on_key: list[ev.Event] = ([ev.KeyUpdateFinished(mrk.key_id)]
+                                  if key.state is KeyState.UPDATING else [])
+        done = await self._act("UpdatePrimaryRegion", mrk, on_key, [declined], additional={
+            "primaryRegion": declined.previous_region, "epoch": declined.epoch,
+            "primaryRegionDeclined": declined.reason})
+        if done:
+            log.warning("primary_region_declined", key_id=mrk.key_id, region=self.region,
+                        primary=declined.previous_region, epoch=declined.epoch,
+                        reason=declined.reason)
+        return done
+
     async def _act(self, name: str, mrk: mr.MultiRegionKey, on_key: list[ev.Event],
-                   shared: list[ev.Event] | None = None) -> int:
+                   shared: list[ev.Event] | None = None,
+                   additional: dict[str, object] | None = None) -> int:
         """One AwsServiceEvent on this region's key (and the shared stream)."""
         svc = self.service
         streams = (key_stream(mrk.key_id), *((mr.mrk_stream(mrk.key_id),) if shared else ()))
@@ -212,6 +241,7 @@ class Reactor:
             if shared:
                 call.emit(mr.mrk_stream(mrk.key_id), shared)
             call.additional["primaryRegion"] = mrk.primary_region
+            call.additional.update(additional or {})
 
         ok = await svc.service_action(name, mrk.arn_in(self.region), streams, decide)
         if ok:

@@ -27,7 +27,7 @@ from kms.domain.errors import (
     UnsupportedOperationException,
 )
 from kms.domain.ids import key_arn
-from kms.domain.key import Key, KeyState, check_state
+from kms.domain.key import Key, KeyState, check_state, state_error
 
 MRK_PREFIX = "mrk/"
 
@@ -122,6 +122,7 @@ class PrimaryRegionDeclined(ev.Event):
 
     key_id: str
     region: str
+    previous_region: str
     epoch: int
     reason: str
 
@@ -205,6 +206,9 @@ class MultiRegionKey:
     pending_import: str = ""  # an EXTERNAL primary's material waiting for rotation
     imported_in: tuple[tuple[str, str], ...] = ()  # (replica region, pending material id)
     imported_rotations: tuple[tuple[str, str, int], ...] = ()  # (id, type, at_ms), in order
+    handover: Replica | None = None  # the replica record of a region being handed the primary
+    handover_from: str = ""  # and the region handing it over
+    declined: tuple[tuple[int, str, str], ...] = ()  # (epoch, region, reason) of declines
 
     @property
     def handing_over(self) -> bool:
@@ -267,7 +271,8 @@ def _fenced(mrk: MultiRegionKey, epoch: int, origin: str = "", origin_seq: int =
     return epoch < mrk.epoch
 
 
-_NEVER_FENCED = (ev.PrimaryRegionUpdated, ev.PrimaryRegionAccepted, PrimaryRegionPromoted)
+_NEVER_FENCED = (ev.PrimaryRegionUpdated, ev.PrimaryRegionAccepted, PrimaryRegionPromoted,
+                 PrimaryRegionDeclined)
 
 
 def fence(mrk: MultiRegionKey, event: ev.Event, at_ms: int, origin: str,
@@ -350,8 +355,17 @@ def apply(mrk: MultiRegionKey, event: ev.Event, at_ms: int = 0, origin: str = ""
             if n <= mrk.epoch or mrk.replica(new) is None:
                 return mrk
             others = tuple(r for r in mrk.replicas if r.region != new)
-            return replace(mrk, primary_region=new, epoch=n,
-                           replicas=(*others, Replica(old, "", "", ())))
+            return replace(mrk, primary_region=new, epoch=n, handover=mrk.replica(new),
+                           handover_from=old, replicas=(*others, Replica(old, "", "", ())))
+        case PrimaryRegionDeclined(region=new, previous_region=old, epoch=n, reason=why):
+            # The named region gives its epoch back: the old primary is primary under it.
+            if n != mrk.epoch or mrk.primary_region != new or not mrk.handing_over:
+                return mrk
+            others = tuple(r for r in mrk.replicas if r.region != old)
+            back = mrk.handover or Replica(new, "", "", ())
+            return replace(mrk, primary_region=old, accepted_epoch=n, handover=None,
+                           handover_from="", replicas=(*others, back),
+                           declined=(*mrk.declined, (n, new, why)))
         case PrimaryRegionPromoted(region=new, previous_region=old, epoch=n, basis_seq=b):
             promotions = mrk.promotions if any(p.epoch == n for p in mrk.promotions) else \
                 tuple(sorted((*mrk.promotions, Promotion(new, old, n, b)),
@@ -365,7 +379,7 @@ def apply(mrk: MultiRegionKey, event: ev.Event, at_ms: int = 0, origin: str = ""
                            replicas=(*others, *demoted), promotions=promotions)
         case ev.PrimaryRegionAccepted(region=region, epoch=n):
             if n == mrk.epoch and region == mrk.primary_region:
-                return replace(mrk, accepted_epoch=n)
+                return replace(mrk, accepted_epoch=n, handover=None, handover_from="")
             return mrk
         case ev.MaterialShared(material_id=mid, public_key=pub, sealed_for=sealed,
                                rotation_type=rt, rotated_at_ms=when):
@@ -541,6 +555,22 @@ def update_primary(key: Key, mrk: MultiRegionKey | None, region: str) -> list[ev
         raise NotFoundException(
             f"Key '{mrk.arn_in(region)}' does not exist")
     return [ev.PrimaryRegionUpdated(key.key_id, region, key.region, mrk.epoch + 1)]
+
+
+def decline_handover(key: Key, mrk: MultiRegionKey) -> PrimaryRegionDeclined | None:
+    """The region UpdatePrimaryRegion named takes the primary only if its own key is
+    Enabled (AWS wants both keys Enabled; only this region knows its key's state): else it
+    declines, and the handover is rolled back (both leave Updating, the old primary stays
+    primary)."""
+    if not mrk.handing_over or mrk.primary_region != key.region:
+        return None
+    state = key.before_update if key.state is KeyState.UPDATING else key.state
+    if state is KeyState.ENABLED:
+        return None
+    reason = str(state_error(dataclasses.replace(key, state=state or key.state), "inv"))
+    if not mrk.handover_from:  # folded before this field existed: nothing to roll back to
+        return None
+    return PrimaryRegionDeclined(key.key_id, key.region, mrk.handover_from, mrk.epoch, reason)
 
 
 def promote(key: Key | None, mrk: MultiRegionKey | None, region: str, key_ref: str,

@@ -486,6 +486,57 @@ def test_update_primary_region_refusals(node: ServerProcess, kms: dict[str, Any]
         assert "PrimaryRegionUpdated" not in types and "KeyUpdateStarted" not in types
 
 
+def _facts(node: ServerProcess, region: str, operation: str) -> list[dict[str, Any]]:
+    db = region_dir(node, region) / "events.sqlite3"
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        rows = conn.execute("SELECT body FROM events WHERE type = 'ApiCallRecorded'").fetchall()
+    facts = [msgpack.unpackb(body, raw=False) for body, in rows]
+    return [f for f in facts if f["operation"] == operation]
+
+
+def test_a_handover_to_a_replica_that_is_not_enabled_is_declined_and_rolled_back(
+        node: ServerProcess, kms: dict[str, Any]) -> None:
+    key_id = kms[PRIMARY].create_key(MultiRegion=True)["KeyMetadata"]["KeyId"]
+    for region in (REPLICA, LATE):
+        replicate(kms, key_id, region)
+    replica_arn = kms[REPLICA].describe_key(KeyId=key_id)["KeyMetadata"]["Arn"]
+    kms[REPLICA].disable_key(KeyId=key_id)  # only eu-west-1 knows its key is Disabled
+
+    kms[PRIMARY].update_primary_region(KeyId=key_id, PrimaryRegion=REPLICA)
+
+    want = {PRIMARY: ("PRIMARY", "Enabled"), REPLICA: ("REPLICA", "Disabled"),
+            LATE: ("REPLICA", "Enabled")}
+    for region, (kind, state) in want.items():
+        eventually(lambda r=region, k=kind, s=state: config_in(kms[r], key_id) == {
+            "type": k, "primary": PRIMARY, "replicas": [LATE, REPLICA], "state": s},
+            f"the handover rolled back in {region}")
+        assert "PrimaryRegionDeclined" in _types_in(node, region, key_id)
+    types = _types_in(node, PRIMARY, key_id)
+    assert types.count("KeyUpdateStarted") == types.count("KeyUpdateFinished") == 1
+    assert "KeyUpdateStarted" not in _types_in(node, REPLICA, key_id)
+    reason = f"{replica_arn} is disabled."
+    declined = [f for f in _facts(node, REPLICA, "UpdatePrimaryRegion")
+                if f["additional"].get("primaryRegionDeclined") == reason]
+    assert len(declined) == 1 and declined[0]["event_type"] == "AwsServiceEvent"
+    finished = [f for f in _facts(node, PRIMARY, "UpdatePrimaryRegion")
+                if f["additional"].get("declineReason") == reason]
+    assert len(finished) == 1 and finished[0]["additional"]["primaryRegionDeclinedBy"] == (
+        REPLICA)
+
+    # The old primary is still the primary: it rotates, and every member follows.
+    kms[PRIMARY].rotate_key_on_demand(KeyId=key_id)
+    now = kms[PRIMARY].describe_key(KeyId=key_id)["KeyMetadata"]["CurrentKeyMaterialId"]
+    for region in (REPLICA, LATE):
+        eventually(lambda r=region: kms[r].describe_key(KeyId=key_id)["KeyMetadata"][
+            "CurrentKeyMaterialId"] == now, f"the rotation in {region}")
+    # Once the replica is Enabled, the handover goes through (under a later epoch).
+    kms[REPLICA].enable_key(KeyId=key_id)
+    kms[PRIMARY].update_primary_region(KeyId=key_id, PrimaryRegion=REPLICA)
+    for region in (PRIMARY, REPLICA, LATE):
+        eventually(lambda r=region: config_in(kms[r], key_id)["primary"] == REPLICA
+                   and config_in(kms[r], key_id)["state"] == "Enabled", f"moved in {region}")
+
+
 # -- races, imported material, creation dates, unreadable material, replicating again ---------
 def test_a_rotation_racing_replicate_key_still_reaches_the_new_replica(
         node: ServerProcess, kms: dict[str, Any]) -> None:
