@@ -277,7 +277,7 @@ class EventLog(abc.ABC):
         self.start_decoded = decoded
         self.start_snapshot_seq = snap_seq
         self._cursors = merged_cursors(cursors, held)
-        log.info("log_verified", rows=self.last_seq, rows_read=read, rows_rehashed=rehashed,
+        log.info("log_verified", region=self.region, rows=self.last_seq, rows_read=read, rows_rehashed=rehashed,
                  rows_link_checked=read - rehashed, rows_decoded=decoded,
                  snapshot_seq=snap_seq, checkpoint_seq=last_cp,
                  checkpoints=len(checkpoints), pruned_through=pruned)
