@@ -321,10 +321,17 @@ def _statement(raw: Any, resource_policy: bool, named: list[str]) -> Statement:
             named.extend(p for p in _strings(value.get("AWS", "*")) if p.startswith("arn:"))
     elif "Principal" in raw or "NotPrincipal" in raw:
         raise malformed("Identity policies do not name a Principal.")
+    # A key policy statement without Action or Resource is ineffective, not an error (as
+    # KMS answers it); IAM refuses such an identity policy, and so does this node: a Deny
+    # that silently never applied would leave its Allows standing.
     not_action = "NotAction" in raw
+    if not resource_policy and not_action == ("Action" in raw):
+        raise malformed("Policy statement must contain actions.")
     actions = _actions(raw["NotAction" if not_action else "Action"]) \
         if ("Action" in raw or not_action) else frozenset()
     not_resource = "NotResource" in raw
+    if not resource_policy and not_resource == ("Resource" in raw):
+        raise malformed("Policy statement must contain resources.")
     resources = None
     if "Resource" in raw or not_resource:
         resources = _resources(raw["NotResource" if not_resource else "Resource"])

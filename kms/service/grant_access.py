@@ -117,9 +117,11 @@ def allowing_grants(grants: Grants, region: str, call: Call, action: str,
     for grant in seen.values():
         if action not in grant.operations or not g.constraint_holds(grant, action, context):
             continue
-        if action == "CreateGrant":
+        if action == "CreateGrant":  # a grantee may pass on only what it holds, as strictly
             child_type, child = g.constraint_of(call.params.get("Constraints"))
             if not g.at_least_as_strict(grant, child_type, child):
+                continue
+            if not set(call.params.get("Operations") or ()) <= set(grant.operations):
                 continue
         out.append(grant)
     return out

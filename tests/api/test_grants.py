@@ -363,6 +363,11 @@ def test_grants_authorize_principals_the_policies_do_not(named_node: ServerProce
     denied(alice, "alice", "CreateGrant", alice.create_grant, KeyId=key_id,
            GranteePrincipal=BOB, Operations=["Encrypt"],
            Constraints={"EncryptionContextSubset": {"team": "a"}})
+    # ... and only operations she holds: not GenerateDataKey (nor for herself).
+    for grantee in (BOB, ALICE):
+        denied(alice, "alice", "CreateGrant", alice.create_grant, KeyId=key_id,
+               GranteePrincipal=grantee, Operations=["Encrypt", "GenerateDataKey"],
+               Constraints={"EncryptionContextSubset": pay})
     passed = alice.create_grant(KeyId=key_id, GranteePrincipal=BOB, Operations=["Encrypt"],
                                 Constraints={"EncryptionContextSubset": {**pay, "team": "a"}})
     bob.encrypt(KeyId=key_id, Plaintext=b"p", EncryptionContext={**pay, "team": "a"},

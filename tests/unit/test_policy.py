@@ -331,3 +331,15 @@ def test_an_unreadable_identity_policy_denies_everything() -> None:
     why = authz.decide(Call("r", "ListKeys", caller, 0, {}), "ListKeys", None, account=ACCOUNT)
 
     assert why == authz.EXPLICIT_DENY_IDENTITY
+
+
+def test_an_identity_policy_statement_must_name_actions_and_resources() -> None:
+    # IAM refuses these; a Deny that silently never applied would leave its Allows standing.
+    for missing in ("Action", "Resource"):
+        statement = {"Effect": "Deny", "Action": "kms:CreateKey", "Resource": "*"}
+        del statement[missing]
+        text = json.dumps({"Version": "2012-10-17", "Statement": [statement]})
+        with pytest.raises(MalformedPolicyDocumentException) as refused:
+            pol.parse(text, resource_policy=False)
+        assert refused.value.message == (
+            f"Policy statement must contain {missing.lower()}s.")
