@@ -501,20 +501,3 @@ def printable(text: str) -> str:
         return text
     except UnicodeEncodeError:
         return text.encode("utf-8", "replace").decode("utf-8")
-
-
-def audit_params(params: dict[str, Any]) -> dict[str, Any]:
-    """camelCase request parameters with every blob (plaintext, ciphertext) left out."""
-    return {
-        name[:1].lower() + name[1:]: _scrub(value)
-        for name, value in params.items()
-        if not isinstance(value, bytes | bytearray)
-    }
-
-
-def _scrub(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _scrub(v) for k, v in value.items() if not isinstance(v, bytes | bytearray)}
-    if isinstance(value, list):
-        return [_scrub(v) for v in value if not isinstance(v, bytes | bytearray)]
-    return value

@@ -2,7 +2,8 @@
 
 Rules: key state, then key usage, then the algorithm, then the ciphertext's length, then
 DryRun; the shared secret and the ciphertext are blobs, so they never reach the audit
-fact (``audit_params`` drops bytes). GetPublicKey serves these keys in asymmetric_ops.
+fact (kms.audit.cloudtrail's loggable_params drops bytes). GetPublicKey serves these
+keys in asymmetric_ops.
 """
 
 from __future__ import annotations
