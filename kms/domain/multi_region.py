@@ -259,13 +259,34 @@ def created(e: ev.MultiRegionKeyCreated) -> MultiRegionKey:
                           e.origin)
 
 
+def winner(promotions: tuple[Promotion, ...], epoch: int) -> Promotion | None:
+    """The promotion that holds at ``epoch``: two regions promoted at the same epoch (an
+    operator in each side of a partition) are ordered by (epoch, region name), the greater
+    wins, so every region picks the same one whatever order they arrive in."""
+    at = [p for p in promotions if p.epoch == epoch]
+    return max(at, key=lambda p: p.region) if at else None
+
+
+def _lost_tie(mrk: MultiRegionKey, epoch: int, origin: str) -> bool:
+    """``origin`` promoted itself at ``epoch`` and another region's promotion won it."""
+    won = winner(mrk.promotions, epoch)
+    return won is not None and won.region != origin and any(
+        p.epoch == epoch and p.region == origin for p in mrk.promotions)
+
+
 def _fenced(mrk: MultiRegionKey, epoch: int, origin: str = "", origin_seq: int = 0) -> bool:
     """A primary's event written under an epoch older than the highest seen (0: older logs).
     An old primary's event under an epoch a promotion ended is fenced only if the promoted
-    region had not seen it (past the promotion's basis): what it had seen, it acted on."""
+    region had not seen it (past the promotion's basis): what it had seen, it acted on.
+    Everything a region wrote under an epoch whose promotion it lost to another region's
+    (same epoch, greater name) is fenced: the winner never saw it."""
     if epoch <= 0:
         return False
-    ended = [p for p in mrk.promotions if p.previous_region == origin and epoch < p.epoch]
+    if _lost_tie(mrk, epoch, origin):
+        return True
+    held = [w for w in (winner(mrk.promotions, e) for e in {p.epoch for p in mrk.promotions})
+            if w is not None]
+    ended = [p for p in held if p.previous_region == origin and epoch < p.epoch]
     if ended:
         return origin_seq > min(ended, key=lambda p: p.epoch).basis_seq
     return epoch < mrk.epoch
@@ -367,10 +388,14 @@ def apply(mrk: MultiRegionKey, event: ev.Event, at_ms: int = 0, origin: str = ""
                            handover_from="", replicas=(*others, back),
                            declined=(*mrk.declined, (n, new, why)))
         case PrimaryRegionPromoted(region=new, previous_region=old, epoch=n, basis_seq=b):
-            promotions = mrk.promotions if any(p.epoch == n for p in mrk.promotions) else \
-                tuple(sorted((*mrk.promotions, Promotion(new, old, n, b)),
-                             key=lambda p: p.epoch))
-            if n <= mrk.epoch or mrk.replica(new) is None:
+            known = any((p.epoch, p.region) == (n, new) for p in mrk.promotions)
+            promotions = mrk.promotions if known else tuple(sorted(
+                (*mrk.promotions, Promotion(new, old, n, b)), key=lambda p: (p.epoch, p.region)))
+            won = winner(promotions, n)
+            tie = n == mrk.epoch and any(p.epoch == n and p.region == mrk.primary_region
+                                         for p in promotions)  # another promotion holds n
+            if (won is None or won.region != new or n < mrk.epoch or (n == mrk.epoch and not tie)
+                    or mrk.primary_region == new or mrk.replica(new) is None):
                 return replace(mrk, promotions=promotions)
             others = tuple(r for r in mrk.replicas if r.region != new)
             demoted = () if mrk.primary_region in mrk.deleted_in else (
@@ -404,11 +429,11 @@ def refold(history: list[Folded]) -> MultiRegionKey:
     was folded before the promotion arrived (the old primary's own events, a race)."""
     first = history[0][0]
     assert isinstance(first, ev.MultiRegionKeyCreated)
-    promotions = tuple(sorted({e.epoch: Promotion(e.region, e.previous_region, e.epoch,
-                                                  e.basis_seq)
+    promotions = tuple(sorted({(e.epoch, e.region): Promotion(e.region, e.previous_region,
+                                                              e.epoch, e.basis_seq)
                                for e, *_ in history
                                if isinstance(e, PrimaryRegionPromoted)}.values(),
-                              key=lambda p: p.epoch))
+                              key=lambda p: (p.epoch, p.region)))
     mrk = dataclasses.replace(created(first), promotions=promotions)
     for e, at_ms, origin, seq in history[1:]:
         mrk = apply(mrk, e, at_ms, origin, seq)

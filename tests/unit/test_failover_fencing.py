@@ -93,3 +93,64 @@ def test_a_region_that_sees_only_the_new_primarys_rows_folds_the_whole_key() -> 
     state(BEFORE + [SEEN_BY_EU, CUT_OFF])  # the old primary's rows, once it is back
     assert state.mrks[KEY].primary_region == EU
     assert [c.origin_seq for c in state.mrks[KEY].conflicts] == [9]
+
+
+# -- two promotions at the same epoch (an operator in each side of a partition) -------------
+# us-east-1 is down; eu-west-1 and ap-southeast-2 cannot see each other and each is promoted
+# at epoch 2. (2, "eu-west-1") > (2, "ap-southeast-2"): eu-west-1 wins in every region.
+EU_PROMOTED = env(EU, 1, mr.PrimaryRegionPromoted(KEY, EU, US, 2, 5))
+EU_WRITES = env(EU, 2, ev.MaterialShared(KEY, "e" * 64, b"", ((AP, b"s"), (US, b"s")),
+                                         "ON_DEMAND", 8, 2), at_ms=8000)
+AP_PROMOTED = env(AP, 1, mr.PrimaryRegionPromoted(KEY, AP, US, 2, 9))
+AP_WRITES = env(AP, 2, ev.MaterialShared(KEY, "f" * 64, b"", ((EU, b"s"), (US, b"s")),
+                                         "ON_DEMAND", 9, 2), at_ms=9000)
+AP_SCHEDULE = env(AP, 3, ev.RotationScheduleShared(KEY, 90, 99, 2), at_ms=9500)
+
+
+def _orders() -> list[list[ev.Envelope]]:
+    """Every interleaving of the two regions' rows that keeps each region's own order (a
+    region pulls each origin in that origin's order), and the old primary's cut-off row."""
+    eu, ap = [EU_PROMOTED, EU_WRITES], [AP_PROMOTED, AP_WRITES, AP_SCHEDULE]
+    out = []
+    for slots in itertools.combinations(range(len(eu) + len(ap)), len(eu)):
+        it_eu, it_ap = iter(eu), iter(ap)
+        merged = [next(it_eu) if i in slots else next(it_ap) for i in range(len(eu) + len(ap))]
+        for cut in range(len(merged) + 1):
+            out.append([*merged[:cut], SEEN_BY_EU, CUT_OFF, *merged[cut:]])
+    return out
+
+
+@pytest.mark.parametrize("order", _orders())
+def test_equal_epochs_are_ordered_by_region_name_in_every_arrival_order(
+        order: list[ev.Envelope]) -> None:
+    mrk = folded(order)
+    assert (mrk.primary_region, mrk.epoch, mrk.accepted_epoch) == (EU, 2, 2)
+    assert sorted(r.region for r in mrk.replicas) == [AP, US]
+    assert sorted(m.material_id[0] for m in mrk.materials) == ["a", "b", "e"]  # not "f"
+    assert (mrk.rotation_period_days, mrk.next_rotation_ms) == (0, 0)
+    # The loser's writes under the epoch it lost are conflicts, as an old primary's are;
+    # the old primary's row past the winner's basis too.
+    assert sorted((c.origin_region, c.origin_seq, c.epoch, c.event_type)
+                  for c in mrk.conflicts) == [
+        (AP, 2, 2, "MaterialShared"), (AP, 3, 2, "RotationScheduleShared"),
+        (US, 9, 1, "MaterialShared")]
+
+
+def test_each_side_of_the_partition_is_primary_until_it_hears_of_the_other() -> None:
+    assert folded([AP_PROMOTED, AP_WRITES]).primary_region == AP
+    assert folded([EU_PROMOTED]).primary_region == EU
+    assert mr.winner(folded([AP_PROMOTED, EU_PROMOTED]).promotions, 2) == mr.Promotion(
+        EU, US, 2, 5)
+
+
+def test_the_loser_turns_replica_and_encrypts_under_the_winners_version_again() -> None:
+    mrk = folded([AP_PROMOTED, AP_WRITES, EU_PROMOTED, EU_WRITES])
+    loser = dataclasses.replace(_replica(AP, ("a" * 64, "b" * 64, "f" * 64)),
+                                materials=tuple(ev.Material(m * 64, b"s") for m in "abfe"),
+                                current_material_id="f" * 64)
+    assert mr.is_replica(loser, mrk)
+    assert mr.restored_current(loser, mrk) == mr.CurrentMaterialRestored(KEY, "e" * 64)
+    # A later promotion (epoch 3) still outranks both.
+    later = folded([AP_PROMOTED, EU_PROMOTED, env(
+        AP, 4, mr.PrimaryRegionPromoted(KEY, AP, EU, 3, 2))])
+    assert (later.primary_region, later.epoch) == (AP, 3)
