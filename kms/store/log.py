@@ -277,8 +277,8 @@ class EventLog(abc.ABC):
         self.start_decoded = decoded
         self.start_snapshot_seq = snap_seq
         self._cursors = merged_cursors(cursors, held)
-        log.info("log_verified", region=self.region, rows=self.last_seq, rows_read=read, rows_rehashed=rehashed,
-                 rows_link_checked=read - rehashed, rows_decoded=decoded,
+        log.info("log_verified", region=self.region, rows=self.last_seq, rows_read=read,
+                 rows_rehashed=rehashed, rows_link_checked=read - rehashed, rows_decoded=decoded,
                  snapshot_seq=snap_seq, checkpoint_seq=last_cp,
                  checkpoints=len(checkpoints), pruned_through=pruned)
         if not handed_on:  # an empty replay is still a replay
@@ -304,7 +304,12 @@ class EventLog(abc.ABC):
         cp = self.checkpointer
         if cp is None:
             return None
-        for stored in await self._snapshots():
+        try:
+            stored_snapshots = await self._snapshots()
+        except Exception as exc:  # noqa: BLE001  (unreadable: the rows are the authority)
+            log.warning("snapshot_unusable", reason=f"unreadable: {exc}", fallback="every row")
+            return None
+        for stored in stored_snapshots:
             try:
                 marks, data = self._usable(stored, checkpoints)
             except snapshots.SnapshotUnusable as exc:

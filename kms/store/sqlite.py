@@ -139,8 +139,12 @@ class SqliteLog(EventLog):
         return counts[0], counts[1]
 
     async def _snapshots(self) -> list[Snapshot]:
-        async with self.db.execute("SELECT seq, head, version, digest, fingerprint, signature,"
-                                   " body FROM snapshots ORDER BY seq DESC") as cur:
+        # As blobs whatever a damaged row holds: a snapshot that does not verify is skipped,
+        # never a reason to refuse the start.
+        async with self.db.execute(
+                "SELECT seq, CAST(head AS BLOB), version, CAST(digest AS BLOB), fingerprint,"
+                " CAST(signature AS BLOB), CAST(body AS BLOB) FROM snapshots ORDER BY seq DESC"
+        ) as cur:
             return [Snapshot(int(q), bytes(h), int(v), bytes(d), str(f), bytes(g), bytes(b))
                     for q, h, v, d, f, g, b in await cur.fetchall()]
 
