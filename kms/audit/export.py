@@ -5,9 +5,13 @@ Rules: log files ``AWSLogs/<account>/CloudTrail/<region>/YYYY/MM/DD/..._<id>.jso
 CloudTrail's digest format, chained to the one before and signed SHA256withRSA with the
 region's audit signing key over CloudTrail's signing string (its signature beside it in
 ``<digest>.sig``, as S3 keeps it in the object's metadata). ``kms-export-state.json``
-records the last exported seq and digest, written last, so a second run writes only new
-records; names and bytes are deterministic, so a run cut short and run again rewrites the
-same files. Reads the log read-only (the node may be running); writes only
+records the last exported seq and each account's last digest, so a second run writes only
+new records. A run is atomic: its files are staged in ``.kms-export-staging`` and a manifest
+sealed, then renamed into place in order (log files, then each digest's signature and the
+digest), the state file last; a crash before the seal leaves the last completed export (the
+stage is discarded), one after it is completed by the next run before anything else. A
+cross-account call's records go to each recipient account's ``AWSLogs/<account>/`` with its
+own digest chain. Reads the log read-only (the node may be running); writes only
 ``audit-exported.json`` beside it, which ``kms audit prune`` reads.
 """
 
@@ -19,13 +23,14 @@ import gzip
 import hashlib
 import json
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from kms.audit import livelog
-from kms.audit.cloudtrail import cloudtrail_record
+from kms.audit.cloudtrail import fact_records
 from kms.audit.signing import ALGORITHM, AuditSigningKey
 from kms.datadir import DataDirRefused
 from kms.domain import events as ev
@@ -141,20 +146,22 @@ def export(data_dir: Path, out: Path, *, bucket: str = DEFAULT_BUCKET,
         raise ExportRefused(f"no root key for {data_dir} (KMS_ROOT_KEY or root.key): the "
                             "digests are signed with the audit key sealed under it")
     key = AuditSigningKey.load(data_dir, root)
+    out.mkdir(parents=True, exist_ok=True)
+    _complete(out, data_dir)  # a run cut short while committing: finish it first
     state = read_state(out) or {}
     if state and (state.get("region"), state.get("account")) != (region, account):
         raise ExportRefused(f"{out} holds the export of region {state.get('region')}, account "
                             f"{state.get('account')}, not {region}/{account}")
     after = int(state.get("last_seq", 0))
-    previous: dict[str, Any] | None = state.get("last_digest")
-    out.mkdir(parents=True, exist_ok=True)
+    previous = last_digests(state)
     _write(out / PUBLIC_KEYS_DIR / f"{key.fingerprint}.pem", key.pem)
     db = livelog.open_readonly(data_dir)
     try:
         total = db.execute("SELECT count(*) FROM events WHERE stream = ? AND seq > ?",
                            (AUDIT_STREAM, after)).fetchone()[0]
         bar = _Progress(progress, int(total))
-        hours: dict[int, list[tuple[int, int, dict[str, Any]]]] = {}
+        # (recipient account, hour) -> (seq, at_ms, record): each account's own files
+        hours: dict[tuple[str, int], list[tuple[int, int, dict[str, Any]]]] = {}
         last_seq = after
         for seq, stream, version, type_name, origin, oseq, at_ms, body, p, h in livelog.rows(
                 db, after):
@@ -167,33 +174,125 @@ def export(data_dir: Path, out: Path, *, bucket: str = DEFAULT_BUCKET,
             fact = ev.decode(str(type_name), body)
             if not isinstance(fact, ev.ApiCallRecorded):
                 continue
-            record = cloudtrail_record(fact, seq=seq, at_ms=at_ms, region=region,
-                                       recipient_account=account)
-            hours.setdefault(at_ms // HOUR_MS, []).append((seq, at_ms, record))
+            for record in fact_records(fact, seq=seq, at_ms=at_ms, region=region,
+                                       default_account=account):
+                hours.setdefault((record["recipientAccountId"], at_ms // HOUR_MS),
+                                 []).append((seq, at_ms, record))
             last_seq = seq
     finally:
         db.close()
     n_files = n_digests = n_records = 0
-    for hour in sorted(hours):
-        entries = hours[hour]
-        log_entry = _write_log_file(out, bucket, account, region, entries)
-        previous = _write_digest(out, key, bucket, account, region, trail, [log_entry],
-                                 entries, previous)
+    stage = _Stage(out)
+    for acct, hour in sorted(hours, key=lambda k: (k[1], k[0])):
+        entries = hours[(acct, hour)]
+        log_entry = _write_log_file(stage, bucket, acct, region, entries)
+        previous[acct] = _write_digest(stage, key, bucket, acct, region, trail, [log_entry],
+                                       entries, previous.get(acct))
         n_files += 1
         n_digests += 1
         n_records += len(entries)
         bar.step(len(entries))
     if n_records or not state:
         doc = {"region": region, "account": account, "last_seq": last_seq,
-               "last_digest": previous, "public_key_fingerprint": key.fingerprint}
-        _write(out / STATE_FILE, (json.dumps(doc, indent=2) + "\n").encode())
+               "last_digest": previous.get(account), "last_digests": previous,
+               "public_key_fingerprint": key.fingerprint}
         # Beside the log, for ``kms audit prune``: what is exported, and where (not the db).
         mark = {"out": str(out.resolve()), "last_seq": last_seq}
-        _write(data_dir / EXPORTED_FILE, (json.dumps(mark, indent=2) + "\n").encode())
+        stage.seal(doc, mark)
+        _complete(out, data_dir)
+    else:
+        stage.discard()
     return ExportResult(after, last_seq, n_records, n_files, n_digests)
 
 
-def _write_log_file(out: Path, bucket: str, account: str, region: str,
+def last_digests(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The newest digest of each account an export state records (a state written before
+    exports had several accounts names only its own account's)."""
+    found = state.get("last_digests")
+    if isinstance(found, dict):
+        return dict(found)
+    last = state.get("last_digest")
+    return {str(state.get("account")): last} if last else {}
+
+
+# -- one run's files: staged, then committed in order, the state last ---------------------
+STAGING_DIR = ".kms-export-staging"  # in OUT: a run's files before they are committed
+MANIFEST = "manifest.json"  # in the staging dir: written once every file is staged
+CRASH_ENV = "KMS_AUDIT_EXPORT_CRASH_AFTER"  # test hook: "stage:N" or "commit:N"
+
+
+def _crash_point(phase: str, done: int) -> None:
+    """Exit at once, as a crash would, after ``done`` files of ``phase`` (tests only)."""
+    want = os.environ.get(CRASH_ENV, "")
+    if want == f"{phase}:{done}":
+        os._exit(70)
+
+
+class _Stage:
+    """Files of one run written under ``OUT/.kms-export-staging`` by their final names;
+    ``seal`` writes the manifest (their commit order, the state to write after them).
+    A staging dir without a manifest is a run cut short before it sealed: it is discarded,
+    so the export stays as the last completed run left it."""
+
+    def __init__(self, out: Path) -> None:
+        self.root = out / STAGING_DIR
+        self.discard()
+        self.files: list[str] = []
+
+    def write(self, name: str, data: bytes) -> None:
+        _write(self.root / name, data)
+        self.files.append(name)
+        _crash_point("stage", len(self.files))
+
+    def seal(self, state: dict[str, Any], mark: dict[str, Any]) -> None:
+        doc = {"files": self.files, "state": state, "exported": mark}
+        _write(self.root / MANIFEST, (json.dumps(doc, indent=2) + "\n").encode())
+
+    def discard(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def pending(out: Path) -> dict[str, Any] | None:
+    """The manifest of a run that was cut short while committing (None: none)."""
+    try:
+        doc: dict[str, Any] = json.loads((out / STAGING_DIR / MANIFEST).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ExportRefused(f"{out / STAGING_DIR / MANIFEST} is damaged: {exc}") from None
+    return doc
+
+
+def _complete(out: Path, data_dir: Path) -> None:
+    """Commit a sealed run: each staged file renamed to its place in manifest order (those
+    gone are already there), then the state file, then ``audit-exported.json``; then the
+    staging dir goes. Safe to run again after a crash at any point of it."""
+    doc = pending(out)
+    if doc is None:
+        shutil.rmtree(out / STAGING_DIR, ignore_errors=True)  # never sealed: discard
+        return
+    root = out / STAGING_DIR
+    for n, name in enumerate(doc["files"], 1):
+        staged = root / name
+        if staged.exists():
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, out / name)
+            _sync_dir((out / name).parent)
+        _crash_point("commit", n)
+    _write(out / STATE_FILE, (json.dumps(doc["state"], indent=2) + "\n").encode())
+    _write(data_dir / EXPORTED_FILE, (json.dumps(doc["exported"], indent=2) + "\n").encode())
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_log_file(stage: _Stage, bucket: str, account: str, region: str,
                     entries: list[tuple[int, int, dict[str, Any]]]) -> dict[str, Any]:
     newest = max(at for _, at, _ in entries)
     oldest = min(at for _, at, _ in entries)
@@ -202,13 +301,13 @@ def _write_log_file(out: Path, bucket: str, account: str, region: str,
             f"{ident[:16].upper()}.json.gz")
     obj = f"AWSLogs/{account}/CloudTrail/{region}/{_stamp(newest, '%Y/%m/%d')}/{name}"
     raw, gz = _gz({"Records": [r for _, _, r in entries]})
-    _write(out / obj, gz)
+    stage.write(obj, gz)
     return {"s3Bucket": bucket, "s3Object": obj, "hashValue": hashlib.sha256(raw).hexdigest(),
             "hashAlgorithm": "SHA-256", "newestEventTime": _iso(newest),
             "oldestEventTime": _iso(oldest)}
 
 
-def _write_digest(out: Path, key: AuditSigningKey, bucket: str, account: str, region: str,
+def _write_digest(stage: _Stage, key: AuditSigningKey, bucket: str, account: str, region: str,
                   trail: str, log_files: list[dict[str, Any]],
                   entries: list[tuple[int, int, dict[str, Any]]],
                   previous: dict[str, Any] | None) -> dict[str, Any]:
@@ -241,7 +340,7 @@ def _write_digest(out: Path, key: AuditSigningKey, bucket: str, account: str, re
     raw, gz = _gz(doc)
     signature = key.sign(signing_string(end_time, bucket, obj, raw,
                                         previous["signature"] if previous else None)).hex()
-    _write(out / obj, gz)
-    _write(out / (obj + ".sig"), (signature + "\n").encode())
+    stage.write(obj + ".sig", (signature + "\n").encode())  # a digest is never unsigned
+    stage.write(obj, gz)
     return {"bucket": bucket, "object": obj, "hash": hashlib.sha256(raw).hexdigest(),
             "signature": signature, "end_ms": end}

@@ -20,7 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from kms.audit import livelog
-from kms.audit.export import PUBLIC_KEYS_DIR, STATE_FILE, ExportRefused, read_state, signing_string
+from kms.audit.export import (
+    PUBLIC_KEYS_DIR,
+    STAGING_DIR,
+    STATE_FILE,
+    ExportRefused,
+    last_digests,
+    pending,
+    read_state,
+    signing_string,
+)
 from kms.audit.signing import AuditPublicKey
 from kms.datadir import DataDirRefused
 
@@ -69,9 +78,13 @@ def verify_export(out: Path, pinned: AuditPublicKey | None = None) -> tuple[list
         raise ExportRefused(f"{out} is not a directory")
     state = read_state(out)
     keys = _keys(out, pinned)
-    files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()
+             and not str(p.relative_to(out)).startswith(STAGING_DIR + "/")}
     expected = {STATE_FILE} | {f for f in files if f.startswith(PUBLIC_KEYS_DIR + "/")}
     problems: list[str] = []
+    if pending(out) is not None:  # files of a cut-short run may be half in place
+        problems.append(f"unfinished: {STAGING_DIR} (an export was cut short while "
+                        "committing; run kms audit export again to complete it)")
     digests: list[tuple[str, dict[str, Any], bytes]] = []
     for name in sorted(f for f in files if "/CloudTrail-Digest/" in f and f.endswith(".json.gz")):
         raw = _gunzip(out / name)
@@ -86,12 +99,16 @@ def verify_export(out: Path, pinned: AuditPublicKey | None = None) -> tuple[list
             problems.append(f"changed: {name} (not a readable digest file)")
             continue
         digests.append((name, doc, raw))
-    digests.sort(key=lambda d: str(d[1].get("digestEndTime")))
+    digests.sort(key=lambda d: (_account_of(d[0]), str(d[1].get("digestEndTime"))))
     named_logs: dict[str, dict[str, Any]] = {}
     by_object = {name: (doc, raw) for name, doc, raw in digests}
     prev: tuple[str, dict[str, Any], bytes, str] | None = None
+    newest: dict[str, str] = {}  # account -> its newest digest (each account its own chain)
     n_records = 0
     for name, doc, raw in digests:
+        if prev is not None and _account_of(prev[0]) != _account_of(name):
+            prev = None
+        newest[_account_of(name)] = name
         sig_name = name + ".sig"
         expected.add(sig_name)
         signature = (out / sig_name).read_text().strip() if sig_name in files else None
@@ -127,13 +144,17 @@ def verify_export(out: Path, pinned: AuditPublicKey | None = None) -> tuple[list
             except (ValueError, KeyError, TypeError):
                 problems.append(f"changed: {obj} (not a CloudTrail log file)")
         prev = (name, doc, raw, signature or "")
-    if state is not None and state.get("last_digest"):
-        last = str(state["last_digest"]["object"])
-        if last not in by_object:
-            problems.append(f"missing: {last} (the newest digest, per {STATE_FILE})")
-        elif prev is not None and prev[0] != last:
-            problems.append(f"added: {prev[0]} (newer than the last digest {STATE_FILE} "
-                            "records)")
+    if state is not None and last_digests(state):
+        for account, digest in sorted(last_digests(state).items()):
+            last = str(digest["object"])
+            if last not in by_object:
+                problems.append(f"missing: {last} (the newest digest, per {STATE_FILE})")
+            elif newest.get(account, last) != last:
+                problems.append(f"added: {newest[account]} (newer than the last digest "
+                                f"{STATE_FILE} records)")
+        for account in sorted(set(newest) - set(last_digests(state))):
+            problems.append(f"added: {newest[account]} (of an account {STATE_FILE} does not "
+                            "record)")
     elif state is None and digests:
         problems.append(f"missing: {STATE_FILE}")
     for extra in sorted(files - expected):
@@ -144,6 +165,12 @@ def verify_export(out: Path, pinned: AuditPublicKey | None = None) -> tuple[list
     summary = (f"export {out}: {len(digests)} digest files, {len(named_logs)} log files, "
                f"{n_records} records, key {fingerprints}: {state_text}")
     return problems, summary
+
+
+def _account_of(obj: str) -> str:
+    """The account of an export object: ``AWSLogs/<account>/...``."""
+    parts = obj.split("/")
+    return parts[1] if len(parts) > 2 and parts[0] == "AWSLogs" else ""
 
 
 def _keys(out: Path, pinned: AuditPublicKey | None) -> dict[str, AuditPublicKey]:

@@ -38,11 +38,13 @@ EVENT_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 # -- reading the stream -------------------------------------------------------------------
 def audit(url: str, *, after: str = "", limit: int = 1000, wait: float = 0,
           region: str | None = None, cred: tuple[str, str] | None = None,
-          ) -> tuple[int, dict[str, Any]]:
+          account: str | None = None) -> tuple[int, dict[str, Any]]:
     """(HTTP status, body) of one read, SigV4-signed with ``cred`` if given."""
     query = {"limit": str(limit)}
     if after:
         query["after"] = after
+    if account:
+        query["account"] = account
     if wait:
         query["wait"] = str(wait)
     if region:
@@ -563,3 +565,124 @@ def test_a_replica_region_records_its_replica_s_creation_and_sync(server: Server
     assert primary_side["requestParameters"] == {"keyId": primary["KeyId"],
                                                  "replicaRegion": "eu-west-1"}
     assert primary_side["responseElements"]["replicaKeyMetadata"]["arn"] == replica_arn
+
+
+# -- what reading costs: one fact per consumer per interval -------------------------------
+def reads_of(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in records if r["eventName"] == READ]
+
+
+def test_a_consumers_reads_are_audited_once_per_interval_then_summarized(
+        node: ServerProcess) -> None:
+    from tests.support.expect import advance
+
+    kms = client_for(node.url)
+    kms.create_key(Description="one")
+    status, first = audit(node.url)  # the interval's first read: audited on its own
+    kms.create_key(Description="two")
+    status, second = audit(node.url, after=first["NextCursor"])  # counted
+    assert [r["eventName"] for r in second["Records"]] == [READ, "CreateKey"]
+    kms.create_key(Description="three")
+    status, third = audit(node.url, after=second["NextCursor"])  # counted
+    assert [r["eventName"] for r in third["Records"]] == ["CreateKey"]  # no fact of read 2
+    status, idle = audit(node.url, after=third["NextCursor"])
+    assert (status, idle["Records"]) == (200, [])  # nothing was written for reads 2 and 3
+    advance(node, 61)  # the interval is over (the node's clock)
+    made = kms.create_key(Description="four")
+    status, fourth = audit(node.url, after=idle["NextCursor"])  # writes the summary first
+    assert [r["requestID"] for r in fourth["Records"]] == [rid(made)]
+    status, fifth = audit(node.url, after=fourth["NextCursor"])
+    summary, fourth_read = fifth["Records"]
+    assert summary["eventName"] == READ and summary["readOnly"] is True
+    assert summary["additionalEventData"] == {"summarizedReads": 2, "summarizedRecords": 3,
+                                              "summaryWindowSeconds": 60.0}
+    assert summary["requestParameters"] is None and "errorCode" not in summary
+    assert (fourth_read["eventName"], fourth_read["requestParameters"]) == \
+        (READ, {"after": idle["NextCursor"], "limit": "1000"})
+    status, sixth = audit(node.url, after=fifth["NextCursor"])  # read 5 returned only reads
+    assert (status, sixth["Records"]) == (200, [])
+
+    kms.create_key(Description="five")
+    status, seventh = audit(node.url, after=sixth["NextCursor"])  # counted in read 4's interval
+    node.stop()  # a stopping node writes the summaries still open
+    node.start()
+    status, after_restart = audit(node.url, after=seventh["NextCursor"])
+    assert status == 200
+    assert [r.get("additionalEventData") for r in after_restart["Records"]] == [
+        {"summarizedReads": 1, "summarizedRecords": 1, "summaryWindowSeconds": 60.0}]
+    everything = read_all(node.url)  # its first page is a new interval's first read
+    assert [r.get("additionalEventData", {}).get("summarizedReads")
+            for r in reads_of(everything)] == [None, 2, None, 1, None]  # 9 reads, 5 facts
+
+
+# -- cross-account calls: a record for each account ---------------------------------------
+OTHER = "444455556666"
+OLGA = ("AKIAOLGA000000000001", "olga-secret-key")
+CROSS = f"""
+account_id = "{ACCOUNT}"
+audit_readers = ["arn:aws:iam::{ACCOUNT}:user/auditor"]
+[[principals]]
+arn = "arn:aws:iam::{ACCOUNT}:user/auditor"
+access_key_id = "{AUDITOR[0]}"
+secret_access_key = "{AUDITOR[1]}"
+[[principals]]
+arn = "arn:aws:iam::{ACCOUNT}:user/alice"
+access_key_id = "{ALICE[0]}"
+secret_access_key = "{ALICE[1]}"
+policies = ['{ALLOW_ALL}']
+[[principals]]
+arn = "arn:aws:iam::{OTHER}:user/olga"
+access_key_id = "{OLGA[0]}"
+secret_access_key = "{OLGA[1]}"
+policies = ['{ALLOW_ALL}']
+"""
+
+
+def test_a_cross_account_call_gives_each_account_its_record(tmp_path: Path) -> None:
+    config = tmp_path / "kms.toml"
+    config.write_text(CROSS)
+    node = ServerProcess(tmp_path / "d", dev=False, extra=["--config", str(config)]).start()
+    try:
+        alice = client_for(node.url, access_key=ALICE[0], secret=ALICE[1])
+        policy = json.dumps({"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
+             "Action": "kms:*", "Resource": "*"},
+            {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{OTHER}:root"},
+             "Action": ["kms:Encrypt", "kms:Decrypt"], "Resource": "*"}]})
+        arn = alice.create_key(Policy=policy)["KeyMetadata"]["Arn"]
+        olga = client_for(node.url, access_key=OLGA[0], secret=OLGA[1])
+        used = olga.encrypt(KeyId=arn, Plaintext=b"cross")
+        own = alice.encrypt(KeyId=arn, Plaintext=b"own")
+
+        records = read_all(node.url, cred=AUDITOR)
+        mine = [r for r in records if r["requestID"] == rid(used)]
+        assert [r["recipientAccountId"] for r in mine] == [ACCOUNT, OTHER]
+        owner, caller = mine
+        assert owner["sharedEventID"] == caller["sharedEventID"]
+        assert owner["eventID"] != caller["eventID"]
+        assert owner["userIdentity"] == {"type": "AWSAccount", "principalId":
+                                         owner["userIdentity"]["principalId"],
+                                         "accountId": OTHER, "accessKeyId": OLGA[0]}
+        assert caller["userIdentity"]["type"] == "IAMUser"
+        assert caller["userIdentity"]["arn"] == f"arn:aws:iam::{OTHER}:user/olga"
+        for r in mine:
+            assert r["resources"] == [{"accountId": ACCOUNT, "type": "AWS::KMS::Key",
+                                       "ARN": arn}]
+            assert (r["eventName"], r["requestParameters"]["keyId"]) == ("Encrypt", arn)
+        usage = alice.get_key_last_usage(KeyId=arn)  # the key owner's record is the one named
+        assert usage["KeyLastUsage"]["CloudTrailEventId"] in (
+            r["eventID"] for r in records if r["requestID"] == rid(own))
+        one = [r for r in records if r["requestID"] == rid(own)]
+        assert len(one) == 1 and "sharedEventID" not in one[0]
+
+        for account, expected in ((OTHER, caller), (ACCOUNT, owner)):
+            view = read_all(node.url, cred=AUDITOR, account=account)
+            assert {r["recipientAccountId"] for r in view} == {account}
+            assert [r for r in view if r["requestID"] == rid(used)] == [expected]
+        assert not [r for r in read_all(node.url, cred=AUDITOR, account=OTHER)
+                    if r["requestID"] == rid(own)]
+        status, bad = audit(node.url, cred=AUDITOR, account="12")
+        assert (status, bad["__type"]) == (400, "ValidationException")
+        assert "at 'account' failed to satisfy constraint" in bad["message"]
+    finally:
+        node.stop()

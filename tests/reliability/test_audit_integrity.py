@@ -355,3 +355,53 @@ def test_the_public_key_is_open_and_matches_the_data_dir(tmp_path: Path) -> None
     assert base64.b64decode(doc["PublicKey"])[:1] == b"\x30"  # DER SubjectPublicKeyInfo
     sealed = (data_dir / "audit-signing.key").read_bytes()
     assert b"PRIVATE" not in sealed and (data_dir / "audit-signing.key").stat().st_mode & 0o077 == 0
+
+
+def test_an_export_cut_short_leaves_the_last_export_and_the_next_run_completes_it(
+        tmp_path: Path) -> None:
+    import os
+
+    from kms.audit.export import CRASH_ENV, STAGING_DIR
+
+    data_dir = tmp_path / "data"
+    out = tmp_path / "export"
+    node = ServerProcess(data_dir).start()
+
+    def crashing(point: str) -> subprocess.CompletedProcess[str]:
+        return audit("export", "--data-dir", data_dir, "--to", out,
+                     env={**os.environ, CRASH_ENV: point})
+
+    def verified() -> subprocess.CompletedProcess[str]:
+        return audit("verify", out)
+
+    try:
+        calls(node.url, 1)
+        assert audit("export", "--data-dir", data_dir, "--to", out).returncode == 0
+        n_old = len(exported_records(out))
+        for _ in range(2):  # two more hours of records: several files to write
+            node.post("/_kms/clock", {"advance_seconds": 2 * 3600})
+            calls(node.url, 2)
+        cut = crashing("stage:2")  # killed while writing its files
+        assert cut.returncode == 70, cut.stderr
+        ok = verified()  # the export is the last completed one, nothing added
+        assert ok.returncode == 0 and ok.stdout.strip().endswith("all valid"), ok.stdout
+        assert len(exported_records(out)) == n_old
+        calls(node.url, 1)  # new records in the same hour: other names for that hour's file
+        cut = crashing("commit:3")  # killed while renaming its files into place
+        assert cut.returncode == 70, cut.stderr
+        half = verified()
+        assert half.returncode == 1
+        assert problems(half)[0].startswith(f"unfinished: {STAGING_DIR}")
+        calls(node.url, 1)  # and more records before the next run
+    finally:
+        node.stop()
+    again = audit("export", "--data-dir", data_dir, "--to", out)
+    assert again.returncode == 0, again.stderr
+    ok = verified()
+    print(f"\n  after two cut-short runs and a complete one: {ok.stdout.strip()}")
+    assert ok.returncode == 0 and ok.stdout.strip().endswith("all valid"), ok.stdout
+    ids = [r["eventID"] for r in exported_records(out)]
+    assert len(ids) == len(set(ids)) == len(audit_rows(data_dir))
+    assert not (out / STAGING_DIR).exists()
+    assert audit("export", "--data-dir", data_dir, "--to", out).stdout.startswith(
+        "exported 0 records")
