@@ -83,15 +83,16 @@ def peers_of(node: ServerProcess) -> Any:
         return {}
 
 
-def start_pair(tmp: Path, ap_url: str | None = None) -> tuple[ServerProcess, ServerProcess]:
+def start_pair(tmp: Path, ap_url: str | None = None, *, dev: bool = False,
+               ) -> tuple[ServerProcess, ServerProcess]:
     config = tmp / "kms.toml"
     config.write_text(CONFIG)
     us_port, eu_port = free_port(), free_port()
     ap = ["--peer", f"{AP}={ap_url}"] if ap_url else []
-    us = ServerProcess(tmp / "us", dev=False, region=US, port=us_port, log_path=tmp / "us.log",
+    us = ServerProcess(tmp / "us", dev=dev, region=US, port=us_port, log_path=tmp / "us.log",
                        extra=["--config", str(config),
                               "--peer", f"{EU}=http://127.0.0.1:{eu_port}", *ap])
-    eu = ServerProcess(tmp / "eu", dev=False, region=EU, port=eu_port, log_path=tmp / "eu.log",
+    eu = ServerProcess(tmp / "eu", dev=dev, region=EU, port=eu_port, log_path=tmp / "eu.log",
                        extra=["--config", str(config),
                               "--peer", f"{US}=http://127.0.0.1:{us_port}"])
     us.start()
@@ -247,6 +248,26 @@ def test_a_peer_whose_identity_key_changed_is_refused_by_name(tmp_path: Path) ->
         assert transport.fingerprint(transport.public_from_text(kept[EU])) == old_fp
         logged = [line for line in eu.log_lines() if line.get("event") == "refused_by_peer"]
         assert [line["reason"] for line in logged] == [why]  # once, not per retry
+    finally:
+        eu.stop()
+        us.stop()
+
+
+def test_in_dev_loopback_is_open_but_a_peers_signature_is_still_checked(tmp_path: Path) -> None:
+    us, eu = start_pair(tmp_path, dev=True)
+    try:
+        eventually(lambda: both_pinned(us, eu), "both regions to pin each other", 30)
+        url, us_public = us.url + FEED, public_of(us)
+        impostor = RegionIdentity(transport.generate_private())
+        assert get_json(url)[0] == 200  # unsigned, from loopback
+        assert get_json(url, signed(identity_of(eu), us_public))[0] == 200
+        assert get_json(url, signed(impostor, us_public, region="sa-east-1"))[0] == 200
+        status, doc = get_json(url, signed(impostor, us_public))  # claims eu-west-1
+        assert (status, doc["__type"]) == (403, "AccessDeniedException")
+        assert doc["message"].startswith(f"The request names region {EU} but is signed with "
+                                         f"identity key {impostor.fingerprint}; ")
+        status, doc = get_json(url, signed(identity_of(eu), us_public, at=time.time() - 400))
+        assert (status, doc["__type"]) == (403, "AccessDeniedException")
     finally:
         eu.stop()
         us.stop()
