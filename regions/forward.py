@@ -53,8 +53,9 @@ class Forwarder:
 
     async def session_ctx(self, app: web.Application) -> AsyncIterator[None]:
         """For ``app.cleanup_ctx``: the session lives as long as the node serves."""
+        # No header the client did not send (a presigned GET has no Content-Type to add).
         self._session = aiohttp.ClientSession(timeout=TIMEOUT, auto_decompress=False,
-                                              skip_auto_headers=("User-Agent",))
+                                              skip_auto_headers=("User-Agent", "Content-Type"))
         yield
         await self._session.close()
         self._session = None

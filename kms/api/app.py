@@ -196,7 +196,7 @@ class Gateway:
         sts_verifier = SigV4Verifier(node.credentials.secret, node.config.region,
                                      service="sts", now=node.clock.now)
         self.sts = StsEndpoint(lambda request, body: self.caller(request, body, sts_verifier),
-                               self.request_id)
+                               self.request_id, self.admit_auth_failure)
         self.auth_failures = AuthFailureLimiter(node.config.auth_failure_audit_limit,
                                                 float(node.config.auth_failure_window_seconds))
 
@@ -222,7 +222,7 @@ class Gateway:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if is_sts_request(request):  # STS's Query protocol (GetCallerIdentity), any region
-            return await self.sts.handle(request)
+            return await self.handle_sts(request)
         if self.regions.routing:
             m = _SCOPE_REGION.search(request.headers.get("Authorization", "")
                                      or presigned_scope(request))
@@ -234,6 +234,35 @@ class Gateway:
                     return await found(request)
                 return await self.serve(request, found)
         return await self.serve(request, self.node)
+
+    async def handle_sts(self, request: web.Request) -> web.StreamResponse:
+        """An STS call is routed by its signed region as a KMS call is: a peer's region is
+        forwarded (its node verifies, audits, answers); a region hosted here is answered by
+        its node; any other (or none) by this node, whose STS verifier refuses a region it
+        does not serve (in ``--dev`` nothing is refused: STS answers the same anywhere)."""
+        node = self.node
+        if self.regions.routing:
+            m = _SCOPE_REGION.search(request.headers.get("Authorization", "")
+                                     or presigned_scope(request))
+            if m is not None and m.group(1) != self.region:
+                found = self.regions.routes.get(m.group(1))
+                if found is not None and not isinstance(found, Node):
+                    return await found(request)
+                node = found or node
+
+        async def record(operation: str, caller: Caller, request_id: str,
+                         error: KMSError | None) -> KMSError | None:
+            return await node.service.record_beside(operation, {}, caller, request_id, error)
+
+        return await self.sts.handle(request, record)
+
+    async def admit_auth_failure(self, source: str, operation: str, err: KMSError) -> bool:
+        """The flood rule for a failed authentication: whether it is audited one by one
+        (else only counted); writes the summary of the source's window that just ended."""
+        audited, ended = self.auth_failures.admit(source, operation, err)
+        if ended is not None:
+            await self.summarize(ended)
+        return audited
 
     async def summarize(self, summary: Summary) -> None:
         """One audit fact for a window's failed authentications from one source that were
@@ -261,7 +290,7 @@ class Gateway:
         """``GET /``: only a presigned STS call (``?Action=GetCallerIdentity&...``)."""
         if "Action" not in request.query:
             raise web.HTTPMethodNotAllowed("GET", ["POST"])
-        return await self.sts.handle(request)
+        return await self.handle_sts(request)
 
     async def opened(self, region: str) -> Node:
         """The node for ``region`` not hosted yet, or the wrong-region error (in --dev the

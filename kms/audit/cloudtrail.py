@@ -150,13 +150,18 @@ def cloudtrail_record(fact: ev.ApiCallRecorded, *, seq: int, at_ms: int, region:
     (default: when the caller is of another account)."""
     service = fact.event_type == "AwsServiceEvent"
     account = recipient_account
+    source, name = EVENT_SOURCE, fact.operation
+    # kms.api.sts's facts; a KMS call's fact, whatever its target said, has a KMS error
+    # code, and every one of those ends in "Exception" (STS's never do).
+    if name.startswith("sts:") and not fact.error_code.endswith("Exception"):
+        source, name = "sts.amazonaws.com", name[4:]
     record: dict[str, Any] = {
         "eventVersion": EVENT_VERSION,
         "userIdentity": _service_identity(account) if service
         else user_identity(fact, recipient_account),
         "eventTime": _iso(at_ms),
-        "eventSource": EVENT_SOURCE,
-        "eventName": fact.operation,
+        "eventSource": source,
+        "eventName": name,
         "awsRegion": region,
         "sourceIPAddress": AWS_INTERNAL if service else (fact.source_ip or None),
         "userAgent": AWS_INTERNAL if service else (fact.user_agent or None),

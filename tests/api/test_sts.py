@@ -1,5 +1,7 @@
 """STS GetCallerIdentity on the node's endpoint: boto3's sts client, the AWS CLI and a
-presigned GET tell who a credential is; refusals are STS's XML errors."""
+presigned GET tell who a credential is; refusals are STS's XML errors; every call leaves one
+audit record (eventSource sts.amazonaws.com), failed authentications under the flood rule;
+a call signed for a peer's region is answered by that region's node."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import json
 import os
 import subprocess
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,11 +17,15 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
+from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-from tests.api.test_principals import ACCOUNT, ALICE, BOB, DEPLOYER, OTHER, write_config
-from tests.support.server import ServerProcess
+from tests.api.test_principals import ACCOUNT, ALICE, BOB, CONFIG, DEPLOYER, OTHER, write_config
+from tests.support.expect import eventually
+from tests.support.server import ServerProcess, free_port
 
 REGION = "us-east-1"
 
@@ -165,3 +172,169 @@ def test_dev_names_the_configured_principal_else_the_root(tmp_path: Path) -> Non
     assert anyone == {"Arn": f"arn:aws:iam::{ACCOUNT}:root", "UserId": ACCOUNT,
                       "Account": ACCOUNT}
     assert west["Arn"] == f"arn:aws:iam::{ACCOUNT}:root"
+
+
+# -- audited ------------------------------------------------------------------------------
+def audited_config(tmp_path: Path, node: str = "") -> Path:
+    """The principals' config, alice an audit reader, and ``node`` settings."""
+    settings = (f'audit_readers = ["arn:aws:iam::{ACCOUNT}:user/alice"]\n'
+                + (f"[node]\n{node}\n" if node else ""))
+    return write_config(tmp_path, CONFIG.replace("[[principals]]", settings + "[[principals]]", 1))
+
+
+def audit_records(server: ServerProcess, region: str = REGION) -> list[dict[str, Any]]:
+    """Every record of the node's audit stream, read as alice (an audit reader)."""
+    out: list[dict[str, Any]] = []
+    cursor = ""
+    while True:
+        query = {"limit": "1000", **({"after": cursor} if cursor else {})}
+        url = f"{server.url}/_kms/audit?{urllib.parse.urlencode(query)}"
+        req = AWSRequest(method="GET", url=url)
+        SigV4Auth(Credentials(*ALICE), "kms", region).add_auth(req)
+        status, _, text = raw(url, headers=dict(req.headers.items()))
+        assert status == 200, text
+        body = json.loads(text)
+        out += body["Records"]
+        cursor = body["NextCursor"]
+        if not body["Records"]:
+            return out
+
+
+def request_id(response_or_error: Any) -> str:
+    got = (response_or_error.response if isinstance(response_or_error, ClientError)
+           else response_or_error)
+    return str(got["ResponseMetadata"]["RequestId"])
+
+
+def test_every_sts_call_leaves_one_sts_audit_record(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "d", dev=False,
+                           extra=["--config", str(audited_config(tmp_path))]).start()
+    try:
+        ok = sts_for(server, DEPLOYER).get_caller_identity()
+        with pytest.raises(ClientError) as forged:
+            sts_for(server, (ALICE[0], "wrong")).get_caller_identity()
+        with pytest.raises(ClientError) as unknown:
+            sts_for(server, ("AKIANOBODY0000000001", "x")).get_caller_identity()
+        with pytest.raises(ClientError) as other_action:
+            sts_for(server, ALICE).get_session_token()
+        unsigned = urllib.request.Request(
+            server.url + "/", data=b"Action=GetCallerIdentity&Version=2011-06-15",
+            headers={"Content-Type": "application/x-www-form-urlencoded"})
+        with pytest.raises(urllib.error.HTTPError) as bare:
+            urllib.request.urlopen(unsigned, timeout=10)
+        unsigned_id = bare.value.headers["x-amzn-RequestId"]
+        posing = urllib.request.Request(  # a KMS call whose target names STS's operation
+            server.url + "/", data=b"{}",
+            headers={"Content-Type": "application/x-amz-json-1.1",
+                     "X-Amz-Target": "TrentService.sts:GetCallerIdentity"})
+        with pytest.raises(urllib.error.HTTPError) as kms_call:
+            urllib.request.urlopen(posing, timeout=10)
+        posing_id = kms_call.value.headers["x-amzn-RequestId"]
+        records = audit_records(server)
+    finally:
+        server.stop()
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by_id.setdefault(r["requestID"], []).append(r)
+    expected = {
+        request_id(ok): ("GetCallerIdentity", None, "AssumedRole"),
+        request_id(forged.value): ("GetCallerIdentity", "SignatureDoesNotMatch", "Unknown"),
+        request_id(unknown.value): ("GetCallerIdentity", "InvalidClientTokenId", "Unknown"),
+        request_id(other_action.value): ("GetSessionToken", "InvalidAction", "IAMUser"),
+        unsigned_id: ("GetCallerIdentity", "MissingAuthenticationToken", "Unknown"),
+    }
+    for rid, (name, code, kind) in expected.items():
+        [r] = by_id[rid]  # one record per call
+        assert (r["eventSource"], r["eventName"], r.get("errorCode")) == (
+            "sts.amazonaws.com", name, code), r
+        assert r["userIdentity"]["type"] == kind
+        assert r["readOnly"] is True and r["eventType"] == "AwsApiCall"
+        assert r["requestParameters"] is None and r["responseElements"] is None
+        assert r["awsRegion"] == REGION and r["resources"] == []
+    assert by_id[request_id(ok)][0]["userIdentity"]["arn"] == \
+        f"arn:aws:sts::{ACCOUNT}:assumed-role/deployer/ci-run"
+    assert by_id[request_id(forged.value)][0]["userIdentity"]["accessKeyId"] == ALICE[0]
+    assert by_id[request_id(forged.value)][0]["errorMessage"] == \
+        forged.value.response["Error"]["Message"]
+    [posed] = by_id[posing_id]  # KMS's record, whatever its target claimed
+    assert (posed["eventSource"], posed["eventName"], posed["errorCode"]) == (
+        "kms.amazonaws.com", "sts:GetCallerIdentity", "MissingAuthenticationTokenException")
+    # Besides, only the stream's own reads: an STS call changes nothing.
+    assert {r["eventName"] for r in records if r["eventSource"] == "kms.amazonaws.com"
+            and r["requestID"] != posing_id} == {"ReadAuditStream"}
+
+
+def test_a_flood_of_failed_sts_authentications_is_summarized(tmp_path: Path) -> None:
+    """The flood rule counts STS's failures as KMS's: past the per-window limit from one
+    source they are counted, and the window's count becomes one summary record."""
+    config = audited_config(tmp_path, "auth_failure_audit_limit = 2\n"
+                                      "auth_failure_window_seconds = 3")
+    server = ServerProcess(tmp_path / "d", dev=False, extra=["--config", str(config)]).start()
+    try:
+        forged = sts_for(server, (ALICE[0], "wrong"))
+        for _ in range(5):
+            with pytest.raises(ClientError) as info:
+                forged.get_caller_identity()
+            assert info.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
+
+        def summarized() -> list[dict[str, Any]]:
+            return [r for r in audit_records(server)
+                    if "summarizedAuthenticationFailures" in r.get("additionalEventData", {})]
+
+        [summary] = eventually(summarized, "the window's summary record")
+        records = audit_records(server)
+    finally:
+        server.stop()
+    one_by_one = [r for r in records if r.get("errorCode") == "SignatureDoesNotMatch"
+                  and "additionalEventData" not in r]
+    assert len(one_by_one) == 2
+    assert (summary["eventSource"], summary["eventName"], summary["errorCode"]) == (
+        "sts.amazonaws.com", "GetCallerIdentity", "SignatureDoesNotMatch")
+    assert summary["additionalEventData"]["summarizedAuthenticationFailures"] == 3
+
+
+def test_sts_signed_for_a_peers_region_is_answered_by_that_region(tmp_path: Path) -> None:
+    """Two secured region nodes peered with the same principals: GetCallerIdentity signed for
+    eu-west-1 (header or presigned) and sent to us-east-1's node is forwarded, verified,
+    audited and answered by eu-west-1's node."""
+    config = str(audited_config(tmp_path))
+    us_port, eu_port = free_port(), free_port()
+    us = ServerProcess(tmp_path / "us", dev=False, region="us-east-1", port=us_port,
+                       log_path=tmp_path / "us.log",
+                       extra=["--config", config, "--peer", f"eu-west-1=http://127.0.0.1:{eu_port}"])
+    eu = ServerProcess(tmp_path / "eu", dev=False, region="eu-west-1", port=eu_port,
+                       log_path=tmp_path / "eu.log",
+                       extra=["--config", config, "--peer", f"us-east-1=http://127.0.0.1:{us_port}"])
+    us.start()
+    try:
+        eu.start()
+        try:
+            via_us = sts_for(us, DEPLOYER, "eu-west-1")
+            header_signed = via_us.get_caller_identity()
+            assert header_signed["Arn"] == f"arn:aws:sts::{ACCOUNT}:assumed-role/deployer/ci-run"
+            url = via_us.generate_presigned_url("get_caller_identity", ExpiresIn=60,
+                                                HttpMethod="GET")
+            assert "eu-west-1" in url
+            status, _, text = raw(url)
+            assert status == 200, text
+            assert f"<Account>{ACCOUNT}</Account>" in text
+            with pytest.raises(ClientError) as forged:
+                sts_for(us, (DEPLOYER[0], "wrong"), "eu-west-1").get_caller_identity()
+            assert forged.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
+            eu_records = audit_records(eu, "eu-west-1")
+            us_records = audit_records(us)
+        finally:
+            eu.stop()
+    finally:
+        us.stop()
+    sts = [(r["awsRegion"], r["eventName"], r.get("errorCode")) for r in eu_records
+           if r["eventSource"] == "sts.amazonaws.com"]
+    assert sts == [("eu-west-1", "GetCallerIdentity", None)] * 2 + [
+        ("eu-west-1", "GetCallerIdentity", "SignatureDoesNotMatch")]
+    assert request_id(header_signed) in {r["requestID"] for r in eu_records}
+    assert not [r for r in us_records if r["eventSource"] == "sts.amazonaws.com"]
+    served = [(line["op"], line["principal"]) for line in eu.log_lines()
+              if line.get("event") == "request" and line["op"].startswith("sts:")]
+    deployer = f"arn:aws:sts::{ACCOUNT}:assumed-role/deployer/ci-run"
+    assert served == [("sts:GetCallerIdentity", deployer)] * 2 + [
+        ("sts:GetCallerIdentity", "anonymous")]
