@@ -37,6 +37,7 @@ QUIET = {"KMS_CHECKPOINT_SECONDS": "86400", "KMS_CHECKPOINT_ROWS": "1000000"}
 CREATE_ONLY = ('{"Version":"2012-10-17","Statement":[{"Effect":"Allow",'
                '"Action":["kms:CreateKey","kms:ListKeys"],"Resource":"*"}]}')
 DAVE = f"arn:aws:iam::{A}:user/dave"
+DEPLOYER_ROLE = f"arn:aws:iam::{A}:role/deployer"
 CONFIG = f"""
 account_id = "{A}"
 [[principals]]
@@ -58,6 +59,12 @@ arn = "{DAVE}"
 access_key_id = "AKIAPOLICYDAVE000001"
 secret_access_key = "dave-secret"
 policies = ['{CREATE_ONLY}']
+[[principals]]
+arn = "{DEPLOYER_ROLE}"
+session_name = "ci-run"
+access_key_id = "AKIAPOLICYROLE000001"
+secret_access_key = "role-secret"
+policies = ['{ALL_KMS}']
 """
 
 DEFAULT_POLICY = (
@@ -96,7 +103,8 @@ def as_(node: ServerProcess, who: str) -> Any:
     return client_for(node.url, access_key={"alice": "AKIAPOLICYALICE00001",
                                             "bob": "AKIAPOLICYBOB0000001",
                                             "carol": "AKIAPOLICYCAROL00001",
-                                            "dave": "AKIAPOLICYDAVE000001"}[who])
+                                            "dave": "AKIAPOLICYDAVE000001",
+                                            "role": "AKIAPOLICYROLE000001"}[who])
 
 
 def via_s3(client: Any) -> Any:
@@ -375,3 +383,40 @@ def test_reencrypt_on_the_same_key_can_be_denied(root: Any, node: ServerProcess)
             "with an explicit deny in a resource-based policy")
     assert root.re_encrypt(CiphertextBlob=blob, DestinationKeyId=other)["KeyId"].endswith(
         other)
+
+
+def test_an_assumed_role_is_its_role_to_principal_arn_with_no_username(
+        root: Any, node: ServerProcess) -> None:
+    """For a role's session, aws:PrincipalArn is the role's ARN (not the assumed-role ARN),
+    aws:userid is ``<role id>:<session>`` (as STS names it), and aws:username is absent;
+    an IAM user has its own ARN, its AIDA id and its name."""
+    sts = boto3.client("sts", endpoint_url=node.url, region_name="us-east-1",
+                       aws_access_key_id="AKIAPOLICYROLE000001",
+                       aws_secret_access_key="role-secret",
+                       config=Config(retries={"max_attempts": 1}))
+    user_id = sts.get_caller_identity()["UserId"]
+    assert user_id.startswith("AROA") and user_id.endswith(":ci-run")
+
+    def deny_unless(action: str, condition: dict[str, Any]) -> dict[str, Any]:
+        return {"Effect": "Deny", "Principal": "*", "Action": action, "Resource": "*",
+                "Condition": condition}
+
+    key = root.create_key(Policy=policy(
+        root_may(),
+        deny_unless("kms:Encrypt", {"ArnNotEquals": {"aws:PrincipalArn": DEPLOYER_ROLE}}),
+        deny_unless("kms:GenerateDataKey", {"StringNotEquals": {"aws:userid": user_id}}),
+        deny_unless("kms:DescribeKey", {"Null": {"aws:username": "false"}}),
+    ))["KeyMetadata"]["Arn"]
+
+    role = as_(node, "role")
+    assert role.encrypt(KeyId=key, Plaintext=b"x")["KeyId"] == key
+    assert role.generate_data_key(KeyId=key, NumberOfBytes=16)["KeyId"] == key
+    assert role.describe_key(KeyId=key)["KeyMetadata"]["Arn"] == key
+    alice = as_(node, "alice")
+    for action, call in (("Encrypt", lambda: alice.encrypt(KeyId=key, Plaintext=b"x")),
+                         ("GenerateDataKey",
+                          lambda: alice.generate_data_key(KeyId=key, NumberOfBytes=16)),
+                         ("DescribeKey", lambda: alice.describe_key(KeyId=key))):
+        refused(node, call, "AccessDeniedException",
+                f"User: {ALICE} is not authorized to perform: kms:{action} on resource: "
+                f"{key} with an explicit deny in a resource-based policy")
