@@ -420,8 +420,10 @@ class Peering:
                   "wait": f"{wait:g}"}
         headers = peer_auth.sign(self._identity, link.identity, self.region, peer.region,
                                  "GET", REPLICATION_PATH, params, now=self.wall())
-        # A stalled link (a dropped connection that never resets) ends the read here.
-        timeout = aiohttp.ClientTimeout(total=wait + REPLY_GRACE, sock_connect=3)
+        # A stalled link (a dropped connection that never resets) ends the read here; a
+        # catch-up read (wait 0) of a full page gets as long as a held one.
+        timeout = aiohttp.ClientTimeout(total=max(wait, REPLY_GRACE) + REPLY_GRACE,
+                                        sock_connect=3)
         link.waiting = True
         try:
             async with self._session.get(peer.url + REPLICATION_PATH, params=params,
