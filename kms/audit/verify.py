@@ -4,7 +4,8 @@ Rules: an export holds when every digest's signature verifies (CloudTrail's sign
 the public key the digest names, from ``OUT/public-keys`` or ``--public-key``), each digest
 names the one before it by object, hash and signature, every log file it names is there
 with that SHA-256, no file is there that no digest names, and the newest digest is the one
-the export state records. The live log holds when ``kms.audit.livelog.check`` finds nothing.
+the export state records. The live log holds when ``kms.audit.livelog.check`` finds nothing
+and it reaches the last seq its export (``audit-exported.json``) holds.
 One line per problem (missing, added, changed, ...), then a summary; exit 0 only when all
 holds, 1 when something does not, 2 when it cannot be read at all.
 """
@@ -21,6 +22,7 @@ from typing import Any
 
 from kms.audit import livelog
 from kms.audit.export import (
+    EXPORTED_FILE,
     PUBLIC_KEYS_DIR,
     STAGING_DIR,
     STATE_FILE,
@@ -52,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
                   if args.public_key else None)
         if args.data_dir is not None:
             live = livelog.check(args.data_dir, pinned)
-            problems, summary = live.problems, live.summary(args.data_dir)
+            problems = live.problems + exported_tail(args.data_dir, live.last_seq)
+            summary = live.summary(args.data_dir)
         else:
             problems, summary = verify_export(args.out, pinned)
     except (OSError, ValueError, livelog.LiveLogUnreadable, DataDirRefused,
@@ -63,6 +66,30 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     print(summary)
     return 0 if not problems else 1
+
+
+def exported_tail(data_dir: Path, last_seq: int) -> list[str]:
+    """The live log against what was exported from it: a log that ends before the last seq
+    ``audit-exported.json`` (or the export it names) holds has lost exported records."""
+    try:
+        mark = json.loads((data_dir / EXPORTED_FILE).read_text())
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        return [f"changed: {data_dir / EXPORTED_FILE} (not readable: {exc})"]
+    found = []  # (seq, what records it): the export's own state first, then the mark
+    try:
+        state = read_state(Path(str(mark.get("out", ""))))
+    except ExportRefused:
+        state = None
+    if state is not None:
+        found.append((int(state.get("last_seq", 0)), str(Path(mark["out"]) / STATE_FILE)))
+    found.append((int(mark.get("last_seq", 0)), str(data_dir / EXPORTED_FILE)))
+    exported, where = max(found, key=lambda f: f[0])
+    if exported > last_seq:
+        return [f"missing tail: the log ends at seq {last_seq}, but {where} records an export "
+                f"of it through seq {exported}"]
+    return []
 
 
 def _gunzip(path: Path) -> bytes | None:

@@ -405,3 +405,21 @@ def test_an_export_cut_short_leaves_the_last_export_and_the_next_run_completes_i
     assert not (out / STAGING_DIR).exists()
     assert audit("export", "--data-dir", data_dir, "--to", out).stdout.startswith(
         "exported 0 records")
+
+
+def test_a_live_log_cut_back_behind_its_export_fails_verify(tmp_path: Path) -> None:
+    data_dir = history(tmp_path)
+    out = tmp_path / "export"
+    assert audit("export", "--data-dir", data_dir, "--to", out).returncode == 0
+    with closing(sqlite3.connect(data_dir / LOG_FILE)) as db, db:  # the tail, its checkpoints
+        last = db.execute("SELECT max(seq) FROM events").fetchone()[0]
+        kept = last - 3
+        db.execute("DELETE FROM events WHERE seq > ?", (kept,))
+        db.execute("DELETE FROM checkpoints WHERE seq > ?", (kept,))
+    (data_dir / WITNESS_FILE).unlink()  # and the witness: only the export knows now
+    result = audit("verify", "--data-dir", data_dir)
+    print(f"\n  {result.stdout.strip()}")
+    assert result.returncode == 1
+    assert problems(result) == [
+        f"missing tail: the log ends at seq {kept}, but {out / 'kms-export-state.json'} records "
+        f"an export of it through seq {last}"]
