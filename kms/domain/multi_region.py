@@ -632,10 +632,10 @@ def promote(key: Key | None, mrk: MultiRegionKey | None, region: str, key_ref: s
 
 
 def restored_current(key: Key, mrk: MultiRegionKey) -> CurrentMaterialRestored | None:
-    """For a replica whose own region wrote a fenced event (an old primary): if its current
+    """For a replica of a key with fenced events (an old primary's, a promotion's that lost
+    its epoch, or one taken from those before the fence was known here): if its current
     version is not one the shared side knows, the latest shared version it holds."""
-    if (mrk.primary_region == key.region or mrk.origin == "EXTERNAL"
-            or not any(c.origin_region == key.region for c in mrk.conflicts)):
+    if mrk.primary_region == key.region or mrk.origin == "EXTERNAL" or not mrk.conflicts:
         return None
     shared = [m.material_id for m in mrk.materials]
     if key.current_material_id in shared:

@@ -105,8 +105,8 @@ def _fenced_versions(svc: Service, key: Key) -> frozenset[str]:
     became part of the key (``kms region conflicts`` reports them; they still decrypt what
     they encrypted here), so its rotation list is the one every member shows."""
     mrk = svc.state.mrks.get(key.key_id) if key.multi_region else None
-    if (mrk is None or mrk.origin == "EXTERNAL"
-            or not any(c.origin_region == key.region for c in mrk.conflicts)):
+    if (mrk is None or mrk.origin == "EXTERNAL" or not mrk.conflicts
+            or mrk.primary_region == key.region):  # any replica may hold a fenced version
         return frozenset()
     shared = {m.material_id for m in mrk.materials}
     return frozenset(m.material_id for m in key.materials if m.material_id not in shared)

@@ -150,6 +150,10 @@ def test_the_loser_turns_replica_and_encrypts_under_the_winners_version_again() 
                                 current_material_id="f" * 64)
     assert mr.is_replica(loser, mrk)
     assert mr.restored_current(loser, mrk) == mr.CurrentMaterialRestored(KEY, "e" * 64)
+    # A third region that took the loser's version before it heard of the winner's
+    # promotion encrypts under a shared version again too.
+    third = dataclasses.replace(loser, region=US, key_id=KEY)
+    assert mr.restored_current(third, mrk) == mr.CurrentMaterialRestored(KEY, "e" * 64)
     # A later promotion (epoch 3) still outranks both.
     later = folded([AP_PROMOTED, EU_PROMOTED, env(
         AP, 4, mr.PrimaryRegionPromoted(KEY, AP, EU, 3, 2))])
