@@ -25,6 +25,7 @@ from aiohttp import web
 
 from kms.api.auth_failures import AUTH_ERRORS, OVERFLOW, AuthFailureLimiter, Summary
 from kms.api.sigv4 import SigV4Verifier
+from kms.api.sts import MAX_SKEW_SECONDS as STS_MAX_SKEW
 from kms.api.sts import StsEndpoint, is_sts_request
 from kms.api.validation import RequestModel
 from kms.audit.stream import audit_handler
@@ -194,7 +195,8 @@ class Gateway:
                                       now=node.clock.now)
         self.request_id = RequestIds()
         sts_verifier = SigV4Verifier(node.credentials.secret, node.config.region,
-                                     service="sts", now=node.clock.now)
+                                     service="sts", now=node.clock.now,
+                                     max_skew_seconds=STS_MAX_SKEW)
         self.sts = StsEndpoint(lambda request, body: self.caller(request, body, sts_verifier),
                                self.request_id, self.admit_auth_failure)
         self.auth_failures = AuthFailureLimiter(node.config.auth_failure_audit_limit,

@@ -30,6 +30,9 @@ NAMESPACE = f"https://sts.amazonaws.com/doc/{VERSION}/"
 FORM_TYPE = "application/x-www-form-urlencoded"
 PREFIX = "sts:"  # an STS call's operation in its audit fact (CloudTrail: sts.amazonaws.com)
 OPERATION = PREFIX + "GetCallerIdentity"
+# STS accepts a signature timestamp up to 15 minutes from its clock (KMS: 5); AWS's
+# "Signature expired: ... (<now> - 15 min.)" answers for GetCallerIdentity say so.
+MAX_SKEW_SECONDS = 900
 _ACTION = re.compile(r"[A-Za-z]{1,64}", re.ASCII)
 _CREDENTIAL = re.compile(r"Credential=([A-Za-z0-9]+)/")
 # KMS's authentication errors as STS names them: (code, HTTP status, message or None to keep).

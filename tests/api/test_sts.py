@@ -5,8 +5,10 @@ a call signed for a peer's region is answered by that region's node."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import re
 import subprocess
 import urllib.error
 import urllib.parse
@@ -24,6 +26,7 @@ from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 from tests.api.test_principals import ACCOUNT, ALICE, BOB, CONFIG, DEPLOYER, OTHER, write_config
+from tests.support import sigv4_signer as s4
 from tests.support.expect import eventually
 from tests.support.server import ServerProcess, free_port
 
@@ -133,6 +136,37 @@ def test_a_presigned_get_caller_identity_url_works_and_cannot_be_altered(
     tampered = url.replace("Version=2011-06-15", "Version=2011-06-16")
     status, _, text = raw(tampered)
     assert status == 403 and "<Code>SignatureDoesNotMatch</Code>" in text
+
+
+def signed_at(server: ServerProcess, minutes: float) -> tuple[int, str, str]:
+    """A GetCallerIdentity form POST signed by alice ``minutes`` from now (past < 0)."""
+    when = datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=minutes)
+    req = s4.Request("POST", "/", headers=[
+        ("Host", server.url.split("//", 1)[1]),
+        ("Content-Type", "application/x-www-form-urlencoded")],
+        body=b"Action=GetCallerIdentity&Version=2011-06-15")
+    s4.sign_header(req, s4.Key(*ALICE, service="sts"), when=when)
+    return raw(server.url + "/", req.body, dict(req.headers))
+
+
+STAMP = r"\d{8}T\d{6}Z"
+
+
+def test_sts_allows_its_15_minutes_of_clock_skew_in_awss_words(secured: ServerProcess) -> None:
+    """STS (unlike KMS's 5 minutes) takes a timestamp up to 15 minutes off, and says so."""
+    for minutes in (-10, 10):
+        status, _, text = signed_at(secured, minutes)
+        assert status == 200 and f"<Arn>arn:aws:iam::{ACCOUNT}:user/alice</Arn>" in text, text
+    status, _, text = signed_at(secured, -16)
+    message = re.search(r"<Message>(.*)</Message>", text)
+    assert status == 403 and "<Code>SignatureDoesNotMatch</Code>" in text and message
+    assert re.fullmatch(rf"Signature expired: {STAMP} is now earlier than {STAMP} "
+                        rf"\({STAMP} - 15 min\.\)", message.group(1)), message.group(1)
+    status, _, text = signed_at(secured, 16)
+    message = re.search(r"<Message>(.*)</Message>", text)
+    assert status == 403 and message
+    assert re.fullmatch(rf"Signature not yet current: {STAMP} is still later than {STAMP} "
+                        rf"\({STAMP} \+ 15 min\.\)", message.group(1)), message.group(1)
 
 
 def test_the_aws_cli_get_caller_identity(secured: ServerProcess, tmp_path: Path) -> None:
