@@ -44,6 +44,9 @@ ENV = {"KMS_CHECKPOINT_ROWS": "25", "KMS_SNAPSHOT_CHECKPOINTS": "1",
        "KMS_START_RECHECK_ROWS": "0", "KMS_CHECKPOINT_SECONDS": "86400"}
 
 
+PLAINTEXTS = (b"plain-snapshot-7f3a", b"plain-rsa-55d0", b"plain-eu-91c2")
+
+
 def region_dirs(data_dir: Path) -> dict[str, Path]:
     return {US: data_dir, EU: data_dir / "regions" / EU}
 
@@ -80,11 +83,11 @@ def history(node: ServerProcess, tag: str) -> dict[str, str]:
     eventually(lambda: len(us.list_key_rotations(KeyId=sym)["Rotations"]) == 1, "the rotation")
     us.disable_key(KeyId=sym)
     us.enable_key(KeyId=sym)
-    blob = us.encrypt(KeyId=sym, Plaintext=b"snapshot")["CiphertextBlob"]
+    blob = us.encrypt(KeyId=sym, Plaintext=PLAINTEXTS[0])["CiphertextBlob"]
     us.decrypt(CiphertextBlob=blob)
     rsa = ids["rsa"] = us.create_key(KeySpec="RSA_2048", KeyUsage="ENCRYPT_DECRYPT")[
         "KeyMetadata"]["KeyId"]
-    us.encrypt(KeyId=rsa, Plaintext=b"x", EncryptionAlgorithm="RSAES_OAEP_SHA_256")
+    us.encrypt(KeyId=rsa, Plaintext=PLAINTEXTS[1], EncryptionAlgorithm="RSAES_OAEP_SHA_256")
     ecc = ids["ecc"] = us.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")[
         "KeyMetadata"]["KeyId"]
     us.sign(KeyId=ecc, Message=b"m", SigningAlgorithm="ECDSA_SHA_256")
@@ -93,6 +96,7 @@ def history(node: ServerProcess, tag: str) -> dict[str, str]:
     us.generate_mac(KeyId=hmac, Message=b"m", MacAlgorithm="HMAC_SHA_256")
     ext = ids["external"] = us.create_key(Origin="EXTERNAL")["KeyMetadata"]["KeyId"]
     material = os.urandom(32)
+    ids["material"] = material.hex()
     import_material(us, ext, material)
     us.delete_imported_key_material(KeyId=ext)
     import_material(us, ext, material)
@@ -137,7 +141,7 @@ def history(node: ServerProcess, tag: str) -> dict[str, str]:
     eventually(lambda: all(kms[r].describe_key(KeyId=promoted)["KeyMetadata"][
         "MultiRegionConfiguration"]["PrimaryKey"]["Region"] == EU for r in (US, EU)),
         "the promotion seen in both regions")
-    kms[EU].encrypt(KeyId=mrk, Plaintext=b"eu")
+    kms[EU].encrypt(KeyId=mrk, Plaintext=PLAINTEXTS[2])
     return ids
 
 
@@ -208,12 +212,16 @@ def test_start_from_snapshot_and_tail_answers_as_a_full_replay(tmp_path: Path) -
     data_dir = tmp_path / "data"
     node = start(data_dir, tmp_path / "0.log")
     try:
-        history(node, "one")
+        ids = history(node, "one")
         live = answers(node)
     finally:
         node.stop()
     for db in region_dirs(data_dir).values():
         assert snapshot_rows(db / LOG_FILE), f"no snapshot stored in {db}"
+        with closing(sqlite3.connect(db / LOG_FILE)) as conn:
+            bodies = b"".join(bytes(b) for (b,) in conn.execute("SELECT body FROM snapshots"))
+        for secret in (*PLAINTEXTS, bytes.fromhex(ids["material"])):
+            assert secret not in bodies
 
     # A clean restart: the shutdown snapshot holds everything; no row is decoded.
     node = start(data_dir, tmp_path / "1.log")
