@@ -267,22 +267,23 @@ def winner(promotions: tuple[Promotion, ...], epoch: int) -> Promotion | None:
     return max(at, key=lambda p: p.region) if at else None
 
 
-def _lost_tie(mrk: MultiRegionKey, epoch: int, origin: str) -> bool:
-    """``origin`` promoted itself at ``epoch`` and another region's promotion won it."""
+def _outranked(mrk: MultiRegionKey, epoch: int, origin: str) -> bool:
+    """A promotion holds ``epoch`` and ``origin`` is not its region: ``origin`` promoted
+    itself at that epoch too and lost the tie, or was handed the primary at that epoch by
+    an UpdatePrimaryRegion the promoted region never saw (a promotion outranks it)."""
     won = winner(mrk.promotions, epoch)
-    return won is not None and won.region != origin and any(
-        p.epoch == epoch and p.region == origin for p in mrk.promotions)
+    return won is not None and won.region != origin
 
 
 def _fenced(mrk: MultiRegionKey, epoch: int, origin: str = "", origin_seq: int = 0) -> bool:
     """A primary's event written under an epoch older than the highest seen (0: older logs).
     An old primary's event under an epoch a promotion ended is fenced only if the promoted
     region had not seen it (past the promotion's basis): what it had seen, it acted on.
-    Everything a region wrote under an epoch whose promotion it lost to another region's
-    (same epoch, greater name) is fenced: the winner never saw it."""
+    Everything a region other than the promoted one wrote under a promotion's epoch is
+    fenced (a promotion that lost the tie, a handover's target): the winner never saw it."""
     if epoch <= 0:
         return False
-    if _lost_tie(mrk, epoch, origin):
+    if _outranked(mrk, epoch, origin):
         return True
     held = [w for w in (winner(mrk.promotions, e) for e in {p.epoch for p in mrk.promotions})
             if w is not None]
@@ -392,16 +393,17 @@ def apply(mrk: MultiRegionKey, event: ev.Event, at_ms: int = 0, origin: str = ""
             promotions = mrk.promotions if known else tuple(sorted(
                 (*mrk.promotions, Promotion(new, old, n, b)), key=lambda p: (p.epoch, p.region)))
             won = winner(promotions, n)
-            tie = n == mrk.epoch and any(p.epoch == n and p.region == mrk.primary_region
-                                         for p in promotions)  # another promotion holds n
-            if (won is None or won.region != new or n < mrk.epoch or (n == mrk.epoch and not tie)
+            # At an epoch already held (a promotion that lost the tie to this one, or a
+            # handover the promoted region never saw), this promotion outranks the holder.
+            if (won is None or won.region != new or n < mrk.epoch
                     or mrk.primary_region == new or mrk.replica(new) is None):
                 return replace(mrk, promotions=promotions)
             others = tuple(r for r in mrk.replicas if r.region != new)
             demoted = () if mrk.primary_region in mrk.deleted_in else (
                 Replica(mrk.primary_region, "", "", ()),)
             return replace(mrk, primary_region=new, epoch=n, accepted_epoch=n,
-                           replicas=(*others, *demoted), promotions=promotions)
+                           replicas=(*others, *demoted), promotions=promotions,
+                           handover=None, handover_from="")
         case ev.PrimaryRegionAccepted(region=region, epoch=n):
             if n == mrk.epoch and region == mrk.primary_region:
                 return replace(mrk, accepted_epoch=n, handover=None, handover_from="")

@@ -158,3 +158,35 @@ def test_the_loser_turns_replica_and_encrypts_under_the_winners_version_again() 
     later = folded([AP_PROMOTED, EU_PROMOTED, env(
         AP, 4, mr.PrimaryRegionPromoted(KEY, AP, EU, 3, 2))])
     assert (later.primary_region, later.epoch) == (AP, 3)
+
+
+# A handover to ap-southeast-2 at epoch 2 that eu-west-1 never saw, and eu-west-1 promoted at
+# epoch 2: the promotion outranks the handover; what ap-southeast-2 wrote as its primary is
+# fenced. (The handover reached ap-southeast-2 before us-east-1 went down.)
+HANDED = env(US, 6, ev.PrimaryRegionUpdated(KEY, AP, US, 2))
+ACCEPTED = env(AP, 1, ev.PrimaryRegionAccepted(KEY, AP, 2))
+AP_AS_PRIMARY = env(AP, 2, ev.MaterialShared(KEY, "f" * 64, b"", ((EU, b"s"), (US, b"s")),
+                                             "ON_DEMAND", 9, 2), at_ms=9000)
+
+
+def _handover_orders() -> list[list[ev.Envelope]]:
+    """The old primary's handover row anywhere among ap-southeast-2's rows (a third region
+    pulls each origin on its own: ap-southeast-2's can come first, and wait), and
+    eu-west-1's rows anywhere among those."""
+    ap = [ACCEPTED, AP_AS_PRIMARY]
+    out = []
+    for us_at in range(3):
+        rows = [*ap[:us_at], HANDED, *ap[us_at:]]
+        for eu_at in range(4):
+            out.append([*rows[:eu_at], EU_PROMOTED, EU_WRITES, *rows[eu_at:]])
+    return out
+
+
+@pytest.mark.parametrize("order", _handover_orders())
+def test_a_promotion_outranks_a_handover_at_the_same_epoch_in_every_order(
+        order: list[ev.Envelope]) -> None:
+    mrk = folded([SEEN_BY_EU, *order])
+    assert (mrk.primary_region, mrk.epoch, mrk.accepted_epoch) == (EU, 2, 2)
+    assert sorted(r.region for r in mrk.replicas) == [AP, US]
+    assert sorted(m.material_id[0] for m in mrk.materials) == ["a", "b", "e"]
+    assert [(c.origin_region, c.origin_seq) for c in mrk.conflicts] == [(AP, 2)]
