@@ -134,7 +134,7 @@ def _build_decoder(hint: Any) -> Decoder:
         return _ident
     if hint in _SCALARS:
         def scalar(v: Any, _t: type = hint) -> Any:
-            if not isinstance(v, _t) or (_t is int and isinstance(v, bool)):
+            if type(v) is not _t:
                 raise TypeError(f"expected {_t.__name__}, got {type(v).__name__}")
             return v
         return scalar if hint not in (float, type(None)) else _ident
@@ -149,11 +149,12 @@ def _build_decoder(hint: Any) -> Decoder:
         _DECODERS[hint] = lambda v: fields_dec(v)
         hints = typing.get_type_hints(hint)
         parts = [(f.name, decoder(hints[f.name])) for f in dataclasses.fields(hint)]
+        names = frozenset(name for name, _ in parts)
 
         def fields_dec(v: Any, _cls: type = hint) -> Any:
-            if not isinstance(v, dict) or set(v) != {name for name, _ in parts}:
+            if v.keys() != names:  # AttributeError for what is not a map at all
                 raise TypeError(f"{_cls.__name__}: fields do not match")
-            return _cls(**{name: dec(v[name]) for name, dec in parts})
+            return _cls(*[dec(v[name]) for name, dec in parts])
         return fields_dec
     inner = _union_arg(hint)
     if inner is not None:
