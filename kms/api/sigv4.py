@@ -212,8 +212,8 @@ class SigV4Verifier:
                 f"Credential should be scoped with a valid terminator: '{TERMINATOR}', "
                 f"not '{terminator[:40]}'. ")
         names = sorted(set(signed.lower().split(";")))
-        if "host" not in names:
-            raise IncompleteSignatureException(
+        if "host" not in names:  # AWS answers this one as an invalid, not incomplete, one
+            raise InvalidSignatureException(
                 "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.")
         if region != self._region:  # AWS's words, then which region this node serves
             raise InvalidSignatureException(
@@ -330,7 +330,7 @@ class SigV4Verifier:
         getall = headers.getall
         for name in self._must_sign:  # else a captured request could become another call
             if name not in names and name in headers:
-                raise IncompleteSignatureException(
+                raise InvalidSignatureException(  # as AWS answers an unsigned Host
                     f"'{_DISPLAY.get(name, name)}' must be a 'SignedHeader' in the AWS "
                     "Authorization.")
         payload_hash = hashlib.sha256(body).hexdigest()

@@ -170,7 +170,7 @@ def test_an_unsigned_target_or_content_type_is_refused(node: ServerProcess, key_
     req = s4.kms_request(node.url, "DescribeKey", {"KeyId": key_id})
     s4.sign_header(req, KEY, unsigned=(unsigned,))
     assert refused(node, req) == (
-        400, "IncompleteSignatureException",
+        400, "InvalidSignatureException",
         f"'{shown}' must be a 'SignedHeader' in the AWS Authorization.")
 
 

@@ -138,15 +138,27 @@ def test_a_presigned_get_caller_identity_url_works_and_cannot_be_altered(
     assert status == 403 and "<Code>SignatureDoesNotMatch</Code>" in text
 
 
-def signed_at(server: ServerProcess, minutes: float) -> tuple[int, str, str]:
-    """A GetCallerIdentity form POST signed by alice ``minutes`` from now (past < 0)."""
+def signed_at(server: ServerProcess, minutes: float = 0,
+              unsigned: tuple[str, ...] = ()) -> tuple[int, str, str]:
+    """A GetCallerIdentity form POST signed by alice ``minutes`` from now (past < 0),
+    leaving the ``unsigned`` headers out of the signature."""
     when = datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=minutes)
     req = s4.Request("POST", "/", headers=[
         ("Host", server.url.split("//", 1)[1]),
         ("Content-Type", "application/x-www-form-urlencoded")],
         body=b"Action=GetCallerIdentity&Version=2011-06-15")
-    s4.sign_header(req, s4.Key(*ALICE, service="sts"), when=when)
+    s4.sign_header(req, s4.Key(*ALICE, service="sts"), when=when, unsigned=unsigned)
     return raw(server.url + "/", req.body, dict(req.headers))
+
+
+def test_an_unsigned_host_is_a_signature_that_does_not_match(secured: ServerProcess) -> None:
+    """AWS answers a SignedHeaders without Host as an invalid signature (STS:
+    SignatureDoesNotMatch, 403), not an incomplete one."""
+    status, _, text = signed_at(secured, unsigned=("host",))
+    assert status == 403, text
+    assert "<Code>SignatureDoesNotMatch</Code>" in text
+    assert ("<Message>'Host' or ':authority' must be a 'SignedHeader' in the AWS "
+            "Authorization.</Message>") in text
 
 
 STAMP = r"\d{8}T\d{6}Z"

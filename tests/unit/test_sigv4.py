@@ -219,7 +219,7 @@ def test_credential_scope_with_wrong_terminator() -> None:
 def test_host_must_be_signed() -> None:
     req = sign()
     req.set_auth("SignedHeaders=content-type;host;", "SignedHeaders=content-type;")
-    fails(req, IncompleteSignatureException,
+    fails(req, InvalidSignatureException,
           "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.")
 
 
