@@ -8,7 +8,10 @@ then makes the receiving region's own keys match what the shared streams ask of 
 ``SynchronizeMultiRegionKey`` for each material version sealed to it, opened with the
 region's identity and at once resealed under its own KEK (never held or logged in clear),
 and for the primary's rotation schedule; ``UpdatePrimaryRegion`` for a handover (the new
-primary passes through Updating and accepts the epoch, then the old one finishes); and
+primary passes through Updating and accepts the epoch, then the old one finishes; a new
+primary whose own key is not Enabled declines it instead, and the old one stays primary);
+``SynchronizeMultiRegionKey``/``DeleteImportedKeyMaterial`` for an imported key's rotation
+or withdrawn pending material (its own copy of the same bytes); and
 ``ScheduleKeyDeletion`` when a primary's last replica is gone (PendingReplicaDeletion ->
 PendingDeletion). It reads only committed state, so after a crash it finishes what was left
 undone.
@@ -24,6 +27,7 @@ import structlog
 
 from kms.domain import events as ev
 from kms.domain import multi_region as mr
+from kms.domain import multi_region_import as mri
 from kms.domain.errors import KMSInternalException
 from kms.domain.key import Key, KeyState
 from kms.domain.lifecycle import DAY_MS
@@ -143,7 +147,7 @@ class Reactor:
         if key is None:
             return 0
         done = 0
-        withdrawn = mr.withdrawn_here(key, mrk)
+        withdrawn = mri.withdrawn_here(key, mrk)
         if withdrawn:
             def drop(call: Call, k: Key = key) -> None:
                 for material_id in withdrawn:
@@ -155,7 +159,7 @@ class Reactor:
             key = svc.state.keys.get(mrk.key_id)
             if key is None:
                 return done
-        follow = mr.imported_to_follow(key, mrk)
+        follow = mri.imported_to_follow(key, mrk)
         if follow:
             done += await self._act("SynchronizeMultiRegionKey", mrk, follow)
         return done

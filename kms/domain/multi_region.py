@@ -9,7 +9,10 @@ primary's event from a lower epoch than that is ignored. A promotion (the replic
 without the old primary: ``PrimaryRegionPromoted``) names how far it had seen the old
 primary's log; what that primary wrote under the old epoch past that point is fenced in
 every region, whatever order it arrives in, and kept as a conflict (never merged, never
-lost). Regional properties (description, policy, tags, enabled state) are not here: each
+lost). Two promotions at one epoch are ordered by (epoch, region name); what the other
+region wrote under that epoch is fenced alike. A handover's target that is not Enabled
+declines it (``PrimaryRegionDeclined``). An imported key's rotation travels as ids only.
+Regional properties (description, policy, tags, enabled state) are not here: each
 region's ``key/<key id>`` stream holds them.
 """
 
@@ -19,9 +22,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from kms.domain import events as ev
-from kms.domain import lifecycle
 from kms.domain.errors import (
-    IncorrectKeyMaterialException,
     KMSInvalidStateException,
     NotFoundException,
     UnsupportedOperationException,
@@ -462,78 +463,6 @@ def check_primary(key: Key, mrk: MultiRegionKey | None, action: str) -> None:
         raise UnsupportedOperationException(
             f"{key.arn} is not a multi-Region primary key. {action} is not supported on "
             f"multi-Region replica keys; call it on the primary key {mrk.primary_arn}.")
-
-
-def replica_import(key: Key, mrk: MultiRegionKey, material_id: str, import_type: str | None,
-                   named_material_id: str | None, description: str | None,
-                   ) -> lifecycle.ImportDecision:
-    """ImportKeyMaterial into a replica of an EXTERNAL primary: only the primary's own
-    material (the same bytes give the same KeyMaterialId in every region,
-    kms.crypto.wrapping), never new material; the primary's pending material waits here in
-    PENDING_ROTATION for the primary's RotateKeyOnDemand."""
-    lifecycle.check_import_type(key, import_type, named_material_id, description)
-    if material_id not in mrk.imported_ids or (named_material_id is not None
-                                               and named_material_id != material_id):
-        raise IncorrectKeyMaterialException(
-            "The key material you are importing is not the same as the key material of the "
-            f"primary key {mrk.primary_arn}.")
-    if import_type == "NEW_KEY_MATERIAL" and key.imports:
-        raise UnsupportedOperationException(
-            f"{key.arn} is not a multi-Region primary key. ImportKeyMaterial with ImportType "
-            "NEW_KEY_MATERIAL is not supported on multi-Region replica keys; import new key "
-            f"material into the primary key {mrk.primary_arn}, then the same key material "
-            "here with ImportType EXISTING_KEY_MATERIAL.")
-    known = key.imported(material_id)
-    pending = known.pending if known is not None else material_id == mrk.pending_import
-    return lifecycle.ImportDecision(pending, description or "")
-
-
-def pending_material_state(key: Key, mrk: MultiRegionKey | None, material_id: str) -> str:
-    """ListKeyRotations' KeyMaterialState of material waiting for rotation: on a primary,
-    PENDING_MULTI_REGION_IMPORT_AND_ROTATION while a replica has not imported it."""
-    if is_primary(key, mrk) and mrk is not None and mrk.lacking_import(material_id):
-        return "PENDING_MULTI_REGION_IMPORT_AND_ROTATION"
-    return "PENDING_ROTATION"
-
-
-def check_imported_rotation(key: Key, mrk: MultiRegionKey | None, material_id: str) -> None:
-    """RotateKeyOnDemand of an EXTERNAL primary: the material it would rotate to must be in
-    every replica first. AWS publishes no text for this refusal; it is the one it gives
-    when no material is PENDING_ROTATION, which this material is not yet."""
-    if key.origin == "EXTERNAL" and is_primary(key, mrk) and mrk is not None and (
-            mrk.lacking_import(material_id)):
-        raise KMSInvalidStateException(
-            f"No available key material pending rotation for the key: {key.arn}.")
-
-
-def imported_to_follow(key: Key, mrk: MultiRegionKey) -> list[ev.Event]:
-    """What a replica of an EXTERNAL primary does to match the primary's rotations: each
-    rotation to a material it holds and has not followed is recorded (KeyRotated, its own
-    copy), then the primary's current material, if held here, is made current."""
-    if is_primary(key, mrk) or mrk.origin != "EXTERNAL":
-        return []
-    followed = {r.material_id for r in key.rotations}
-    out: list[ev.Event] = []
-    current = key.current_material_id
-    for mid, rotation_type, _ in mrk.imported_rotations:
-        material = key.material(mid)
-        if mid in followed or material is None:
-            continue
-        out.append(ev.KeyRotated(key.key_id, material, rotation_type, key.next_rotation_ms))
-        current = mid
-    target = mrk.current_import
-    if target and target != current and key.material(target) is not None:
-        out.append(CurrentMaterialRestored(key.key_id, target))
-    return out
-
-
-def withdrawn_here(key: Key, mrk: MultiRegionKey) -> list[str]:
-    """The materials a replica holds pending that the primary no longer names (its pending
-    material deleted before rotation): they go here too."""
-    if is_primary(key, mrk) or mrk.origin != "EXTERNAL":
-        return []
-    return [i.material_id for i in key.imports
-            if i.pending and i.imported and i.material_id not in mrk.imported_ids]
 
 
 def is_replica(key: Key, mrk: MultiRegionKey | None) -> bool:

@@ -6,6 +6,8 @@ the imported bytes are checked against the key spec before anything is stored;
 each imported material is sealed under its own vault entry, destroyed with it.
 Asymmetric and HMAC keys take one material for life; symmetric keys take more
 with ImportType NEW_KEY_MATERIAL, for RotateKeyOnDemand (kms.domain.lifecycle).
+Multi-region keys: new material enters the primary only; each replica takes the same bytes
+(kms.domain.multi_region.replica_import), and the shared stream carries only their ids.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from kms.domain import events as ev
 from kms.domain import key as keys
 from kms.domain import lifecycle
 from kms.domain import multi_region as mr
+from kms.domain import multi_region_import as mri
 from kms.domain.errors import IncorrectKeyMaterialException, InvalidImportTokenException
 from kms.domain.key import Key, check_state
 from kms.domain.specs import SPECS
@@ -90,7 +93,7 @@ async def import_key_material(svc: Service, call: Call, p: dict[str, Any]) -> di
             p.get("KeyMaterialDescription"))
     if mr.is_replica(key, mrk):
         assert mrk is not None
-        decision = mr.replica_import(key, mrk, *args)
+        decision = mri.replica_import(key, mrk, *args)
     else:
         decision = lifecycle.decide_import(key, *args)
     material = _seal_imported(svc, call, key.key_id, material_id, raw, public,
@@ -101,7 +104,7 @@ async def import_key_material(svc: Service, call: Call, p: dict[str, Any]) -> di
     if mr.is_replica(key, mrk):  # material the primary already rotated to: current here too
         assert mrk is not None
         call.emit(key_stream(key.key_id),
-                  mr.imported_to_follow(keys.apply(key, imported, call.at_ms), mrk))
+                  mri.imported_to_follow(keys.apply(key, imported, call.at_ms), mrk))
     _share_import(svc, call, key, mrk, material_id, decision.pending)
     call.additional["keyMaterialId"] = material_id
     return {"KeyId": key.arn, "KeyMaterialId": material_id}

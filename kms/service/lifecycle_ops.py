@@ -14,6 +14,7 @@ from typing import Any
 from kms.domain import events as ev
 from kms.domain import lifecycle
 from kms.domain import multi_region as mr
+from kms.domain import multi_region_import as mri
 from kms.domain.key import Key, KeyState
 from kms.domain.specs import SYMMETRIC
 from kms.service import region_ops
@@ -87,7 +88,7 @@ async def list_key_rotations(svc: Service, call: Call, p: dict[str, Any]) -> dic
             continue
         entry = _rotation_entry(key, material_id)
         if entry["KeyMaterialState"] == "PENDING_ROTATION":  # a replica may still lack it
-            entry["KeyMaterialState"] = mr.pending_material_state(
+            entry["KeyMaterialState"] = mri.pending_material_state(
                 key, svc.state.mrks.get(key.key_id), material_id)
         entry["_position"] = f"{position:08d}"
         if r is not None:

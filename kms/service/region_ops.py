@@ -18,6 +18,7 @@ from typing import Any
 from kms.domain import events as ev
 from kms.domain import key as keys
 from kms.domain import multi_region as mr
+from kms.domain import multi_region_import as mri
 from kms.domain.errors import (
     AlreadyExistsException,
     KMSInvalidStateException,
@@ -171,7 +172,7 @@ def share_rotation(svc: Service, call: Call, key: Key, material: ev.Material,
                                         _sealed(svc, key, material, identities.by_region),
                                         rotation_type, call.at_ms, mrk.epoch))
     if key.origin == "EXTERNAL":  # ids only: each replica makes its own copy current
-        mr.check_imported_rotation(key, mrk, material.material_id)
+        mri.check_imported_rotation(key, mrk, material.material_id)
         shared.append(mr.ImportedMaterialRotated(key.key_id, material.material_id,
                                                  rotation_type, call.at_ms, mrk.epoch))
     if next_rotation_ms is not None:
