@@ -423,3 +423,41 @@ def test_a_live_log_cut_back_behind_its_export_fails_verify(tmp_path: Path) -> N
     assert problems(result) == [
         f"missing tail: the log ends at seq {kept}, but {out / 'kms-export-state.json'} records "
         f"an export of it through seq {last}"]
+
+
+def test_a_cross_account_call_is_exported_to_both_accounts(tmp_path: Path) -> None:
+    from tests.api.test_audit_stream import ALICE, CROSS, OLGA, OTHER
+
+    config = tmp_path / "kms.toml"
+    config.write_text(CROSS)
+    data_dir = tmp_path / "data"
+    node = ServerProcess(data_dir, dev=False, extra=["--config", str(config)]).start()
+    try:
+        alice: Any = client_for(node.url, access_key=ALICE[0], secret=ALICE[1])
+        owner = "111122223333"
+        policy = json.dumps({"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{owner}:root"},
+             "Action": "kms:*", "Resource": "*"},
+            {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{OTHER}:root"},
+             "Action": "kms:Encrypt", "Resource": "*"}]})
+        arn = alice.create_key(Policy=policy)["KeyMetadata"]["Arn"]
+        olga: Any = client_for(node.url, access_key=OLGA[0], secret=OLGA[1])
+        request_id = olga.encrypt(KeyId=arn, Plaintext=b"x")["ResponseMetadata"]["RequestId"]
+    finally:
+        node.stop()
+    out = tmp_path / "export"
+    done = audit("export", "--data-dir", data_dir, "--to", out)
+    assert done.returncode == 0, done.stderr
+    ok = audit("verify", out)
+    print(f"\n  {ok.stdout.strip()}")
+    assert ok.returncode == 0 and ok.stdout.strip().endswith("all valid"), ok.stdout
+    for account in (owner, OTHER):
+        assert list(out.glob(f"AWSLogs/{account}/CloudTrail-Digest/*/*/*/*/*.json.gz"))
+    theirs = [json.loads(gzip.decompress(p.read_bytes()))["Records"]
+              for p in out.glob(f"AWSLogs/{OTHER}/CloudTrail/*/*/*/*/*.json.gz")]
+    assert [(r["requestID"], r["recipientAccountId"]) for r in sum(theirs, [])] == \
+        [(request_id, OTHER)]  # the other account gets only its own call's record
+    both = [r for r in exported_records(out) if r["requestID"] == request_id]
+    assert sorted(r["recipientAccountId"] for r in both) == sorted([owner, OTHER])
+    assert len({r["sharedEventID"] for r in both}) == 1
+    assert len(exported_records(out)) == len(audit_rows(data_dir)) + 1

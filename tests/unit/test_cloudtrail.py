@@ -142,3 +142,23 @@ def test_old_facts_decode_with_defaults() -> None:
     assert isinstance(old, ev.ApiCallRecorded)
     assert (old.principal_type, old.user_id, old.response) == ("", "", {})
     assert record(old)["userIdentity"]["type"] == "Root"
+
+
+def test_a_cross_account_fact_gives_the_owner_and_the_caller_a_record() -> None:
+    from kms.audit.cloudtrail import fact_records, recipients
+
+    other = "444455556666"
+    f = fact(principal_arn=f"arn:aws:iam::{other}:user/olga", account=other,
+             principal_type="IAMUser", user_id="AIDAOLGA")
+    assert recipients(f, ACCOUNT) == [ACCOUNT, other]
+    owner, caller = fact_records(f, seq=7, at_ms=1_747_773_976_123, region="us-east-1",
+                                 default_account=ACCOUNT)
+    assert (owner["recipientAccountId"], caller["recipientAccountId"]) == (ACCOUNT, other)
+    assert owner["eventID"] == event_id("req-1", 7) != caller["eventID"]
+    assert owner["sharedEventID"] == caller["sharedEventID"]
+    assert owner["userIdentity"]["type"] == "AWSAccount"
+    assert caller["userIdentity"]["arn"] == f"arn:aws:iam::{other}:user/olga"
+    same = fact_records(fact(), seq=7, at_ms=0, region="us-east-1", default_account=ACCOUNT)
+    assert len(same) == 1 and "sharedEventID" not in same[0]
+    anonymous = fact(principal_arn="anonymous", account="", resources=())
+    assert recipients(anonymous, ACCOUNT) == [ACCOUNT]
