@@ -42,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "$AWS_ENDPOINT_URL_KMS, $AWS_ENDPOINT_URL or http://127.0.0.1:8080")
     p.add_argument("--region", action="append",
                    help="a region the endpoint hosts (repeatable; default: its own)")
+    p.add_argument("--account", metavar="ID",
+                   help="only the records this account receives (a cross-account call gives "
+                        "one to the key's owner and one to the caller's account)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,6 +92,8 @@ def _read_region(url: str, region: str, args: argparse.Namespace, keep: Any,
             query["after"] = cursor
         if args.follow:
             query["wait"] = str(FOLLOW_WAIT)
+        if getattr(args, "account", None):
+            query["account"] = args.account
         try:
             page = _get(f"{url}/_kms/audit?{urllib.parse.urlencode(query)}", region)
         except urllib.error.HTTPError as exc:

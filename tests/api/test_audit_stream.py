@@ -684,5 +684,10 @@ def test_a_cross_account_call_gives_each_account_its_record(tmp_path: Path) -> N
         status, bad = audit(node.url, cred=AUDITOR, account="12")
         assert (status, bad["__type"]) == (400, "ValidationException")
         assert "at 'account' failed to satisfy constraint" in bad["message"]
+        env = {"AWS_ACCESS_KEY_ID": AUDITOR[0], "AWS_SECRET_ACCESS_KEY": AUDITOR[1],
+               "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}
+        out = tail(node.url, "--json", "--account", OTHER, "--event-name", "Encrypt", env=env)
+        assert out.returncode == 0, out.stderr
+        assert [json.loads(line) for line in out.stdout.splitlines()] == [caller]
     finally:
         node.stop()
