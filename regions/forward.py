@@ -19,7 +19,7 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
-from kms.api.app import Forward, PayloadTooLarge, RequestIds
+from kms.api.app import FORWARDED_BY, Forward, PayloadTooLarge, RequestIds
 from regions.topology import Peer
 
 log = structlog.get_logger("regions.forward")
@@ -29,9 +29,9 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy
                         "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
                         "content-length"})
 RELAYED = ("Content-Type", "x-amzn-RequestId")
-# Added (unsigned, so the signature still holds) to every forwarded request: a request that
-# arrives with it and would be forwarded again is a loop in the topology, refused at once.
-FORWARDED_BY = "X-Kms-Forwarded-By"
+# FORWARDED_BY is added (unsigned, so the signature still holds) to every forwarded request:
+# a request that arrives with it and would be forwarded again is a loop in the topology,
+# refused at once; the peer leaves aws:SourceIp/aws:SecureTransport out of its context.
 TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=5)
 
 

@@ -351,13 +351,18 @@ class Gateway:
         return answer(response, request_id, operation, started, caller, None, resolved)
 
 
+# Set by a region node on every request it forwards to a peer (regions.forward).
+FORWARDED_BY = "X-Kms-Forwarded-By"
+
+
 def caller_of(principal: Principal, access_key: str, request: web.Request,
               via_service: str = "") -> Caller:
     """The Caller an authenticated request acts as."""
     return Caller(principal.arn, principal.account, access_key, request.remote or "",
                   request.headers.get("User-Agent", ""), principal.principal_type,
                   principal.user_id, principal.tags, principal.policies, via_service,
-                  request.secure)
+                  request.secure, principal.identity_arn,
+                  request.headers.get(FORWARDED_BY, "")[:64])
 
 
 def presigned_scope(request: web.Request) -> str:

@@ -75,10 +75,13 @@ class Request:
     account: str
     principal_type: str  # Root | IAMUser | AssumedRole | AWSAccount | AWSService
     context: Context
+    identity_arn: str = ""  # the IAM entity behind the caller ARN (a role's, path included)
 
     @property
     def role_arn(self) -> str:
         """The role an assumed-role session acts for ("" for other principals)."""
+        if self.principal_type == "AssumedRole" and self.identity_arn:
+            return self.identity_arn
         m = _ASSUMED_ROLE.match(self.principal_arn)
         return f"arn:aws:iam::{m.group(1)}:role/{m.group(2)}" if m else ""
 

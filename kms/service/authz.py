@@ -145,8 +145,16 @@ def _tag(tags: Any, want: str) -> tuple[str, ...] | None:
     return None
 
 
+def _region_of(c: CallContext) -> str:
+    """The region serving a call with no key (CreateKey, ListKeys, GenerateRandom, ...)."""
+    svc = c.service or c.call.service
+    return svc.region if svc is not None else ""
+
+
 def _principal_arn(caller: Caller) -> str:
     """aws:PrincipalArn: an assumed-role session is its role."""
+    if caller.identity_arn:
+        return caller.identity_arn
     if caller.principal_type == "AssumedRole" and ":assumed-role/" in caller.principal_arn:
         account = caller.principal_arn.split(":")[4]
         role = caller.principal_arn.split(":assumed-role/", 1)[1].split("/", 1)[0]
@@ -274,13 +282,16 @@ _KEYS: dict[str, Lookup] = {
     "aws:principaltype": lambda c: (_PRINCIPAL_TYPES.get(c.call.caller.principal_type,
                                                          c.call.caller.principal_type),),
     "aws:tagkeys": _tag_keys,
-    "aws:sourceip": lambda c: _optional(c.call.caller.source_ip),
+    "aws:sourceip": lambda c: None if c.call.caller.forwarded_by
+    else _optional(c.call.caller.source_ip),
     "aws:currenttime": _current_time,
     "aws:epochtime": lambda c: (str(c.call.at_ms // 1000),),
-    "aws:securetransport": lambda c: (_flag(c.call.caller.secure_transport),),
+    "aws:securetransport": lambda c: None if c.call.caller.forwarded_by
+    else (_flag(c.call.caller.secure_transport),),
     "aws:userid": lambda c: _optional(c.call.caller.user_id),
     "aws:username": _username,
-    "aws:requestedregion": lambda c: (c.key.region,) if c.key is not None else None,
+    "aws:requestedregion": lambda c: (c.key.region,) if c.key is not None
+    else _optional(_region_of(c)),
 }
 
 
@@ -368,7 +379,7 @@ def decide(call: Call, action: str, key: Key | None, *, policy_text: str | None 
     resource = key.arn if key is not None else "*"
     ctx = CallContext(call, action, key, service)
     r = pol.Request(action, resource, caller.principal_arn, caller.account,
-                    caller.principal_type, ctx)
+                    caller.principal_type, ctx, caller.identity_arn)
     is_root = caller.principal_type == "Root"
     ident = pol.Outcome.ALLOW if is_root else pol.evaluate_all(identity_policies(caller), r)
     if key is None and policy_text is None:

@@ -64,6 +64,11 @@ class Caller:
     identity_policies: tuple[str, ...] = ()  # the principal's IAM policy documents (JSON)
     via_service: str = ""  # kms:ViaService (--dev: the X-Kms-Via-Service header)
     secure_transport: bool = False  # aws:SecureTransport
+    identity_arn: str = ""  # the IAM entity (a role's own ARN, path included), else the ARN
+    # The region node that forwarded this request here ("": it came from the client itself).
+    # The connection is then the forwarder's, so aws:SourceIp and aws:SecureTransport are
+    # absent from the request context (fail closed) rather than the forwarder's.
+    forwarded_by: str = ""
 
 
 @dataclass(slots=True)

@@ -38,6 +38,13 @@ CREATE_ONLY = ('{"Version":"2012-10-17","Statement":[{"Effect":"Allow",'
                '"Action":["kms:CreateKey","kms:ListKeys"],"Resource":"*"}]}')
 DAVE = f"arn:aws:iam::{A}:user/dave"
 DEPLOYER_ROLE = f"arn:aws:iam::{A}:role/deployer"
+PATHED_ROLE = f"arn:aws:iam::{A}:role/team/payments/signer"
+# A common guard: nothing outside us-east-1 (a negated operator holds for an absent key, so
+# aws:RequestedRegion must be present on calls that name no key too).
+ONLY_US_EAST_1 = ('{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:*",'
+                  '"Resource":"*"},{"Effect":"Deny","Action":"kms:*","Resource":"*",'
+                  '"Condition":{"StringNotEquals":{"aws:RequestedRegion":"us-east-1"}}}]}')
+ERIN = f"arn:aws:iam::{A}:user/erin"
 CONFIG = f"""
 account_id = "{A}"
 [[principals]]
@@ -65,6 +72,16 @@ session_name = "ci-run"
 access_key_id = "AKIAPOLICYROLE000001"
 secret_access_key = "role-secret"
 policies = ['{ALL_KMS}']
+[[principals]]
+arn = "{PATHED_ROLE}"
+session_name = "build"
+access_key_id = "AKIAPOLICYPATHROLE01"
+secret_access_key = "pathed-secret"
+[[principals]]
+arn = "{ERIN}"
+access_key_id = "AKIAPOLICYERIN000001"
+secret_access_key = "erin-secret"
+policies = ['{ONLY_US_EAST_1}']
 """
 
 DEFAULT_POLICY = (
@@ -104,7 +121,9 @@ def as_(node: ServerProcess, who: str) -> Any:
                                             "bob": "AKIAPOLICYBOB0000001",
                                             "carol": "AKIAPOLICYCAROL00001",
                                             "dave": "AKIAPOLICYDAVE000001",
-                                            "role": "AKIAPOLICYROLE000001"}[who])
+                                            "role": "AKIAPOLICYROLE000001",
+                                            "pathed": "AKIAPOLICYPATHROLE01",
+                                            "erin": "AKIAPOLICYERIN000001"}[who])
 
 
 def via_s3(client: Any) -> Any:
@@ -420,3 +439,37 @@ def test_an_assumed_role_is_its_role_to_principal_arn_with_no_username(
         refused(node, call, "AccessDeniedException",
                 f"User: {ALICE} is not authorized to perform: kms:{action} on resource: "
                 f"{key} with an explicit deny in a resource-based policy")
+
+
+def test_a_key_policy_naming_a_role_with_a_path_allows_its_sessions(
+        root: Any, node: ServerProcess) -> None:
+    """The session ARN drops the role's path (assumed-role/signer/build); the key policy and
+    aws:PrincipalArn name the role with it, as AWS does."""
+    key = root.create_key(Policy=policy(
+        root_may(),
+        {"Effect": "Allow", "Principal": {"AWS": PATHED_ROLE}, "Action": "kms:Encrypt",
+         "Resource": "*", "Condition": {"ArnEquals": {"aws:PrincipalArn": PATHED_ROLE}}},
+    ))["KeyMetadata"]["Arn"]
+    signer = as_(node, "pathed")  # no identity policy: the key policy alone must allow
+    assert signer.encrypt(KeyId=key, Plaintext=b"x")["KeyId"] == key
+    session = f"arn:aws:sts::{A}:assumed-role/signer/build"
+    blob = root.encrypt(KeyId=key, Plaintext=b"x")["CiphertextBlob"]
+    refused(node, lambda: signer.decrypt(CiphertextBlob=blob), "AccessDeniedException",
+        f"User: {session} is not authorized to perform: kms:Decrypt on resource: {key} "
+        "because no identity-based policy allows the kms:Decrypt action")
+
+
+def test_requested_region_is_known_on_calls_that_name_no_key(
+        root: Any, node: ServerProcess) -> None:
+    """A Deny on aws:RequestedRegion != us-east-1 leaves CreateKey, ListKeys and
+    GenerateRandom in us-east-1 alone, and refuses them signed for eu-west-1 (--dev hosts it)."""
+    erin = as_(node, "erin")
+    erin.create_key()
+    erin.list_keys()
+    assert len(erin.generate_random(NumberOfBytes=8)["Plaintext"]) == 8
+    eu = client_for(node.url, region="eu-west-1", access_key="AKIAPOLICYERIN000001")
+    with pytest.raises(ClientError) as info:
+        eu.create_key()
+    assert info.value.response["Error"]["Message"] == (
+        f"User: {ERIN} is not authorized to perform: kms:CreateKey on resource: * with an "
+        "explicit deny in an identity-based policy")

@@ -264,3 +264,42 @@ def test_dev_x_kms_via_service_lets_a_caller_use_an_aws_managed_key(tmp_path: Pa
         assert info.value.response["Error"]["Code"] == "AccessDeniedException"
     finally:
         server.stop()
+
+
+def test_a_forwarded_request_has_no_source_ip_of_its_own(tmp_path: Path) -> None:
+    """A forwarded request's connection is the forwarding node's: the peer leaves
+    aws:SourceIp (and aws:SecureTransport) out of the request context, so an address
+    condition cannot be met, or dodged, by going through another region's node. Direct
+    from loopback the Deny does not apply; through us-east-1's node it does."""
+    config = str(write_config(tmp_path))
+    us_port, eu_port = free_port(), free_port()
+    us = ServerProcess(tmp_path / "us", dev=False, region="us-east-1", port=us_port,
+                       extra=["--config", config, "--peer", f"eu-west-1=http://127.0.0.1:{eu_port}"])
+    eu = ServerProcess(tmp_path / "eu", dev=False, region="eu-west-1", port=eu_port,
+                       extra=["--config", config, "--peer", f"us-east-1=http://127.0.0.1:{us_port}"])
+    us.start()
+    try:
+        eu.start()
+        try:
+            eu_kms = client_for(eu.url, region="eu-west-1", access_key=ALICE[0],
+                                secret=ALICE[1])
+            loopback_only = json.dumps({"Version": "2012-10-17", "Statement": [
+                {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
+                 "Action": "kms:*", "Resource": "*"},
+                {"Effect": "Deny", "Principal": "*", "Action": "kms:Encrypt", "Resource": "*",
+                 "Condition": {"NotIpAddress": {"aws:SourceIp": "127.0.0.0/8"}}}]})
+            key = eu_kms.create_key(Policy=loopback_only)["KeyMetadata"]["Arn"]
+            assert eu_kms.encrypt(KeyId=key, Plaintext=b"direct")["KeyId"] == key
+            via_us = client_for(us.url, region="eu-west-1", access_key=ALICE[0],
+                                secret=ALICE[1])
+            with pytest.raises(ClientError) as info:
+                via_us.encrypt(KeyId=key, Plaintext=b"forwarded")
+            assert info.value.response["Error"]["Message"] == (
+                f"User: arn:aws:iam::{ACCOUNT}:user/alice is not authorized to perform: "
+                f"kms:Encrypt on resource: {key} with an explicit deny in a resource-based "
+                "policy")
+            assert via_us.describe_key(KeyId=key)["KeyMetadata"]["Arn"] == key
+        finally:
+            eu.stop()
+    finally:
+        us.stop()
