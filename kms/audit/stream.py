@@ -391,6 +391,12 @@ async def _read(node: Node, after: str, limit: int, wait: float, account: str | 
         else:  # older than the ring: read from the log, rendered for this read only
             rows, through = await read_records(log, seq, limit, account=account,
                                                default_account=default_account)
+            if len(rows) > limit:  # whole facts only, up to limit records (one at least)
+                cut = rows[limit][0]  # the fact of the first record past the limit
+                if cut > rows[0][0]:
+                    rows, through = [row for row in rows if row[0] < cut], cut - 1
+                else:
+                    rows, through = [row for row in rows if row[0] == cut], cut
             found = [(r["eventName"], _json(r)) for _, r in rows]
         remaining = deadline - loop.time()
         if feed.wipes != wipes or remaining <= 0 or len(found) >= limit:

@@ -681,6 +681,19 @@ def test_a_cross_account_call_gives_each_account_its_record(tmp_path: Path) -> N
             assert [r for r in view if r["requestID"] == rid(used)] == [expected]
         assert not [r for r in read_all(node.url, cred=AUDITOR, account=OTHER)
                     if r["requestID"] == rid(own)]
+        paged, cursor = [], ""  # a page holds whole facts: both records of a cross call
+        while True:
+            status, page = audit(node.url, cred=AUDITOR, after=cursor, limit=1)
+            assert status == 200 and len({r["requestID"] for r in page["Records"]}) <= 1
+            paged += page["Records"]
+            cursor = page["NextCursor"]
+            if not page["Records"]:
+                break
+        assert calls(paged)[:len(calls(records))] == calls(records)  # then GetKeyLastUsage
+        again = olga.encrypt(KeyId=arn, Plaintext=b"again")  # read from the recent ring
+        status, page = audit(node.url, cred=AUDITOR, after=cursor, limit=1)
+        assert [(r["requestID"], r["recipientAccountId"]) for r in page["Records"]] == \
+            [(rid(again), ACCOUNT), (rid(again), OTHER)]
         status, bad = audit(node.url, cred=AUDITOR, account="12")
         assert (status, bad["__type"]) == (400, "ValidationException")
         assert "at 'account' failed to satisfy constraint" in bad["message"]
@@ -688,6 +701,8 @@ def test_a_cross_account_call_gives_each_account_its_record(tmp_path: Path) -> N
                "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}
         out = tail(node.url, "--json", "--account", OTHER, "--event-name", "Encrypt", env=env)
         assert out.returncode == 0, out.stderr
-        assert [json.loads(line) for line in out.stdout.splitlines()] == [caller]
+        lines = [json.loads(line) for line in out.stdout.splitlines()]
+        assert lines[0] == caller and [r["requestID"] for r in lines] == [rid(used), rid(again)]
+        assert {r["recipientAccountId"] for r in lines} == {OTHER}
     finally:
         node.stop()
