@@ -104,16 +104,17 @@ class _Fact:
 
     def __init__(self, envelope: ev.Envelope) -> None:
         self.seq = envelope.seq
-        self.envelope = envelope
+        self.envelope: ev.Envelope | None = envelope
         self.views: list[tuple[str, str, bytes]] | None = None
 
     def rendered(self, region: str, account: str) -> list[tuple[str, str, bytes]]:
         if self.views is None:
             e = self.envelope
-            assert isinstance(e.event, ev.ApiCallRecorded)
+            assert e is not None and isinstance(e.event, ev.ApiCallRecorded)
             self.views = [(r["recipientAccountId"], r["eventName"], _json(r))
                           for r in fact_records(e.event, seq=e.seq, at_ms=e.at_ms,
                                                 region=region, default_account=account)]
+            self.envelope = None  # the ring keeps bytes, not the fact's objects (less for GC)
         return self.views
 
 

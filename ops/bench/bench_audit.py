@@ -4,7 +4,8 @@ One ``--dev`` node; the same closed-loop wrk load as bench_crypto.py (its harnes
 in --rounds alternating runs without and with a follower: ``kms audit tail --follow --json
 --event-name Encrypt`` as a subprocess writing to a file, as a consumer would run it. After
 each followed run the follower's catch-up is awaited: the time from the end of the load until
-it has printed every Encrypt record of the run (lag at the end of the load).
+it has printed every Encrypt record of the run (lag at the end of the load), and the
+follower's own CPU per request is read from /proc (a client sharing the node's cores).
 
     python ops/bench/bench_audit.py [--duration 10 --concurrency 32 --rounds 2 --warmup 2]
 
@@ -53,6 +54,12 @@ def follower(url: str, out: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen([sys.executable, "-m", "regions.cli", "audit", "tail",
                                  "--endpoint", url, "--follow", "--json", "--event-name",
                                  "Encrypt"], cwd=ROOT, stdout=sink, stderr=subprocess.DEVNULL)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def caught_up(out: Path, expected: int, bound_s: float = 120.0) -> float | None:
@@ -108,18 +115,23 @@ def main() -> int:
                                 raise RuntimeError("the follower never read the backlog")
                         try:
                             start = lines_in(out) if out else 0
+                            cpu0 = cpu_seconds(proc.pid) if proc is not None else 0.0
                             r = measured(node, script, c, a.duration / a.rounds, a.threads)
                             made += r["requests"]
-                            if out is not None:
+                            if out is not None and proc is not None:
                                 lag = caught_up(out, made)
                                 r["follower_catch_up_s"] = -1.0 if lag is None else lag
                                 r["follower_records"] = lines_in(out) - start
+                                # the follower's own CPU (a client on the same cores)
+                                r["follower_cpu_us_per_op"] = (
+                                    (cpu_seconds(proc.pid) - cpu0) * 1e6 / r["requests"])
                         finally:
                             if proc is not None:
                                 proc.terminate()
                                 proc.wait(timeout=15)
                         runs[case].append(r)
-                        extra = (f"  follower caught up {r['follower_catch_up_s']:.2f}s after"
+                        extra = (f"  follower caught up {r['follower_catch_up_s']:.2f}s after,"
+                                 f" its CPU {r['follower_cpu_us_per_op']:.0f} us/op"
                                  if case == "followed" else "")
                         print(f"  {case:9} c={c:<4} {r['ops_s']:8.0f} ops/s  p50 "
                               f"{r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  CPU "
@@ -132,6 +144,9 @@ def main() -> int:
                     if case == "followed":
                         pair[case]["follower_catch_up_s"] = max(
                             x["follower_catch_up_s"] for x in runs[case])
+                        pair[case]["follower_cpu_us_per_op"] = round(sum(
+                            x["follower_cpu_us_per_op"] * x["requests"] for x in runs[case])
+                            / sum(x["requests"] for x in runs[case]), 1)
                     results.append(pair[case])
                 pair["followed"]["ratio_ops_s"] = round(
                     pair["followed"]["ops_s"] / pair["alone"]["ops_s"], 3)
@@ -140,10 +155,11 @@ def main() -> int:
                 node.stop()
     print("\nEncrypt with a follower of /_kms/audit (kms audit tail --follow) beside without")
     print(f"{'case':16}{'ops/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'CPU us/op':>10}{'ratio':>7}"
-          f"{'catch-up s':>11}")
+          f"{'catch-up s':>11}{'follower CPU us/op':>19}")
     for r in results:
         ratio = f"{r['ratio_ops_s']:7.2f}" if "ratio_ops_s" in r else " " * 7
-        lag = f"{r['follower_catch_up_s']:11.2f}" if "follower_catch_up_s" in r else ""
+        lag = (f"{r['follower_catch_up_s']:11.2f}{r['follower_cpu_us_per_op']:19.0f}"
+               if "follower_catch_up_s" in r else "")
         print(f"{r['case'] + ' c=' + str(r['concurrency']):16}{r['ops_s']:8.0f}"
               f"{r['p50_ms']:8.2f}{r['p99_ms']:8.2f}{r['server_cpu_us_per_op']:10.0f}{ratio}"
               f"{lag}")
