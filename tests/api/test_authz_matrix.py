@@ -263,8 +263,9 @@ def audit_records(url: str) -> dict[str, dict[str, Any]]:
         with urllib.request.urlopen(urllib.request.Request(
                 req.url, headers=dict(req.headers.items())), timeout=30) as r:
             page = json.load(r)
-        for record in page["Records"]:
-            found[record["requestID"]] = record
+        for record in page["Records"]:  # a cross-account call has one per account: A's kept
+            if record["recipientAccountId"] == A or record["requestID"] not in found:
+                found[record["requestID"]] = record
         if not page["Records"]:
             return found
         after = page["NextCursor"]
@@ -278,8 +279,10 @@ def audited(record: dict[str, Any] | None, caller: str, message: str) -> bool:
     who = record["userIdentity"]
     if caller.split(":")[4] == A:
         named = who.get("arn") == caller
-    else:
+    elif record["recipientAccountId"] == A:  # as the key owner sees another account's caller
         named = who.get("type") == "AWSAccount" and who.get("accountId") == caller.split(":")[4]
+    else:  # a call naming no key of A: only the caller's own account has a record
+        named = who.get("arn") == caller
     reason = record.get("additionalEventData", {}).get("authorizationDenied", {}).get("reason")
     return named and record.get("errorMessage") == message and bool(reason) \
         and message.endswith(reason)
