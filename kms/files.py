@@ -1,7 +1,9 @@
-"""Durable creation of the node's small secret files (root key, credentials).
+"""Durable creation of the node's small secret files (root key, credentials), and
+durable replacement of its small state files (pinned peer keys, the checkpoint witness).
 
 Rules: created exclusively with mode 0600, the file and its directory fsynced, so a
-crash right after first start cannot keep the log but lose the key that opens it.
+crash right after first start cannot keep the log but lose the key that opens it; a
+replaced file is the old one or the new one after a crash, never a torn one.
 """
 
 from __future__ import annotations
@@ -16,7 +18,29 @@ def create_secret_file(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_dir(path.parent)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` (mode 0600): temp file, fsync, rename, fsync of the
+    directory."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)  # a leftover from a crash: O_EXCL gives the new one 0600
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:

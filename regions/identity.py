@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -27,7 +26,7 @@ from kms.crypto import transport
 from kms.crypto.sealing import Sealer
 from kms.datadir import DataDirRefused
 from kms.domain.errors import KMSInternalException
-from kms.files import create_secret_file
+from kms.files import create_secret_file, write_atomically
 
 IDENTITY_KEY_FILE = "region-identity.key"
 PEERS_FILE = "peers.json"
@@ -178,25 +177,3 @@ class PeerPins:
         body = json.dumps({r: transport.public_to_text(k) for r, k in sorted(pins.items())},
                           indent=2) + "\n"
         write_atomically(self.path, body.encode())
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` (mode 0600) so a crash leaves the old or the new
-    file whole, never a torn one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)  # a leftover from a crash: O_EXCL gives the new one 0600
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kms.audit.signing import AuditPublicKey, AuditSigningKey
+from kms.files import write_atomically
 
 WITNESS_FILE = "log-checkpoint.json"
 # Defaults (the [node] settings); the environment overrides both (tests, operators).
@@ -64,7 +65,7 @@ class Checkpoint:
         body = json.dumps({"seq": self.seq, "head": self.head.hex(), "at_ms": self.at_ms,
                            "fingerprint": self.fingerprint,
                            "signature": self.signature.hex()}, indent=2) + "\n"
-        _write_atomically(path, body.encode())
+        write_atomically(path, body.encode())
 
 
 def message(region: str, seq: int, head: bytes) -> bytes:
@@ -132,24 +133,3 @@ class Checkpointer:
     def wiped(self) -> None:
         if self.witness_path is not None:
             self.witness_path.unlink(missing_ok=True)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` (temp file, fsync, rename, fsync of the dir): old or new, never torn."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
