@@ -143,6 +143,11 @@ def _camel_keys(value: Any, member: str = "") -> Any:
 
 
 # -- the record ---------------------------------------------------------------------------
+# CloudTrail writes a refusal by authorization as "AccessDenied", not the API's exception
+# name (the client still gets AccessDeniedException); other codes are the API's own.
+CLOUDTRAIL_ERROR_CODES = {"AccessDeniedException": "AccessDenied"}
+
+
 def cloudtrail_record(fact: ev.ApiCallRecorded, *, seq: int, at_ms: int, region: str,
                       recipient_account: str, shared: bool | None = None) -> dict[str, Any]:
     """The CloudTrail record of one audit fact at ``seq`` (its eventID: ``event_id``) as
@@ -167,7 +172,7 @@ def cloudtrail_record(fact: ev.ApiCallRecorded, *, seq: int, at_ms: int, region:
         "userAgent": AWS_INTERNAL if service else (fact.user_agent or None),
     }
     if fact.error_code:
-        record["errorCode"] = fact.error_code
+        record["errorCode"] = CLOUDTRAIL_ERROR_CODES.get(fact.error_code, fact.error_code)
         record["errorMessage"] = fact.error_message
     record["requestParameters"] = None if service else _request_parameters(fact)
     record["responseElements"] = _response_elements(fact)

@@ -434,7 +434,9 @@ def test_a_secured_node_serves_audit_readers_only_and_records_bad_signatures(
         assert r["userIdentity"]["accessKeyId"] == ALICE[0]
         assert r["userIdentity"]["principalId"].startswith("AIDA")
         r = by_request(records, refused_call.value)
-        assert (r["eventName"], r["errorCode"]) == ("DescribeKey", "AccessDeniedException")
+        # CloudTrail's code for an authorization refusal is "AccessDenied" (the client got
+        # AccessDeniedException), with the caller's identity and AWS's message.
+        assert (r["eventName"], r["errorCode"]) == ("DescribeKey", "AccessDenied")
         assert r["errorMessage"] == refused_call.value.response["Error"]["Message"]
         assert (r["userIdentity"]["type"], r["userIdentity"]["arn"]) == \
             ("IAMUser", f"arn:aws:iam::{ACCOUNT}:user/mallory")
@@ -445,7 +447,7 @@ def test_a_secured_node_serves_audit_readers_only_and_records_bad_signatures(
         reads = [r for r in records if r["eventName"] == READ]
         assert [(r["errorCode"], r["userIdentity"].get("arn")) for r in reads[:2]] == [
             ("MissingAuthenticationTokenException", None),
-            ("AccessDeniedException", f"arn:aws:iam::{ACCOUNT}:user/alice")]
+            ("AccessDenied", f"arn:aws:iam::{ACCOUNT}:user/alice")]
 
         # kms audit tail signs with the usual credential chain (here: the environment)
         env = {"AWS_ACCESS_KEY_ID": AUDITOR[0], "AWS_SECRET_ACCESS_KEY": AUDITOR[1],

@@ -274,7 +274,7 @@ def audit_records(url: str) -> dict[str, dict[str, Any]]:
 def audited(record: dict[str, Any] | None, caller: str, message: str) -> bool:
     """The denial's record names the principal (a caller of another account as CloudTrail
     shows it to the key's owner: its account, the ARN in the message) and the reason."""
-    if record is None or record.get("errorCode") != "AccessDeniedException":
+    if record is None or record.get("errorCode") != "AccessDenied":  # CloudTrail's code
         return False
     who = record["userIdentity"]
     if caller.split(":")[4] == A:
