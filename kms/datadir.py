@@ -7,11 +7,14 @@ the configured root key is the one the dir was sealed with; a dir that holds any
 never gets a fresh root key. A dir from before these files is bound only to what its log
 proves: the region and account its rows name, a root key that opens its vault. A refusal
 writes nothing but the lock file (and nothing at all when ``KMS_ROOT_KEY`` is malformed,
-which is checked first).
+which is checked first). Key files sealed under the root key (``create_sealed_file``,
+``read_sealed_file``) refuse the same way when they do not open.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import fcntl
 import json
 import os
@@ -21,8 +24,9 @@ from pathlib import Path
 from typing import NoReturn
 
 from kms.crypto.keyring import kek_context
-from kms.crypto.sealing import ROOT_KEY_ENV, ROOT_KEY_FILE, RootKey, RootKeyMissing
+from kms.crypto.sealing import ROOT_KEY_ENV, ROOT_KEY_FILE, RootKey, RootKeyMissing, Sealer
 from kms.domain import events as ev
+from kms.domain.errors import KMSInternalException
 from kms.files import create_secret_file
 
 LOCK_FILE = "kms.lock"
@@ -33,6 +37,14 @@ LOG_FILE = "events.sqlite3"
 
 class DataDirRefused(Exception):
     """The node must not start on this data dir; the message says why, in one line."""
+
+
+class DataDirInUse(Exception):
+    """Another process holds the data dir's lock; ``holder`` is the pid it wrote there."""
+
+    def __init__(self, holder: str) -> None:
+        super().__init__(holder)
+        self.holder = holder
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,19 +77,28 @@ def open_data_dir(path: Path, *, region: str, account_id: str) -> DataDir:
     return DataDir(path, root_key, lock_fd)
 
 
-def _lock(path: Path) -> int:
-    try:
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)  # sealed material inside
-        fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as exc:
-        raise DataDirRefused(f"cannot open data dir {path}: {exc.strerror or exc}") from None
+def take_lock(path: Path) -> int:
+    """An fd of ``path``'s lock file (created 0600) holding its ``flock``; closing it
+    releases the lock. OSError if the file cannot be opened, DataDirInUse if it is held."""
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
+        raise DataDirInUse(holder) from None
+    return fd
+
+
+def _lock(path: Path) -> int:
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)  # sealed material inside
+        fd = take_lock(path)
+    except DataDirInUse as exc:
         raise DataDirRefused(f"data dir {path} is in use by another kms process "
-                             f"(pid {holder})") from None
+                             f"(pid {exc.holder})") from None
+    except OSError as exc:
+        raise DataDirRefused(f"cannot open data dir {path}: {exc.strerror or exc}") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
@@ -209,3 +230,30 @@ def _record(path: Path, region: str, account_id: str, root_key: RootKey) -> None
         create_secret_file(path / IDENTITY_FILE, (json.dumps(doc, indent=2) + "\n").encode())
     if not (path / ROOT_CHECK_FILE).exists():
         create_secret_file(path / ROOT_CHECK_FILE, root_key.seal_check())
+
+
+def create_sealed_file(path: Path, root_key: Sealer, material: bytes, context: bytes) -> bool:
+    """Seal ``material`` under ``root_key`` (AD ``context``) into a new 0600 file at ``path``,
+    base64 on one line; False if it exists already (another starter won the race: its file
+    is the one that counts)."""
+    try:
+        create_secret_file(path, base64.b64encode(root_key.seal(material, context)) + b"\n")
+    except FileExistsError:
+        return False
+    return True
+
+
+def read_sealed_file(path: Path, root_key: Sealer, context: bytes, what: str) -> bytes:
+    """The material ``create_sealed_file`` sealed into ``path``; DataDirRefused if it cannot be
+    read, is not base64 (then it is "not {what}"), or does not open under ``root_key``."""
+    try:
+        sealed = base64.b64decode(path.read_bytes().strip(), validate=True)
+    except OSError as exc:
+        raise DataDirRefused(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (binascii.Error, ValueError):
+        raise DataDirRefused(f"{path} is not {what} (not base64)") from None
+    try:
+        return root_key.unseal(sealed, context)
+    except KMSInternalException:
+        raise DataDirRefused(f"{path} does not open under the configured root key; "
+                             "it was sealed under another root key or is damaged") from None

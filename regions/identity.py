@@ -10,8 +10,6 @@ private key also keys the MACs of peer requests (``peer_mac``, for regions.peer_
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -24,9 +22,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from kms.crypto import transport
 from kms.crypto.sealing import Sealer
-from kms.datadir import DataDirRefused
-from kms.domain.errors import KMSInternalException
-from kms.files import create_secret_file, write_atomically
+from kms.datadir import DataDirRefused, create_sealed_file, read_sealed_file
+from kms.files import write_atomically
 
 IDENTITY_KEY_FILE = "region-identity.key"
 PEERS_FILE = "peers.json"
@@ -48,24 +45,11 @@ class RegionIdentity:
         path = data_dir / IDENTITY_KEY_FILE
         if not path.exists():
             private = transport.generate_private()
-            sealed = root_key.seal(transport.private_raw(private), _SEAL_CONTEXT)
-            try:
-                create_secret_file(path, base64.b64encode(sealed) + b"\n")
+            if create_sealed_file(path, root_key, transport.private_raw(private),
+                                  _SEAL_CONTEXT):
                 return cls(private)
-            except FileExistsError:
-                pass  # another starter won the race: its key is the region's
-        try:
-            text = path.read_bytes()
-            sealed = base64.b64decode(text.strip(), validate=True)
-        except OSError as exc:
-            raise DataDirRefused(f"cannot read {path}: {exc.strerror or exc}") from None
-        except (binascii.Error, ValueError):
-            raise DataDirRefused(f"{path} is not a sealed region identity (not base64)") from None
-        try:
-            raw = root_key.unseal(sealed, _SEAL_CONTEXT)
-        except KMSInternalException:
-            raise DataDirRefused(f"{path} does not open under the configured root key; "
-                                 "it was sealed under another root key or is damaged") from None
+            # else another starter won the race: its key is the region's
+        raw = read_sealed_file(path, root_key, _SEAL_CONTEXT, "a sealed region identity")
         try:
             return cls(transport.private_from_raw(raw))
         except ValueError:

@@ -34,6 +34,7 @@ from kms.audit.cloudtrail import fact_records
 from kms.audit.signing import ALGORITHM, AuditSigningKey
 from kms.datadir import DataDirRefused
 from kms.domain import events as ev
+from kms.files import fsync_dir
 from kms.store.log import AUDIT_STREAM, row_hash
 
 STATE_FILE = "kms-export-state.json"
@@ -277,19 +278,11 @@ def _complete(out: Path, data_dir: Path) -> None:
         if staged.exists():
             (out / name).parent.mkdir(parents=True, exist_ok=True)
             os.replace(staged, out / name)
-            _sync_dir((out / name).parent)
+            fsync_dir((out / name).parent)
         _crash_point("commit", n)
     _write(out / STATE_FILE, (json.dumps(doc["state"], indent=2) + "\n").encode())
     _write(data_dir / EXPORTED_FILE, (json.dumps(doc["exported"], indent=2) + "\n").encode())
     shutil.rmtree(root, ignore_errors=True)
-
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_log_file(stage: _Stage, bucket: str, account: str, region: str,

@@ -13,7 +13,6 @@ are still re-hashed one by one by ``verify``).
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import re
@@ -24,7 +23,7 @@ from pathlib import Path
 from kms.audit import livelog
 from kms.audit.export import EXPORTED_FILE
 from kms.clock import Clock, PersistentClock
-from kms.datadir import LOCK_FILE
+from kms.datadir import DataDirInUse, take_lock
 from kms.store.log import AUDIT_STREAM
 
 DEV_CLOCK_FILE = "dev-clock.json"
@@ -66,17 +65,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _lock(data_dir: Path) -> int:
     try:
-        fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        return take_lock(data_dir)
+    except DataDirInUse as exc:
+        raise PruneRefused(f"data dir {data_dir} is in use by a running kms process (pid "
+                           f"{exc.holder}); stop the node before pruning") from None
     except OSError as exc:
         raise PruneRefused(f"cannot open {data_dir}: {exc.strerror or exc}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise PruneRefused(f"data dir {data_dir} is in use by a running kms process (pid "
-                           f"{holder}); stop the node before pruning") from None
-    return fd
 
 
 def _now_ms(data_dir: Path) -> int:

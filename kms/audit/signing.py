@@ -10,7 +10,6 @@ of the DER SubjectPublicKeyInfo (the 32 hex characters of ``digestPublicKeyFinge
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 from pathlib import Path
 
@@ -19,8 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from kms.crypto.sealing import Sealer
-from kms.datadir import DataDirRefused
-from kms.domain.errors import KMSInternalException
+from kms.datadir import DataDirRefused, create_sealed_file, read_sealed_file
 from kms.files import create_secret_file
 
 SIGNING_KEY_FILE = "audit-signing.key"
@@ -87,15 +85,11 @@ class AuditSigningKey(AuditPublicKey):
             der = private.private_bytes(serialization.Encoding.DER,
                                         serialization.PrivateFormat.PKCS8,
                                         serialization.NoEncryption())
-            try:
-                create_secret_file(path, base64.b64encode(root_key.seal(der, _SEAL_CONTEXT))
-                                   + b"\n")
-            except FileExistsError:
-                pass  # another starter won the race: its key is the region's
-            else:
+            if create_sealed_file(path, root_key, der, _SEAL_CONTEXT):
                 key = cls(private)
                 key._write_public(data_dir)
                 return key
+            # else another starter won the race: its key is the region's
         key = cls(_unseal(path, root_key))
         key._write_public(data_dir)
         return key
@@ -120,17 +114,7 @@ class AuditSigningKey(AuditPublicKey):
 
 
 def _unseal(path: Path, root_key: Sealer) -> rsa.RSAPrivateKey:
-    try:
-        sealed = base64.b64decode(path.read_bytes().strip(), validate=True)
-    except OSError as exc:
-        raise DataDirRefused(f"cannot read {path}: {exc.strerror or exc}") from None
-    except (binascii.Error, ValueError):
-        raise DataDirRefused(f"{path} is not a sealed audit signing key (not base64)") from None
-    try:
-        der = root_key.unseal(sealed, _SEAL_CONTEXT)
-    except KMSInternalException:
-        raise DataDirRefused(f"{path} does not open under the configured root key; "
-                             "it was sealed under another root key or is damaged") from None
+    der = read_sealed_file(path, root_key, _SEAL_CONTEXT, "a sealed audit signing key")
     try:
         private = serialization.load_der_private_key(der, password=None)
     except ValueError:

@@ -79,21 +79,22 @@ def _union_arg(hint: Any) -> Any | None:
 
 
 def encoder(hint: Any) -> Encoder:
-    found = _ENCODERS.get(hint)
-    if found is not None:
-        return found
-    enc = _build_encoder(hint)
-    _ENCODERS[hint] = enc
-    return enc
+    return _built(_ENCODERS, _build_encoder, hint)
 
 
 def decoder(hint: Any) -> Decoder:
-    found = _DECODERS.get(hint)
+    return _built(_DECODERS, _build_decoder, hint)
+
+
+def _built(cache: dict[Any, Callable[[Any], Any]],
+           build: Callable[[Any], Callable[[Any], Any]], hint: Any) -> Callable[[Any], Any]:
+    """``cache[hint]``, built once; a builder may park a forwarder there while it recurses."""
+    found = cache.get(hint)
     if found is not None:
         return found
-    dec = _build_decoder(hint)
-    _DECODERS[hint] = dec
-    return dec
+    made = build(hint)
+    cache[hint] = made
+    return made
 
 
 def _build_encoder(hint: Any) -> Encoder:
