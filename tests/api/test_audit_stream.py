@@ -28,6 +28,7 @@ from botocore.exceptions import ClientError
 
 from tests.conftest import ACCOUNT, REGION, client_for
 from tests.support.expect import eventually
+from tests.support.secured import ALICE, ALLOW_ALL
 from tests.support.server import ServerProcess
 
 READ = "ReadAuditStream"
@@ -380,11 +381,9 @@ def test_service_events_are_aws_service_event_records(server: ServerProcess, kms
 
 # -- a secured node -----------------------------------------------------------------------
 AUDITOR = ("AKIAAUDITOR000000001", "auditor-secret-key")
-ALICE = ("AKIAALICE00000000001", "alice-secret-key")
 MALLORY = ("AKIAMALLORY000000001", "mallory-secret-key")
-ALLOW_ALL = ('{"Version":"2012-10-17","Statement":'
-             '[{"Effect":"Allow","Action":"kms:*","Resource":"*"}]}')
-SECURED = f"""
+# The auditor (an audit reader) and alice, whom every config here names.
+AUDITOR_AND_ALICE = f"""
 account_id = "{ACCOUNT}"
 audit_readers = ["arn:aws:iam::{ACCOUNT}:user/auditor"]
 [[principals]]
@@ -396,18 +395,24 @@ arn = "arn:aws:iam::{ACCOUNT}:user/alice"
 access_key_id = "{ALICE[0]}"
 secret_access_key = "{ALICE[1]}"
 policies = ['{ALLOW_ALL}']
-[[principals]]
+"""
+SECURED = AUDITOR_AND_ALICE + f"""[[principals]]
 arn = "arn:aws:iam::{ACCOUNT}:user/mallory"
 access_key_id = "{MALLORY[0]}"
 secret_access_key = "{MALLORY[1]}"
 """
 
 
+def secured_node(tmp_path: Path, config: str) -> ServerProcess:
+    """A non-dev node on ``config``, started."""
+    (tmp_path / "kms.toml").write_text(config)
+    return ServerProcess(tmp_path / "d", dev=False,
+                         extra=["--config", str(tmp_path / "kms.toml")]).start()
+
+
 def test_a_secured_node_serves_audit_readers_only_and_records_bad_signatures(
         tmp_path: Path) -> None:
-    config = tmp_path / "kms.toml"
-    config.write_text(SECURED)
-    node = ServerProcess(tmp_path / "d", dev=False, extra=["--config", str(config)]).start()
+    node = secured_node(tmp_path, SECURED)
     try:
         alice = client_for(node.url, access_key=ALICE[0], secret=ALICE[1])
         made = alice.create_key(Description="alice's")
@@ -620,19 +625,7 @@ def test_a_consumers_reads_are_audited_once_per_interval_then_summarized(
 # -- cross-account calls: a record for each account ---------------------------------------
 OTHER = "444455556666"
 OLGA = ("AKIAOLGA000000000001", "olga-secret-key")
-CROSS = f"""
-account_id = "{ACCOUNT}"
-audit_readers = ["arn:aws:iam::{ACCOUNT}:user/auditor"]
-[[principals]]
-arn = "arn:aws:iam::{ACCOUNT}:user/auditor"
-access_key_id = "{AUDITOR[0]}"
-secret_access_key = "{AUDITOR[1]}"
-[[principals]]
-arn = "arn:aws:iam::{ACCOUNT}:user/alice"
-access_key_id = "{ALICE[0]}"
-secret_access_key = "{ALICE[1]}"
-policies = ['{ALLOW_ALL}']
-[[principals]]
+CROSS = AUDITOR_AND_ALICE + f"""[[principals]]
 arn = "arn:aws:iam::{OTHER}:user/olga"
 access_key_id = "{OLGA[0]}"
 secret_access_key = "{OLGA[1]}"
@@ -641,9 +634,7 @@ policies = ['{ALLOW_ALL}']
 
 
 def test_a_cross_account_call_gives_each_account_its_record(tmp_path: Path) -> None:
-    config = tmp_path / "kms.toml"
-    config.write_text(CROSS)
-    node = ServerProcess(tmp_path / "d", dev=False, extra=["--config", str(config)]).start()
+    node = secured_node(tmp_path, CROSS)
     try:
         alice = client_for(node.url, access_key=ALICE[0], secret=ALICE[1])
         policy = json.dumps({"Version": "2012-10-17", "Statement": [

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +14,10 @@ from botocore.exceptions import ClientError
 
 from tests.conftest import client_for
 from tests.support import sigv4_signer as s4
-from tests.support.server import ServerProcess, free_port
+from tests.support.secured import ACCOUNT, ALICE, ALLOW_ALL, peered_pair, secured_fixture
+from tests.support.server import ServerProcess
 
-ACCOUNT = "111122223333"
 OTHER = "444455556666"
-ALLOW_ALL = ('{"Version":"2012-10-17","Statement":'
-             '[{"Effect":"Allow","Action":"kms:*","Resource":"*"}]}')
 CONFIG = f"""
 account_id = "{ACCOUNT}"
 [[principals]]
@@ -43,7 +40,6 @@ access_key_id = "AKIABOB0000000000001"
 secret_access_key = "bob-secret-key"
 policies = ['{ALLOW_ALL}']
 """
-ALICE = ("AKIAALICE00000000001", "alice-secret-key")
 DEPLOYER = ("AKIADEPLOYER00000001", "deployer-secret-key")
 BOB = ("AKIABOB0000000000001", "bob-secret-key")
 
@@ -59,14 +55,7 @@ def principals_logged(server: ServerProcess) -> list[str]:
     return [line["principal"] for line in server.log_lines() if line.get("event") == "request"]
 
 
-@pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    tmp = tmp_path_factory.mktemp("principals")
-    server = ServerProcess(tmp / "d", dev=False, log_path=tmp / "node.log",
-                           extra=["--config", str(write_config(tmp))])
-    server.start()
-    yield server
-    server.stop()
+secured = secured_fixture("principals", write_config, logged=True)
 
 
 def client(server: ServerProcess, cred: tuple[str, str]) -> Any:
@@ -187,43 +176,28 @@ def test_one_identity_in_every_region_and_through_forwarding(tmp_path: Path) -> 
     """Two secured region nodes, each with ``--peer`` to the other and the same config: a
     configured principal's requests are accepted by both, and a request signed for eu-west-1
     sent to us-east-1's node is forwarded and served there as the same principal."""
-    config = str(write_config(tmp_path))
-    us_port, eu_port = free_port(), free_port()
-    us = ServerProcess(tmp_path / "us", dev=False, region="us-east-1", port=us_port,
-                       log_path=tmp_path / "us.log",
-                       extra=["--config", config, "--peer", f"eu-west-1=http://127.0.0.1:{eu_port}"])
-    eu = ServerProcess(tmp_path / "eu", dev=False, region="eu-west-1", port=eu_port,
-                       log_path=tmp_path / "eu.log",
-                       extra=["--config", config, "--peer", f"us-east-1=http://127.0.0.1:{us_port}"])
-    us.start()
-    try:
-        eu.start()
-        try:
-            us_kms = client_for(us.url, access_key=ALICE[0], secret=ALICE[1])
-            eu_kms = client_for(eu.url, region="eu-west-1", access_key=ALICE[0],
-                                secret=ALICE[1])
-            us_key = us_kms.create_key(Description="us")["KeyMetadata"]["Arn"]
-            eu_key = eu_kms.create_key(Description="eu")["KeyMetadata"]["Arn"]
-            assert us_key.startswith(f"arn:aws:kms:us-east-1:{ACCOUNT}:key/")
-            assert eu_key.startswith(f"arn:aws:kms:eu-west-1:{ACCOUNT}:key/")
-            # Signed for eu-west-1, sent to us-east-1's node: forwarded, served by eu-west-1.
-            via_us = client_for(us.url, region="eu-west-1", access_key=ALICE[0],
-                                secret=ALICE[1])
-            assert via_us.describe_key(KeyId=eu_key)["KeyMetadata"]["Description"] == "eu"
-            blob = via_us.encrypt(KeyId=eu_key, Plaintext=b"hop")["CiphertextBlob"]
-            assert eu_kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"hop"
-            presigned = s4.kms_request(us.url, "DescribeKey", {"KeyId": eu_key})
-            s4.presign(presigned, s4.Key(*ALICE, region="eu-west-1"))
-            status, doc = s4.send(us.url, presigned)  # the presigned form is forwarded too
-            assert status == 200 and doc["KeyMetadata"]["Arn"] == eu_key
-            with pytest.raises(ClientError) as info:  # a wrong secret is refused across, too
-                client_for(us.url, region="eu-west-1", access_key=ALICE[0],
-                           secret="wrong").describe_key(KeyId=eu_key)
-            assert info.value.response["Error"]["Code"] == "InvalidSignatureException"
-        finally:
-            eu.stop()
-    finally:
-        us.stop()
+    with peered_pair(tmp_path, str(write_config(tmp_path))) as (us, eu):
+        us_kms = client_for(us.url, access_key=ALICE[0], secret=ALICE[1])
+        eu_kms = client_for(eu.url, region="eu-west-1", access_key=ALICE[0],
+                            secret=ALICE[1])
+        us_key = us_kms.create_key(Description="us")["KeyMetadata"]["Arn"]
+        eu_key = eu_kms.create_key(Description="eu")["KeyMetadata"]["Arn"]
+        assert us_key.startswith(f"arn:aws:kms:us-east-1:{ACCOUNT}:key/")
+        assert eu_key.startswith(f"arn:aws:kms:eu-west-1:{ACCOUNT}:key/")
+        # Signed for eu-west-1, sent to us-east-1's node: forwarded, served by eu-west-1.
+        via_us = client_for(us.url, region="eu-west-1", access_key=ALICE[0],
+                            secret=ALICE[1])
+        assert via_us.describe_key(KeyId=eu_key)["KeyMetadata"]["Description"] == "eu"
+        blob = via_us.encrypt(KeyId=eu_key, Plaintext=b"hop")["CiphertextBlob"]
+        assert eu_kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"hop"
+        presigned = s4.kms_request(us.url, "DescribeKey", {"KeyId": eu_key})
+        s4.presign(presigned, s4.Key(*ALICE, region="eu-west-1"))
+        status, doc = s4.send(us.url, presigned)  # the presigned form is forwarded too
+        assert status == 200 and doc["KeyMetadata"]["Arn"] == eu_key
+        with pytest.raises(ClientError) as info:  # a wrong secret is refused across, too
+            client_for(us.url, region="eu-west-1", access_key=ALICE[0],
+                       secret="wrong").describe_key(KeyId=eu_key)
+        assert info.value.response["Error"]["Code"] == "InvalidSignatureException"
     alice = f"arn:aws:iam::{ACCOUNT}:user/alice"
     served = [(line["op"], line["principal"], line.get("error")) for line in eu.log_lines()
               if line.get("event") == "request"]
@@ -271,35 +245,22 @@ def test_a_forwarded_request_has_no_source_ip_of_its_own(tmp_path: Path) -> None
     aws:SourceIp (and aws:SecureTransport) out of the request context, so an address
     condition cannot be met, or dodged, by going through another region's node. Direct
     from loopback the Deny does not apply; through us-east-1's node it does."""
-    config = str(write_config(tmp_path))
-    us_port, eu_port = free_port(), free_port()
-    us = ServerProcess(tmp_path / "us", dev=False, region="us-east-1", port=us_port,
-                       extra=["--config", config, "--peer", f"eu-west-1=http://127.0.0.1:{eu_port}"])
-    eu = ServerProcess(tmp_path / "eu", dev=False, region="eu-west-1", port=eu_port,
-                       extra=["--config", config, "--peer", f"us-east-1=http://127.0.0.1:{us_port}"])
-    us.start()
-    try:
-        eu.start()
-        try:
-            eu_kms = client_for(eu.url, region="eu-west-1", access_key=ALICE[0],
-                                secret=ALICE[1])
-            loopback_only = json.dumps({"Version": "2012-10-17", "Statement": [
-                {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
-                 "Action": "kms:*", "Resource": "*"},
-                {"Effect": "Deny", "Principal": "*", "Action": "kms:Encrypt", "Resource": "*",
-                 "Condition": {"NotIpAddress": {"aws:SourceIp": "127.0.0.0/8"}}}]})
-            key = eu_kms.create_key(Policy=loopback_only)["KeyMetadata"]["Arn"]
-            assert eu_kms.encrypt(KeyId=key, Plaintext=b"direct")["KeyId"] == key
-            via_us = client_for(us.url, region="eu-west-1", access_key=ALICE[0],
-                                secret=ALICE[1])
-            with pytest.raises(ClientError) as info:
-                via_us.encrypt(KeyId=key, Plaintext=b"forwarded")
-            assert info.value.response["Error"]["Message"] == (
-                f"User: arn:aws:iam::{ACCOUNT}:user/alice is not authorized to perform: "
-                f"kms:Encrypt on resource: {key} with an explicit deny in a resource-based "
-                "policy")
-            assert via_us.describe_key(KeyId=key)["KeyMetadata"]["Arn"] == key
-        finally:
-            eu.stop()
-    finally:
-        us.stop()
+    with peered_pair(tmp_path, str(write_config(tmp_path)), logged=False) as (us, eu):
+        eu_kms = client_for(eu.url, region="eu-west-1", access_key=ALICE[0],
+                            secret=ALICE[1])
+        loopback_only = json.dumps({"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
+             "Action": "kms:*", "Resource": "*"},
+            {"Effect": "Deny", "Principal": "*", "Action": "kms:Encrypt", "Resource": "*",
+             "Condition": {"NotIpAddress": {"aws:SourceIp": "127.0.0.0/8"}}}]})
+        key = eu_kms.create_key(Policy=loopback_only)["KeyMetadata"]["Arn"]
+        assert eu_kms.encrypt(KeyId=key, Plaintext=b"direct")["KeyId"] == key
+        via_us = client_for(us.url, region="eu-west-1", access_key=ALICE[0],
+                            secret=ALICE[1])
+        with pytest.raises(ClientError) as info:
+            via_us.encrypt(KeyId=key, Plaintext=b"forwarded")
+        assert info.value.response["Error"]["Message"] == (
+            f"User: arn:aws:iam::{ACCOUNT}:user/alice is not authorized to perform: "
+            f"kms:Encrypt on resource: {key} with an explicit deny in a resource-based "
+            "policy")
+        assert via_us.describe_key(KeyId=key)["KeyMetadata"]["Arn"] == key

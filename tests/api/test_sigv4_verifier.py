@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from tests.api.test_principals import ACCOUNT, ALICE, write_config
 from tests.conftest import client_for
 from tests.support import sigv4_signer as s4
 from tests.support.expect import eventually
+from tests.support.secured import secured_fixture
 from tests.support.server import ServerProcess
 
 MISMATCH = ("The request signature we calculated does not match the signature you provided. "
@@ -29,13 +29,7 @@ MISMATCH = ("The request signature we calculated does not match the signature yo
 KEY = s4.Key(*ALICE)
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    tmp = tmp_path_factory.mktemp("verifier")
-    server = ServerProcess(tmp / "d", dev=False, extra=["--config", str(write_config(tmp))])
-    server.start()
-    yield server
-    server.stop()
+node = secured_fixture("verifier", write_config)
 
 
 @pytest.fixture(scope="module")

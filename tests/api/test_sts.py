@@ -13,7 +13,6 @@ import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,8 @@ from botocore.exceptions import ClientError
 from tests.api.test_principals import ACCOUNT, ALICE, BOB, CONFIG, DEPLOYER, OTHER, write_config
 from tests.support import sigv4_signer as s4
 from tests.support.expect import eventually
-from tests.support.server import ServerProcess, free_port
+from tests.support.secured import peered_pair, secured_fixture
+from tests.support.server import ServerProcess
 
 REGION = "us-east-1"
 
@@ -44,13 +44,7 @@ def identity(server: ServerProcess, cred: tuple[str, str]) -> dict[str, str]:
     return {k: doc[k] for k in ("Arn", "UserId", "Account")}
 
 
-@pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    tmp = tmp_path_factory.mktemp("sts")
-    server = ServerProcess(tmp / "d", dev=False, extra=["--config", str(write_config(tmp))])
-    server.start()
-    yield server
-    server.stop()
+secured = secured_fixture("sts", write_config)
 
 
 def root_of(server: ServerProcess) -> tuple[str, str]:
@@ -343,36 +337,21 @@ def test_sts_signed_for_a_peers_region_is_answered_by_that_region(tmp_path: Path
     """Two secured region nodes peered with the same principals: GetCallerIdentity signed for
     eu-west-1 (header or presigned) and sent to us-east-1's node is forwarded, verified,
     audited and answered by eu-west-1's node."""
-    config = str(audited_config(tmp_path))
-    us_port, eu_port = free_port(), free_port()
-    us = ServerProcess(tmp_path / "us", dev=False, region="us-east-1", port=us_port,
-                       log_path=tmp_path / "us.log",
-                       extra=["--config", config, "--peer", f"eu-west-1=http://127.0.0.1:{eu_port}"])
-    eu = ServerProcess(tmp_path / "eu", dev=False, region="eu-west-1", port=eu_port,
-                       log_path=tmp_path / "eu.log",
-                       extra=["--config", config, "--peer", f"us-east-1=http://127.0.0.1:{us_port}"])
-    us.start()
-    try:
-        eu.start()
-        try:
-            via_us = sts_for(us, DEPLOYER, "eu-west-1")
-            header_signed = via_us.get_caller_identity()
-            assert header_signed["Arn"] == f"arn:aws:sts::{ACCOUNT}:assumed-role/deployer/ci-run"
-            url = via_us.generate_presigned_url("get_caller_identity", ExpiresIn=60,
-                                                HttpMethod="GET")
-            assert "eu-west-1" in url
-            status, _, text = raw(url)
-            assert status == 200, text
-            assert f"<Account>{ACCOUNT}</Account>" in text
-            with pytest.raises(ClientError) as forged:
-                sts_for(us, (DEPLOYER[0], "wrong"), "eu-west-1").get_caller_identity()
-            assert forged.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
-            eu_records = audit_records(eu, "eu-west-1")
-            us_records = audit_records(us)
-        finally:
-            eu.stop()
-    finally:
-        us.stop()
+    with peered_pair(tmp_path, str(audited_config(tmp_path))) as (us, eu):
+        via_us = sts_for(us, DEPLOYER, "eu-west-1")
+        header_signed = via_us.get_caller_identity()
+        assert header_signed["Arn"] == f"arn:aws:sts::{ACCOUNT}:assumed-role/deployer/ci-run"
+        url = via_us.generate_presigned_url("get_caller_identity", ExpiresIn=60,
+                                            HttpMethod="GET")
+        assert "eu-west-1" in url
+        status, _, text = raw(url)
+        assert status == 200, text
+        assert f"<Account>{ACCOUNT}</Account>" in text
+        with pytest.raises(ClientError) as forged:
+            sts_for(us, (DEPLOYER[0], "wrong"), "eu-west-1").get_caller_identity()
+        assert forged.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
+        eu_records = audit_records(eu, "eu-west-1")
+        us_records = audit_records(us)
     sts = [(r["awsRegion"], r["eventName"], r.get("errorCode")) for r in eu_records
            if r["eventSource"] == "sts.amazonaws.com"]
     assert sts == [("eu-west-1", "GetCallerIdentity", None)] * 2 + [

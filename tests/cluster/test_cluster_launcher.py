@@ -8,16 +8,14 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ops.cluster import LOG_FILE, STATE_FILE, Cluster, load_compose, plan
 from tests.conftest import ACCOUNT, client_for
+from tests.support.cluster import COMPOSE, ROOT, cluster_fixture
 
-ROOT = Path(__file__).resolve().parents[2]
-COMPOSE = ROOT / "compose.yaml"
 REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-2"]
 
 
@@ -36,13 +34,7 @@ def gone(pid: int) -> bool:
     return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    started = Cluster.up(COMPOSE, tmp_path_factory.mktemp("cluster"))
-    try:
-        yield started
-    finally:
-        started.down(quiet=True)
+cluster = cluster_fixture("cluster")
 
 
 def test_every_compose_service_runs_as_a_healthy_region(cluster: Cluster) -> None:

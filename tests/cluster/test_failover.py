@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,38 +18,17 @@ from botocore.exceptions import ClientError
 from kms.domain import events as ev
 from ops.cluster import Cluster
 from tests.conftest import client_for
+from tests.support.cluster import AP, EU, ROOT, US, clients_fixture, cluster_fixture, region_cli
 from tests.support.expect import eventually, refused
 from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
-COMPOSE = ROOT / "compose.yaml"
-US, EU, AP = "us-east-1", "eu-west-1", "ap-southeast-2"
 MESSAGE = b"signed before the outage"
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    started = Cluster.up(COMPOSE, tmp_path_factory.mktemp("failover"))
-    try:
-        yield started
-    finally:
-        started.down(quiet=True)
-
-
-@pytest.fixture(scope="module")
-def kms(cluster: Cluster) -> dict[str, Any]:
-    return {r: client_for(url, region=r) for r, url in cluster.urls.items()}
-
-
-def region_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """``kms region ...`` as an operator runs it."""
-    return subprocess.run([sys.executable, "-m", "regions.cli", "region", *args],
-                          capture_output=True, text=True, cwd=ROOT, timeout=60,
-                          env={"PATH": "/usr/bin:/bin", "AWS_EC2_METADATA_DISABLED": "true",
-                               "AWS_CONFIG_FILE": "/nonexistent",
-                               "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"})
+cluster = cluster_fixture("failover")
+kms = clients_fixture()
 
 
 def mr_config(client: Any, key_id: str) -> dict[str, Any]:

@@ -21,13 +21,10 @@ from regions import peer_auth
 from regions.identity import RegionIdentity
 from tests.conftest import client_for
 from tests.support.expect import eventually
+from tests.support.secured import ACCOUNT, ALICE, ALLOW_ALL
 from tests.support.server import ServerProcess, free_port
 
 US, EU, AP = "us-east-1", "eu-west-1", "ap-southeast-2"
-ACCOUNT = "111122223333"
-ALICE = ("AKIAALICE00000000001", "alice-secret-key")
-ALLOW_ALL = ('{"Version":"2012-10-17","Statement":'
-             '[{"Effect":"Allow","Action":"kms:*","Resource":"*"}]}')
 CONFIG = f"""
 account_id = "{ACCOUNT}"
 [[principals]]

@@ -13,7 +13,6 @@ import subprocess
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,29 +26,14 @@ from kms.domain import multi_region as mr
 from ops.cluster import Cluster
 from regions.identity import RegionIdentity
 from tests.conftest import client_for
+from tests.support.cluster import AP, EU, ROOT, US, clients_fixture, cluster_fixture
 from tests.support.expect import eventually
 from tests.support.server import ServerProcess, free_port
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
-COMPOSE = ROOT / "compose.yaml"
-US, EU, AP = "us-east-1", "eu-west-1", "ap-southeast-2"
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    started = Cluster.up(COMPOSE, tmp_path_factory.mktemp("replication"))
-    try:
-        yield started
-    finally:
-        started.down(quiet=True)
-
-
-@pytest.fixture(scope="module")
-def kms(cluster: Cluster) -> dict[str, Any]:
-    """A client per region, each at that region's own node."""
-    return {r: client_for(url, region=r) for r, url in cluster.urls.items()}
+cluster = cluster_fixture("replication")
+kms = clients_fixture()
 
 
 

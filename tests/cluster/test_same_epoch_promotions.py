@@ -9,46 +9,21 @@ fact per region), like an old primary's; no ciphertext is lost."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ops.cluster import Cluster
 from tests.cluster.test_failover import audit_operations, decrypts, mrk_in_us, primary_seen_in
-from tests.conftest import client_for
+from tests.support.cluster import AP, EU, ROOT, US, clients_fixture, cluster_fixture, region_cli
 from tests.support.expect import eventually, refused
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
-COMPOSE = ROOT / "compose.yaml"
-US, EU, AP = "us-east-1", "eu-west-1", "ap-southeast-2"
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    started = Cluster.up(COMPOSE, tmp_path_factory.mktemp("same-epoch"))
-    try:
-        yield started
-    finally:
-        started.down(quiet=True)
-
-
-@pytest.fixture(scope="module")
-def kms(cluster: Cluster) -> dict[str, Any]:
-    return {r: client_for(url, region=r) for r, url in cluster.urls.items()}
-
-
-def region_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "regions.cli", "region", *args],
-                          capture_output=True, text=True, cwd=ROOT, timeout=60,
-                          env={"PATH": "/usr/bin:/bin", "AWS_EC2_METADATA_DISABLED": "true",
-                               "AWS_CONFIG_FILE": "/nonexistent",
-                               "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"})
+cluster = cluster_fixture("same-epoch")
+kms = clients_fixture()
 
 
 def promote(cluster: Cluster, region: str, key: str) -> None:
