@@ -21,16 +21,17 @@ keeping their origin, with a per-origin cursor in the same transaction.
 
 Signed checkpoints (kms.audit.checkpoints): with a ``checkpointer`` a batch also writes, at
 intervals, a signed checkpoint of its head into the ``checkpoints`` side table, and close
-writes one; start-up re-hashes only the rows from the last checkpoint on (and ``recheck``
-rows before it), link-checks the rest, verifies every checkpoint (signature, and the hash at
-its seq) and refuses a log that ends before its last checkpoint or its witness file.
+writes one (kms.store.checkpointing, with the projection snapshots); start-up re-hashes only
+the rows from the last checkpoint on (and ``recheck`` rows before it), link-checks the rest,
+verifies every checkpoint (signature, and the hash at its seq) and refuses a log that ends
+before its last checkpoint or its witness file (kms.store.startup). The row format and its
+hash are in kms.store.chain.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
-import hashlib
 import itertools
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -39,40 +40,33 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from kms.audit.checkpoints import WITNESS_FILE, Checkpoint
+from kms.audit.checkpoints import Checkpoint
 from kms.domain import events as ev
 from kms.domain.errors import ConflictingWrite, KMSInternalException
+from kms.store import checkpointing, startup
 from kms.store import snapshot as snapshots
+from kms.store.chain import AUDIT_STREAM, GENESIS, LogCorrupted, _Row, row_hash
 from kms.store.replication import (
     CursorChange,
     ReplicatedBatch,
     ReplicatedRow,
     checked_batch,
-    merged_cursors,
     peer_page,
 )
-from kms.store.snapshot import Projection
+from kms.store.startup import REPLAY_CHUNK
 
 if TYPE_CHECKING:
     from kms.audit.checkpoints import Checkpointer
 
-AUDIT_STREAM = "audit"
-GENESIS = b"\x00" * 32
 MAX_BATCH = 1024
 COMMIT_FAILED = "The event log could not commit; try again."
 KEEP_SNAPSHOTS = 2  # stored projection snapshots kept: the newest and the one before
-REPLAY_CHUNK = 10_000  # rows read, and audit facts handed on, per step of the start-up replay
 
 log = structlog.get_logger("kms.store")
 
 # Called with committed state events (or, for audit subscribers, audit facts) in order;
 # with None when the log was wiped.
 Subscriber = Callable[[Sequence[ev.Envelope] | None], None]
-
-
-class LogCorrupted(Exception):
-    """A stored row does not match the hash chain or cannot be decoded, or the store
-    can no longer be trusted to match the in-memory heads (the writer stops)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,17 +97,8 @@ class _Pending:
     replicated: ReplicatedBatch | None = None
 
 
-_Row = tuple[int, str, int, str, str, int, int, bytes, bytes, bytes]
 # What a batch writes besides its rows, in the same transaction.
 SideChange = VaultChange | CursorChange | Checkpoint
-
-
-def row_hash(prev: bytes, seq: int, stream: str, version: int, type_name: str,
-             origin_region: str, origin_seq: int, at_ms: int, body: bytes) -> bytes:
-    head = f"{stream}\x00{type_name}\x00{origin_region}".encode()
-    return hashlib.sha256(
-        prev + struct.pack(">QQQq", seq, version, origin_seq, at_ms) + head + b"\x00" + body
-    ).digest()
 
 
 class EventLog(abc.ABC):
@@ -169,226 +154,11 @@ class EventLog(abc.ABC):
         """Replay stored rows (verifying the chain) to subscribers, then start the writer.
         On any failure the storage is closed again, so a refusing node can exit."""
         try:
-            await self._replay()
+            await startup.replay(self)
         except BaseException:
             await self._close()
             raise
         self._writer = asyncio.create_task(self._run(), name="event-log-writer")
-
-    async def _replay(self) -> None:
-        """Verify and decode the stored rows a page at a time. State subscribers get the
-        state events in one call once the chain verified; audit facts (most of the log) go
-        to audit subscribers page by page and are not kept.
-
-        With a usable snapshot (kms.store.snapshot: bound to a verified checkpoint, signed,
-        of this code's version and schema), the projections are restored from it and only
-        the rows after its seq are decoded and handed on; rows before it are not read, but
-        for the ``recheck`` window. Any trouble with a snapshot is logged and every row is
-        replayed instead.
-
-        Rows after the last signed checkpoint, and ``recheck`` rows before it, are re-hashed;
-        rows read before that are link-checked (each names the stored hash before it), which
-        the checkpoints' signatures vouch for; ``kms audit verify --data-dir`` re-hashes all."""
-        batch: list[ev.Envelope] = []
-        vault, cursors = await self._load()
-        self.vault.clear()  # the keyring holds this very dict
-        self.vault.update(vault)
-        cp = self.checkpointer
-        checkpoints = {c.seq: c for c in await self._checkpoints()}
-        last_cp = max(checkpoints, default=0)
-        pruned = await self._pruned_through()
-        recheck_from = max(0, last_cp - 1 - cp.recheck) if cp and last_cp else 0
-        try:
-            witness = cp.witness() if cp is not None else None
-        except ValueError as exc:
-            raise LogCorrupted(str(exc)) from None
-        for c in checkpoints.values():
-            if cp is not None and not cp.verifies(c):
-                raise LogCorrupted(f"the signed checkpoint at seq {c.seq} does not verify "
-                                   "under the audit signing key (a rewritten chain?)")
-        restored = await self._restore_snapshot(checkpoints)
-        snap_seq = restored.seq if restored is not None else 0
-        # The first row read (the anchor) is trusted for its hash only: the re-hashed rows
-        # after it reach a signed checkpoint, which vouches for it.
-        anchor = min(snap_seq, recheck_from) if restored is not None else 0
-        after = max(0, anchor - 1)
-        prev: bytes | None = GENESIS if anchor == 0 else None
-        prev_seq = after
-        read = rehashed = decoded = 0
-        handed_on = False
-        held: dict[str, int] = dict(self._held)  # per origin, the last origin_seq rows reached
-        while rows := await self.read_rows(after, REPLAY_CHUNK):
-            after = rows[-1][0]
-            audit: list[ev.Envelope] = []
-            for row in rows:
-                seq, stream, version, type_name, origin_region, origin_seq, at_ms, body, p, h \
-                    = row
-                linked = seq > pruned or seq == prev_seq + 1  # a prune leaves gaps before its cut
-                if prev is None and seq != anchor and anchor > pruned:
-                    raise LogCorrupted(f"hash chain broken at seq {anchor}: the row is missing")
-                if (linked and prev is not None and p != prev) or (
-                        seq > recheck_from and row_hash(
-                            p, seq, stream, version, type_name, origin_region, origin_seq,
-                            at_ms, body) != h):
-                    raise LogCorrupted(f"hash chain broken at seq {seq}")
-                signed = checkpoints.get(seq)
-                if signed is not None and signed.head != h:
-                    raise LogCorrupted(f"hash chain rewritten: seq {seq} is not the row its "
-                                       "signed checkpoint names")
-                rehashed += seq > recheck_from
-                prev, prev_seq = h, seq
-                read += 1
-                self.last_seq = seq
-                if seq <= snap_seq:  # folded into the snapshot: verified, not decoded
-                    continue
-                self._last_at_ms = at_ms
-                self._heads[stream] = version
-                if origin_region != self.region:
-                    held[origin_region] = max(held.get(origin_region, 0), origin_seq)
-                try:
-                    event = ev.decode(type_name, body)
-                except Exception as exc:  # a row that hashes right but will not decode
-                    raise LogCorrupted(f"undecodable event at seq {seq}: {exc}") from exc
-                decoded += 1
-                (audit if stream == AUDIT_STREAM else batch).append(
-                    ev.Envelope(seq, stream, version, origin_region, origin_seq, at_ms, event))
-            if audit:
-                handed_on = True
-                for fn in self._audit_subscribers:
-                    fn(audit)
-        stored, below = await self._count(max(0, anchor - 1))
-        if below or stored != read:  # a row below seq 1, which paging never reads
-            raise LogCorrupted(f"{stored + below - read} stored rows are outside the hash chain")
-        if last_cp > self.last_seq:
-            raise LogCorrupted(f"missing tail: the log ends at seq {self.last_seq}, but a "
-                               f"signed checkpoint covers it up to seq {last_cp}")
-        if witness is not None and checkpoints.get(witness.seq) != witness:
-            raise LogCorrupted(
-                f"missing tail: the log ends at seq {self.last_seq}, but {WITNESS_FILE} records "
-                f"the signed checkpoint at seq {witness.seq}, which the log does not hold")
-        self._last_hash = prev if prev is not None else GENESIS
-        self._held = held
-        self._cp_rows = self.last_seq - last_cp
-        self._cp_since_ms = checkpoints[last_cp].at_ms if last_cp else None
-        self._cp_count = 0
-        self._last_checkpoint = checkpoints[last_cp] if last_cp else None
-        self._snapshot_seq = snap_seq
-        self.start_rehashed = rehashed
-        self.start_decoded = decoded
-        self.start_snapshot_seq = snap_seq
-        self._cursors = merged_cursors(cursors, held)
-        log.info("log_verified", region=self.region, rows=self.last_seq, rows_read=read,
-                 rows_rehashed=rehashed, rows_link_checked=read - rehashed, rows_decoded=decoded,
-                 snapshot_seq=snap_seq, checkpoint_seq=last_cp,
-                 checkpoints=len(checkpoints), pruned_through=pruned)
-        if not handed_on:  # an empty replay is still a replay
-            for fn in self._audit_subscribers:
-                fn([])
-        for fn in self._subscribers:
-            fn(batch)
-
-    # -- projection snapshots -----------------------------------------------------------------
-    def _projections(self) -> list[Projection]:
-        return [fn for fn in (*self._subscribers, *self._audit_subscribers)
-                if isinstance(fn, Projection)]
-
-    def _schema(self) -> str:
-        return snapshots.schema(snapshots.LogMarks,
-                                *sorted((p.snapshot_type for p in self._projections()),
-                                        key=lambda t: t.__qualname__))
-
-    async def _restore_snapshot(self, checkpoints: dict[int, Checkpoint],
-                                ) -> snapshots.Snapshot | None:
-        """Restore every projection (and the log's heads) from the newest usable stored
-        snapshot; None (projections untouched) when there is none."""
-        cp = self.checkpointer
-        if cp is None:
-            return None
-        try:
-            stored_snapshots = await self._snapshots()
-        except Exception as exc:  # noqa: BLE001  (unreadable: the rows are the authority)
-            log.warning("snapshot_unusable", reason=f"unreadable: {exc}", fallback="every row")
-            return None
-        for stored in stored_snapshots:
-            try:
-                marks, data = self._usable(stored, checkpoints)
-            except snapshots.SnapshotUnusable as exc:
-                log.warning("snapshot_unusable", snapshot_seq=stored.seq, reason=str(exc),
-                            fallback="an older snapshot, else every row")
-                continue
-            projections = self._projections()
-            try:
-                for p in projections:
-                    p.restore(data[p.snapshot_name])
-            except Exception as exc:  # noqa: BLE001  (any decode trouble: replay instead)
-                for p in projections:
-                    p(None)  # back to empty, as a full replay expects
-                log.warning("snapshot_unusable", snapshot_seq=stored.seq,
-                            reason=f"a projection did not decode: {type(exc).__name__}: {exc}",
-                            fallback="an older snapshot, else every row")
-                continue
-            self._heads.update(marks.heads)
-            self._held = dict(marks.held)
-            self._last_at_ms = marks.last_at_ms
-            return stored
-        return None
-
-    def _usable(self, stored: snapshots.Snapshot, checkpoints: dict[int, Checkpoint],
-                ) -> tuple[snapshots.LogMarks, dict[str, object]]:
-        cp = self.checkpointer
-        assert cp is not None
-        if stored.version != snapshots.VERSION:
-            raise snapshots.SnapshotUnusable(f"version {stored.version}, this code reads "
-                                             f"version {snapshots.VERSION}")
-        signed = checkpoints.get(stored.seq)
-        if signed is None or signed.head != stored.head:
-            raise snapshots.SnapshotUnusable("no signed checkpoint at its seq names its hash")
-        if snapshots.digest_of(stored.body) != stored.digest:
-            raise snapshots.SnapshotUnusable("its body does not match its digest")
-        if not cp.signed(snapshots.message(self.region, stored.seq, stored.head, stored.version,
-                                           stored.digest), stored.signature):
-            raise snapshots.SnapshotUnusable("its signature does not verify")
-        try:
-            schema_id, marks, data = snapshots.unpack_body(stored.body)
-        except Exception as exc:  # noqa: BLE001
-            raise snapshots.SnapshotUnusable(f"undecodable: {type(exc).__name__}") from None
-        if schema_id != self._schema():
-            raise snapshots.SnapshotUnusable("written for another shape of the projections")
-        missing = [p.snapshot_name for p in self._projections() if p.snapshot_name not in data]
-        if missing:
-            raise snapshots.SnapshotUnusable(f"it lacks {', '.join(missing)}")
-        return marks, data
-
-    def _snapshot_due(self, checkpoint: Checkpoint, *, final: bool = False) -> bool:
-        cp = self.checkpointer
-        if cp is None:
-            return False
-        self._cp_count += 1
-        return final or (cp.snapshot_every > 0 and self._cp_count >= cp.snapshot_every)
-
-    async def _write_snapshot(self, checkpoint: Checkpoint) -> None:
-        """Store a snapshot of every projection as of ``checkpoint`` (the projections have
-        folded exactly the rows through its seq); trouble is logged, never fails a call."""
-        cp = self.checkpointer
-        if cp is None or checkpoint.seq != self.last_seq:  # the projections are past it
-            return
-        try:
-            marks = snapshots.LogMarks(dict(self._heads), dict(self._held), self._last_at_ms)
-            body = snapshots.pack_body(self._schema(), marks,
-                                       {p.snapshot_name: p.snapshot() for p in
-                                        self._projections()})
-            digest = snapshots.digest_of(body)
-            fingerprint, signature = cp.sign(snapshots.message(
-                self.region, checkpoint.seq, checkpoint.head, snapshots.VERSION, digest))
-            await self._persist_snapshot(snapshots.Snapshot(
-                checkpoint.seq, checkpoint.head, snapshots.VERSION, digest, fingerprint,
-                signature, body))
-        except Exception as exc:  # noqa: BLE001  (the log is valid without it)
-            log.warning("snapshot_failed", error=str(exc) or type(exc).__name__,
-                        seq=checkpoint.seq)
-            return
-        self._cp_count, self._snapshot_seq = 0, checkpoint.seq
-        log.info("snapshot_written", seq=checkpoint.seq, bytes=len(body))
 
     @property
     def writable(self) -> bool:
@@ -502,7 +272,7 @@ class EventLog(abc.ABC):
         while True:
             first = await self._queue.get()
             if first is None:
-                await self._final_checkpoint()
+                await checkpointing.final_checkpoint(self)
                 return
             if first.wipe:
                 await self._do_wipe(first)
@@ -523,7 +293,7 @@ class EventLog(abc.ABC):
             if held is not None:
                 await self._do_wipe(held)
             if stop:
-                await self._final_checkpoint()
+                await checkpointing.final_checkpoint(self)
                 return
 
     async def _commit(self, batch: list[_Pending]) -> None:
@@ -600,7 +370,7 @@ class EventLog(abc.ABC):
             accepted.append((pending, envs))
         if not accepted:
             return
-        checkpoint = self._checkpoint_due(rows, seq, prev)
+        checkpoint = checkpointing.checkpoint_due(self, rows, seq, prev)
         vault = [v for pending, _ in accepted for v in pending.vault]
         moved = [CursorChange(o, s) for o, s in cursors.items() if self._cursors.get(o) != s]
         if not rows and not vault and not moved:  # a replayed batch, say: nothing to write
@@ -622,7 +392,7 @@ class EventLog(abc.ABC):
         self.degraded = False
         self._heads, self.last_seq, self._last_hash = heads, seq, prev
         self._cursors = cursors
-        self._counted(rows, checkpoint)
+        checkpointing.counted(self, rows, checkpoint)
         for row in rows:
             if row[4] != self.region and row[5] > self._held.get(row[4], 0):
                 self._held[row[4]] = row[5]
@@ -645,64 +415,10 @@ class EventLog(abc.ABC):
             if not pending.future.done():
                 pending.future.set_result(envs)
         if checkpoint is not None:
-            await self._witness(checkpoint)
-            if self._snapshot_due(checkpoint):
-                await self._write_snapshot(checkpoint)
+            await checkpointing.witness(self, checkpoint)
+            if checkpointing.snapshot_due(self, checkpoint):
+                await checkpointing.write_snapshot(self, checkpoint)
 
-    # -- signed checkpoints -------------------------------------------------------------------
-    def _checkpoint_due(self, rows: list[_Row], seq: int, prev: bytes, *,
-                        force: bool = False) -> Checkpoint | None:
-        """The signed checkpoint of the head a batch of ``rows`` ends at, when one is due."""
-        cp = self.checkpointer
-        if cp is None or seq == 0 or not rows and not force:
-            return None
-        at_ms = max([r[6] for r in rows] or [self._last_at_ms])
-        since = self._cp_since_ms if self._cp_since_ms is not None else at_ms
-        if not force and not cp.due(self._cp_rows + len(rows), at_ms - since):
-            return None
-        return cp.make(seq, prev, at_ms)
-
-    def _counted(self, rows: list[_Row], checkpoint: Checkpoint | None) -> None:
-        if rows:
-            self._last_at_ms = rows[-1][6]
-        if checkpoint is not None:
-            self._cp_rows, self._cp_since_ms = 0, checkpoint.at_ms
-            self._last_checkpoint = checkpoint
-        else:
-            self._cp_rows += len(rows)
-            if self._cp_since_ms is None and rows:
-                self._cp_since_ms = rows[0][6]
-
-    async def _witness(self, checkpoint: Checkpoint) -> None:
-        """Record a committed checkpoint beside the log; trouble here is logged, never
-        fails the calls (they are durable; the witness only lags)."""
-        assert self.checkpointer is not None
-        try:
-            await self.checkpointer.committed(checkpoint)
-        except OSError as exc:
-            log.warning("checkpoint_witness_failed", error=str(exc), seq=checkpoint.seq)
-
-    async def _final_checkpoint(self) -> None:
-        """At clean shutdown: sign the head if rows came after the last checkpoint, and
-        snapshot the projections at it (so the next start decodes nothing)."""
-        if self.checkpointer is None:
-            return
-        last = self._last_checkpoint
-        if self._cp_rows == 0:
-            if last is not None and last.seq == self.last_seq != self._snapshot_seq:
-                await self._write_snapshot(last)
-            return
-        checkpoint = self._checkpoint_due([], self.last_seq, self._last_hash, force=True)
-        if checkpoint is None:
-            return
-        try:
-            await self._persist([], [checkpoint])
-        except Exception as exc:  # the log stays valid; it just ends unsigned
-            log.warning("final_checkpoint_failed", error=str(exc) or type(exc).__name__)
-            return
-        self._counted([], checkpoint)
-        await self._witness(checkpoint)
-        await self._write_snapshot(checkpoint)
 
     async def _rolled_back(self, exc: Exception) -> bool:
         """Whether a failed commit was transient and left the store exactly as the
