@@ -40,6 +40,17 @@ def audit(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.Co
                           capture_output=True, text=True, cwd=ROOT, timeout=120, env=env)
 
 
+def export_and_verify(data_dir: Path, out: Path) -> Path:
+    """``kms audit export`` then ``kms audit verify`` of it, both passing (verify's summary
+    printed); returns ``out``."""
+    done = audit("export", "--data-dir", data_dir, "--to", out)
+    assert done.returncode == 0, done.stderr
+    ok = audit("verify", out)
+    print(f"\n  {ok.stdout.strip()}")
+    assert ok.returncode == 0 and ok.stdout.strip().endswith("all valid"), ok.stdout
+    return out
+
+
 def calls(url: str, n: int = 4) -> list[bytes]:
     """A few keys, ciphertexts and one refused call; returns the ciphertexts."""
     kms: Any = client_for(url)
@@ -89,12 +100,7 @@ def test_an_export_verifies_and_each_tampering_is_named(tmp_path: Path) -> None:
             published = json.load(r)
     finally:
         node.stop()
-    out = tmp_path / "export"
-    done = audit("export", "--data-dir", data_dir, "--to", out)
-    assert done.returncode == 0, done.stderr
-    ok = audit("verify", out)
-    print(f"\n  {ok.stdout.strip()}")
-    assert ok.returncode == 0 and ok.stdout.strip().endswith("all valid"), ok.stdout
+    out = export_and_verify(data_dir, tmp_path / "export")
     pinned = tmp_path / "published.pem"  # trust the key the node published, not the copy
     pinned.write_text(published["Pem"])
     assert audit("verify", out, "--public-key", pinned).returncode == 0
@@ -445,12 +451,7 @@ def test_a_cross_account_call_is_exported_to_both_accounts(tmp_path: Path) -> No
         request_id = olga.encrypt(KeyId=arn, Plaintext=b"x")["ResponseMetadata"]["RequestId"]
     finally:
         node.stop()
-    out = tmp_path / "export"
-    done = audit("export", "--data-dir", data_dir, "--to", out)
-    assert done.returncode == 0, done.stderr
-    ok = audit("verify", out)
-    print(f"\n  {ok.stdout.strip()}")
-    assert ok.returncode == 0 and ok.stdout.strip().endswith("all valid"), ok.stdout
+    out = export_and_verify(data_dir, tmp_path / "export")
     for account in (owner, OTHER):
         assert list(out.glob(f"AWSLogs/{account}/CloudTrail-Digest/*/*/*/*/*.json.gz"))
     theirs = [json.loads(gzip.decompress(p.read_bytes()))["Records"]
