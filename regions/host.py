@@ -153,6 +153,7 @@ class RegionHost(Regions):
         for puller in [p for p in rep.pullers if p.receiver is node
                        or p.origin_region == node.config.region]:
             rep.pullers.remove(puller)
+            puller.on_stop()
             task = getattr(puller, "_task", None)
             if task is not None:
                 task.cancel()

@@ -324,6 +324,7 @@ class Puller:
         self.reactor = reactor
         self.wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.on_stop: Callable[[], None] = lambda: None  # undoes what wires its wake-ups
 
     async def pull(self) -> int:
         """Pull until caught up; returns how many rows were appended."""
@@ -346,6 +347,7 @@ class Puller:
                                                           f"{self.receiver.config.region}")
 
     async def stop(self) -> None:
+        self.on_stop()
         if self._task is not None:
             self._task.cancel()
             try:
@@ -378,11 +380,12 @@ def local_fetch(origin: Node) -> Fetch:
 
 def wake_on_commit(origin: Node, puller: Puller) -> None:
     """Wake ``puller`` whenever ``origin``'s log commits a shared-stream event (lag: the
-    time of one pull, not a polling interval)."""
+    time of one pull, not a polling interval), until the puller stops."""
     def committed(envelopes: Sequence[ev.Envelope] | None) -> None:
         if envelopes is None or any(mr.is_shared_stream(e.stream) for e in envelopes):
             puller.wake.set()
     origin.log.subscribe(committed)
+    puller.on_stop = lambda: origin.log.unsubscribe(committed)
 
 
 class DevReplication:

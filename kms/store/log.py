@@ -97,6 +97,18 @@ class _Pending:
     replicated: ReplicatedBatch | None = None
 
 
+def _settle(future: asyncio.Future[list[ev.Envelope]], envs: list[ev.Envelope]) -> None:
+    """Answer a caller, unless it went away: a cancelled caller cancels its future, and
+    the writer must go on to the rest of the batch (and the queue) regardless."""
+    if not future.done():
+        future.set_result(envs)
+
+
+def _fail(future: asyncio.Future[list[ev.Envelope]], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
 # What a batch writes besides its rows, in the same transaction.
 SideChange = VaultChange | CursorChange | Checkpoint
 
@@ -139,6 +151,11 @@ class EventLog(abc.ABC):
     def subscribe(self, fn: Subscriber) -> None:
         """``fn`` gets the committed state events: all of them at replay, then each batch's."""
         self._subscribers.append(fn)
+
+    def unsubscribe(self, fn: Subscriber) -> None:
+        """Stop calling ``fn`` (given to ``subscribe``); no error if it was not there."""
+        if fn in self._subscribers:
+            self._subscribers.remove(fn)
 
     def subscribe_audit(self, fn: Subscriber) -> None:
         """``fn`` gets the committed audit facts (stream ``audit``), decoded, in seq order:
@@ -265,8 +282,8 @@ class EventLog(abc.ABC):
         finally:  # fail closed: nothing waits forever on a writer that stopped
             while not self._queue.empty():
                 item = self._queue.get_nowait()
-                if item is not None and not item.future.done():
-                    item.future.set_exception(KMSInternalException("The event log stopped."))
+                if item is not None:
+                    _fail(item.future, KMSInternalException("The event log stopped."))
 
     async def _loop(self) -> None:
         while True:
@@ -289,7 +306,12 @@ class EventLog(abc.ABC):
                     held = item
                     break
                 batch.append(item)
-            await self._commit(batch)
+            try:
+                await self._commit(batch)
+            except BaseException:
+                if held is not None:  # taken off the queue: the drain in _run misses it
+                    _fail(held.future, KMSInternalException("The event log stopped."))
+                raise
             if held is not None:
                 await self._do_wipe(held)
             if stop:
@@ -301,8 +323,7 @@ class EventLog(abc.ABC):
             await self._commit_batch(batch)
         except BaseException:
             for pending in batch:  # fail closed: no caller waits on a batch that broke
-                if not pending.future.done():
-                    pending.future.set_exception(KMSInternalException(COMMIT_FAILED))
+                _fail(pending.future, KMSInternalException(COMMIT_FAILED))
             raise
 
     def _items(self, pending: _Pending, cursors: dict[str, int],
@@ -352,15 +373,13 @@ class EventLog(abc.ABC):
                 for a in pending.appends
             )
             if conflict:
-                pending.future.set_exception(ConflictingWrite("stream moved; decide again"))
+                _fail(pending.future, ConflictingWrite("stream moved; decide again"))
                 continue
             try:  # a row that cannot be encoded fails its own call, never the batch
                 rows_of, envs, p_heads, p_seq, p_prev = self._rows_for(pending, heads, seq, prev,
                                                                        cursors)
             except (ValueError, TypeError, OverflowError, struct.error):
-                pending.future.set_exception(
-                    KMSInternalException("The request could not be recorded.")
-                )
+                _fail(pending.future, KMSInternalException("The request could not be recorded."))
                 continue
             rows.extend(rows_of)
             heads, seq, prev = p_heads, p_seq, p_prev
@@ -375,7 +394,7 @@ class EventLog(abc.ABC):
         moved = [CursorChange(o, s) for o, s in cursors.items() if self._cursors.get(o) != s]
         if not rows and not vault and not moved:  # a replayed batch, say: nothing to write
             for pending, envs in accepted:
-                pending.future.set_result(envs)
+                _settle(pending.future, envs)
             return
         try:
             await self._persist(rows, [*vault, *moved, *([checkpoint] if checkpoint else [])])
@@ -383,8 +402,7 @@ class EventLog(abc.ABC):
             transient = await self._rolled_back(exc)
             self._note_failure(exc, transient, accepted, len(rows))
             for pending, _ in accepted:
-                if not pending.future.done():
-                    pending.future.set_exception(KMSInternalException(COMMIT_FAILED))
+                _fail(pending.future, KMSInternalException(COMMIT_FAILED))
             if transient:  # nothing of the batch is stored; the next batch is tried anew
                 return
             raise LogCorrupted("commit failed; refusing further writes") from exc
@@ -412,8 +430,7 @@ class EventLog(abc.ABC):
                 for fn in self._audit_subscribers:
                     fn(audit_envs)
         for pending, envs in accepted:
-            if not pending.future.done():
-                pending.future.set_result(envs)
+            _settle(pending.future, envs)
         if checkpoint is not None:
             await checkpointing.witness(self, checkpoint)
             if checkpointing.snapshot_due(self, checkpoint):
@@ -471,7 +488,7 @@ class EventLog(abc.ABC):
                 self.checkpointer.wiped()      # witness the emptied log cannot match
             await self._wipe()
         except Exception as exc:
-            pending.future.set_exception(KMSInternalException("reset failed"))
+            _fail(pending.future, KMSInternalException("reset failed"))
             raise LogCorrupted("wipe failed") from exc
         self._heads.clear()
         self.vault.clear()
@@ -482,7 +499,7 @@ class EventLog(abc.ABC):
         self._cp_count, self._last_checkpoint, self._snapshot_seq = 0, None, 0
         for fn in (*self._subscribers, *self._audit_subscribers):
             fn(None)
-        pending.future.set_result([])
+        _settle(pending.future, [])
 
     # -- storage hooks ------------------------------------------------------------------------
     @abc.abstractmethod

@@ -362,3 +362,28 @@ async def test_a_peer_read_is_bounded_by_the_origin_index_not_a_scan_and_sort(
             assert "TEMP B-TREE" not in plan, plan
     finally:
         await b.close_all()
+
+
+async def test_a_cancelled_caller_never_stops_the_writer_nor_loses_a_queued_reset(
+        backend: Backend) -> None:
+    """A puller cancelled (a dev reset stops them) while its replayed batch, or a caller
+    whose append conflicts, waits in the queue: the writer still settles everything queued
+    behind it (the reset's wipe first of all) and keeps serving."""
+    origin = await origin_with_history(backend)
+    sent, through = await pull_all(origin)
+    log = await backend.open()
+    await log.append_replicated(ORIGIN, sent, through)
+    await log.append([Append("key/local", (enabled("local"),), 0)], at_ms=1)
+
+    replay = asyncio.create_task(log.append_replicated(ORIGIN, sent, through))
+    conflicting = asyncio.create_task(
+        log.append([Append("key/local", (described("local", "late"),), 0)], at_ms=2))
+    await asyncio.sleep(0)  # both queued, the writer not yet woken
+    replay.cancel()
+    conflicting.cancel()
+    await asyncio.wait_for(log.reset(), 30)  # a bound on a hang, not a timing assertion
+    for task in (replay, conflicting):
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert log.writable and (log.last_seq, log.cursor(ORIGIN)) == (0, 0)
+    assert len(await log.append_replicated(ORIGIN, sent, through)) == 3
