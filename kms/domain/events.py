@@ -111,6 +111,8 @@ class KeyRotated(Event):
     material: Material
     rotation_type: str  # AUTOMATIC | ON_DEMAND
     next_rotation_ms: int  # 0 when automatic rotation is off
+    rotated_at_ms: int = 0  # a replica following its primary: the primary's rotation time
+    #                         (0, and older logs: this event's time)
 
 
 @dataclass(frozen=True, slots=True)

@@ -329,7 +329,7 @@ def apply(key: Key, event: ev.Event, at_ms: int = 0) -> Key:
             return replace(key, rotation_period_days=p, next_rotation_ms=n)
         case ev.KeyRotationDisabled():
             return replace(key, rotation_period_days=0, next_rotation_ms=0)
-        case ev.KeyRotated(material=m, rotation_type=t, next_rotation_ms=n):
+        case ev.KeyRotated(material=m, rotation_type=t, next_rotation_ms=n, rotated_at_ms=when):
             # Imported material was already present (PENDING_ROTATION): it becomes current.
             present = key.material(m.material_id) is not None
             imports = tuple(dataclasses.replace(i, pending=False)
@@ -337,7 +337,8 @@ def apply(key: Key, event: ev.Event, at_ms: int = 0) -> Key:
             return replace(key, materials=key.materials if present else (*key.materials, m),
                            next_rotation_ms=n, current_material_id=m.material_id,
                            imports=imports,
-                           rotations=(*key.rotations, Rotation(m.material_id, at_ms, t)))
+                           rotations=(*key.rotations, Rotation(m.material_id, when or at_ms,
+                                                                  t)))
         case ev.KeyMaterialReplicated(material=m, rotation_type=t, rotated_at_ms=when):
             if key.material(m.material_id) is not None:
                 return key

@@ -73,11 +73,13 @@ def imported_to_follow(key: Key, mrk: MultiRegionKey) -> list[ev.Event]:
     followed = {r.material_id for r in key.rotations}
     out: list[ev.Event] = []
     current = key.current_material_id
-    for mid, rotation_type, _ in mrk.imported_rotations:
+    for mid, rotation_type, at_ms in mrk.imported_rotations:
         material = key.material(mid)
         if mid in followed or material is None:
             continue
-        out.append(ev.KeyRotated(key.key_id, material, rotation_type, key.next_rotation_ms))
+        # The primary's rotation time, so ListKeyRotations is the same in every member.
+        out.append(ev.KeyRotated(key.key_id, material, rotation_type, key.next_rotation_ms,
+                                 at_ms))
         current = mid
     target = mrk.current_import
     if target and target != current and key.material(target) is not None:

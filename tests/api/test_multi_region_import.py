@@ -192,3 +192,33 @@ def test_deleting_the_primarys_pending_material_deletes_the_replicas_copy(
     # It is no longer the primary's: the other replica cannot take it now.
     refused(lambda **p: import_material(kms[AP], key_id, second, **p),
             "IncorrectKeyMaterialException", ImportType="EXISTING_KEY_MATERIAL")
+
+
+def test_a_replica_lists_the_primarys_rotation_dates_for_imported_material(
+        node: ServerProcess, kms: dict[str, Any]) -> None:
+    """A replica that follows an imported-material rotation a day after the primary made it
+    lists the primary's RotationDate, as it does for generated material."""
+    first, second = os.urandom(32), os.urandom(32)
+    key_id = kms[PRIMARY].create_key(MultiRegion=True, Origin="EXTERNAL")["KeyMetadata"][
+        "KeyId"]
+    id1 = import_material(kms[PRIMARY], key_id, first)["KeyMaterialId"]
+    id2 = import_material(kms[PRIMARY], key_id, second,
+                          ImportType="NEW_KEY_MATERIAL")["KeyMaterialId"]
+    kms[PRIMARY].rotate_key_on_demand(KeyId=key_id)
+
+    node.post("/_kms/clock", {"advance_seconds": 86_400})  # the replica follows a day later
+    kms[PRIMARY].replicate_key(KeyId=key_id, ReplicaRegion=AP)
+    eventually(lambda: kms[AP].describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"] == (
+        "PendingImport"), "the late replica")
+    import_material(kms[AP], key_id, first)
+    import_material(kms[AP], key_id, second)
+    eventually(lambda: current(kms[AP], key_id) == id2, "the late replica to follow")
+
+    def listed(region: str) -> list[dict[str, Any]]:
+        out = kms[region].list_key_rotations(KeyId=key_id, IncludeKeyMaterial="ALL_KEY_MATERIAL")
+        return [{k: v for k, v in r.items() if k != "KeyId"} for r in out["Rotations"]]
+
+    primary = listed(PRIMARY)
+    assert [(r["KeyMaterialId"], r.get("RotationType")) for r in primary] == [
+        (id1, None), (id2, "ON_DEMAND")]
+    assert listed(AP) == primary
