@@ -28,29 +28,27 @@ Two lags, per replica region:
         [--poll-ms 5] [--out FILE]
 
 Prints a table and writes ops/bench/results/replication-<date>.json. Loopback only;
-bounded in time and count; every node it starts is stopped. See README.md.
+bounded in time and count; every node it starts is stopped. See README.md. The requests
+(endpoint, keys, prober, driver) are in replication_load.py, the measuring (cursor pollers,
+row matching, percentiles, CPU) in replication_lag.py; this file runs the phases and reports.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import bisect
 import datetime as dt
 import json
 import math
 import os
 import platform
-import random
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter, defaultdict, deque
-from dataclasses import dataclass, field
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -60,412 +58,29 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path[:0] = [str(ROOT), str(HERE)]
 
-from bench_crypto import machine_ticks, rss_mib, source_fingerprint  # noqa: E402
+from bench_crypto import rss_mib, source_fingerprint  # noqa: E402
+from replication_lag import (  # noqa: E402
+    CpuWindow,
+    Poller,
+    attach_rows,
+    drain,
+    last_shared,
+    summary_ms,
+)
+from replication_load import (  # noqa: E402
+    KIND_TARGETS,
+    MAX_ON_DEMAND,
+    SHARED_KINDS,
+    Driver,
+    Endpoint,
+    Sent,
+    make_keys,
+    probe,
+)
 
 from ops.cluster import Cluster  # noqa: E402
 
 RESULTS = HERE / "results"
-CTYPE = "application/x-amz-json-1.1"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-MAX_ON_DEMAND = 25  # RotateKeyOnDemand's per-key quota
-SHARED_KINDS = ("toggle", "rotate")
-KIND_TARGETS = {"toggle": "EnableKeyRotation/DisableKeyRotation", "rotate": "RotateKeyOnDemand",
-                "tag": "TagResource", "describe": "UpdateKeyDescription"}
-
-
-def auth(region: str) -> str:
-    """A fixed Authorization header scoped to ``region``: --dev reads only the access key
-    and the scope, it verifies no signature (as bench_crypto does)."""
-    return (f"AWS4-HMAC-SHA256 Credential=AKIABENCHMARK0000000/20240101/{region}/kms/"
-            "aws4_request, SignedHeaders=content-type;host;x-amz-date;x-amz-target, "
-            "Signature=" + "0" * 64)
-
-
-class KmsError(Exception):
-    def __init__(self, status: int, kind: str, message: str) -> None:
-        super().__init__(f"{status} {kind}: {message}")
-        self.status, self.kind = status, kind
-
-
-class Endpoint:
-    """One region's node, called with raw AWS JSON requests."""
-
-    def __init__(self, session: aiohttp.ClientSession, region: str, url: str) -> None:
-        self.session, self.region, self.url = session, region, url
-        self.headers = {"Content-Type": CTYPE, "Authorization": auth(region),
-                        "X-Amz-Date": "20240101T000000Z", "User-Agent": "kms-bench/1 replication"}
-
-    async def call(self, target: str, body: dict[str, Any], timeout: float = 30.0
-                   ) -> dict[str, Any]:
-        async with self.session.post(
-                self.url + "/", data=json.dumps(body),
-                headers={**self.headers, "X-Amz-Target": f"TrentService.{target}"},
-                timeout=aiohttp.ClientTimeout(total=timeout)) as r:
-            text = await r.text()
-            doc: dict[str, Any] = json.loads(text) if text else {}
-            if r.status != 200:
-                kind = str(doc.get("__type", "?")).rsplit("#", 1)[-1]
-                raise KmsError(r.status, kind, str(doc.get("message", doc.get("Message", ""))))
-            return doc
-
-    async def health(self) -> dict[str, Any]:
-        async with self.session.get(self.url + "/_kms/health",
-                                    timeout=aiohttp.ClientTimeout(total=10)) as r:
-            doc: dict[str, Any] = await r.json(content_type=None)
-            return doc
-
-
-# -- measurement helpers ------------------------------------------------------------------------
-def pct(values: list[float], q: float) -> float | None:
-    """The q-th percentile (nearest rank) of ``values``, or None when there are none."""
-    if not values:
-        return None
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, math.ceil(q / 100 * len(s)) - 1))]
-
-
-def summary_ms(values_s: list[float]) -> dict[str, Any]:
-    ms = [v * 1000 for v in values_s]
-    out: dict[str, Any] = {"n": len(ms)}
-    for name, q in (("p50", 50), ("p90", 90), ("p99", 99)):
-        v = pct(ms, q)
-        out[f"{name}_ms"] = None if v is None else round(v, 2)
-    out["max_ms"] = round(max(ms), 2) if ms else None
-    out["mean_ms"] = round(statistics.fmean(ms), 2) if ms else None
-    return out
-
-
-def proc_ticks(pid: int) -> int:
-    """utime + stime of a process, all its threads, in clock ticks."""
-    try:
-        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(f[11]) + int(f[12])
-    except (OSError, IndexError):
-        return 0
-
-
-class CpuWindow:
-    """CPU % of the nodes, of this process, and of everything else (foreign) over a phase."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self.t0, self.m0 = time.monotonic(), machine_ticks()[0]
-        self.n0 = {r: proc_ticks(p) for r, p in pids.items()}
-        t = os.times()
-        self.b0 = t.user + t.system
-
-    def close(self) -> dict[str, Any]:
-        secs = time.monotonic() - self.t0
-        busy = 100 * (machine_ticks()[0] - self.m0) / CLK_TCK / secs
-        nodes = {r: 100 * (proc_ticks(p) - self.n0[r]) / CLK_TCK / secs
-                 for r, p in self.pids.items()}
-        t = os.times()
-        bench = 100 * (t.user + t.system - self.b0) / secs
-        return {"seconds": round(secs, 2), "machine_busy_pct": round(busy, 1),
-                "node_cpu_pct": {r: round(v, 1) for r, v in nodes.items()},
-                "bench_cpu_pct": round(bench, 1),
-                "foreign_cpu_pct": round(max(0.0, busy - sum(nodes.values()) - bench), 1)}
-
-
-@dataclass
-class Sent:
-    """One request the driver or the prober made."""
-
-    kind: str
-    key_id: str
-    t_send: float
-    t_answer: float = 0.0
-    error: str | None = None
-    seq: int | None = None  # the primary's row for it (shared kinds), once found
-
-
-@dataclass
-class Poller:
-    """Reads one replica's cursor for the primary as fast as ``interval`` allows."""
-
-    endpoint: Endpoint
-    origin: str
-    interval: float
-    samples: list[tuple[float, int]] = field(default_factory=list)  # (mid time, cursor)
-    errors: int = 0
-    _cursors: list[int] | None = None
-
-    async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            t0 = time.time()
-            try:
-                doc = await self.endpoint.health()
-                cursor = int(doc["peers"][self.origin]["cursor"])
-                self.samples.append(((t0 + time.time()) / 2, cursor))
-            except (aiohttp.ClientError, TimeoutError, KeyError, ValueError, TypeError):
-                self.errors += 1
-            try:
-                await asyncio.wait_for(stop.wait(), self.interval)
-            except TimeoutError:
-                pass
-
-    def passed(self, seq: int) -> float | None:
-        """When the cursor was first seen at or past ``seq`` (cursors only grow)."""
-        i = bisect.bisect_left([c for _, c in self.samples], seq) if self._cursors is None \
-            else bisect.bisect_left(self._cursors, seq)
-        return self.samples[i][0] if i < len(self.samples) else None
-
-    def freeze(self) -> None:
-        self._cursors = [c for _, c in self.samples]
-
-
-# -- the cluster and its keys -------------------------------------------------------------------
-async def shared_rows(primary: Endpoint, after: int, until: int) -> list[dict[str, Any]]:
-    """The primary's own shared rows with after < seq <= until, from its replication feed
-    (open to loopback callers in --dev), without their bodies."""
-    rows: list[dict[str, Any]] = []
-    cursor = after
-    while cursor < until:
-        async with primary.session.get(
-                primary.url + "/_kms/replication",
-                params={"origin": primary.region, "after": str(cursor), "limit": "1000",
-                        "wait": "0"}, timeout=aiohttp.ClientTimeout(total=30)) as r:
-            doc = await r.json(content_type=None)
-        page = [{k: row[k] for k in ("origin_seq", "stream", "type_name", "at_ms")}
-                for row in doc["rows"]]
-        rows += [p for p in page if p["origin_seq"] <= until]
-        nxt = int(doc["next_cursor"])
-        if nxt <= cursor:
-            break
-        cursor = nxt
-    return rows
-
-
-def attach_rows(sent: list[Sent], rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Give each successful shared request the seq of its row(s): rows on ``mrk/<key>``
-    whose ``at_ms`` falls in the request's send..answer window (at most one request per
-    key is in flight; 2 ms slack for at_ms's resolution). A request with several rows gets
-    the last. Returns counts of matched and unmatched rows and requests."""
-    by_key: dict[str, list[Sent]] = defaultdict(list)
-    for s in sent:
-        if s.kind in SHARED_KINDS and s.error is None:
-            by_key[s.key_id].append(s)
-    for lst in by_key.values():
-        lst.sort(key=lambda s: s.t_send)
-    matched = unmatched = 0
-    types: Counter[str] = Counter()
-    for row in rows:
-        key = str(row["stream"]).removeprefix("mrk/")
-        at = row["at_ms"] / 1000  # a whole millisecond: the event's time is in [at, at + 1 ms)
-        near = [s for s in by_key.get(key, ())
-                if s.t_send - 0.0015 <= at <= s.t_answer + 0.0005]
-        if not near:
-            unmatched += 1
-            continue
-        hit = min(near, key=lambda s: max(0.0, s.t_send - 0.001 - at, at - s.t_answer))
-        matched += 1
-        types[f"{hit.kind} {row['type_name']}"] += 1
-        hit.seq = max(hit.seq or 0, int(row["origin_seq"]))
-    requests = sum(len(v) for v in by_key.values())
-    with_row = sum(1 for v in by_key.values() for s in v if s.seq is not None)
-    return {"rows": len(rows), "rows_matched": matched, "rows_unmatched": unmatched,
-            "shared_requests": requests, "shared_requests_without_row": requests - with_row,
-            "row_types_by_kind": dict(types)}
-
-
-async def make_keys(primary: Endpoint, replicas: list[Endpoint], n: int, description: str
-                    ) -> list[str]:
-    """``n`` multi-region keys in the primary's region, each replicated to every replica
-    region and Enabled there."""
-    sem = asyncio.Semaphore(8)
-
-    async def one() -> str:
-        async with sem:
-            meta = (await primary.call("CreateKey", {"MultiRegion": True,
-                                                     "Description": description}))["KeyMetadata"]
-            key_id = str(meta["KeyId"])
-            for rep in replicas:
-                await primary.call("ReplicateKey", {"KeyId": key_id,
-                                                    "ReplicaRegion": rep.region})
-            return key_id
-
-    keys = list(await asyncio.gather(*(one() for _ in range(n))))
-    deadline = time.monotonic() + 60 + n * 0.2
-    for rep in replicas:
-        waiting = set(keys)
-        while waiting:
-            for key_id in list(waiting):
-                try:
-                    meta = (await rep.call("DescribeKey", {"KeyId": key_id}))["KeyMetadata"]
-                except KmsError as exc:
-                    if exc.kind != "NotFoundException":
-                        raise
-                    continue
-                if meta["KeyState"] == "Enabled":
-                    waiting.discard(key_id)
-            if waiting:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{len(waiting)} replicas in {rep.region} not Enabled "
-                                       f"after {deadline:.0f} s")
-                await asyncio.sleep(0.1)
-    return keys
-
-
-# -- the prober ---------------------------------------------------------------------------------
-async def probe(primary: Endpoint, replicas: list[Endpoint], key_id: str, state: list[bool],
-                stop: asyncio.Event, count: int | None, poll: float, gap: float,
-                sent: list[Sent], visible: dict[str, list[float]], timeouts: Counter[str]
-                ) -> None:
-    """One shared change at a time on ``key_id`` (rotation on/off); after each, poll every
-    replica's GetKeyRotationStatus until it shows the change (at most 10 s)."""
-    done = 0
-    while not stop.is_set() and (count is None or done < count):
-        want = not state[0]
-        s = Sent("toggle", key_id, time.time())
-        try:
-            await primary.call("EnableKeyRotation" if want else "DisableKeyRotation",
-                               {"KeyId": key_id})
-        except (KmsError, aiohttp.ClientError, TimeoutError) as exc:
-            s.t_answer, s.error = time.time(), type(exc).__name__ + ": " + str(exc)[:120]
-            sent.append(s)
-            await asyncio.sleep(gap)
-            continue
-        s.t_answer = time.time()
-        state[0] = want
-        sent.append(s)
-
-        async def seen(rep: Endpoint, s: Sent = s, want: bool = want) -> None:
-            deadline = s.t_answer + 10
-            while time.time() < deadline:
-                t0 = time.time()
-                try:
-                    doc = await rep.call("GetKeyRotationStatus", {"KeyId": key_id})
-                    if bool(doc.get("KeyRotationEnabled")) == want:
-                        t = (t0 + time.time()) / 2
-                        visible[rep.region].append(max(0.0, t - s.t_answer))
-                        return
-                except (KmsError, aiohttp.ClientError, TimeoutError):
-                    pass
-                await asyncio.sleep(poll)
-            timeouts[rep.region] += 1
-
-        await asyncio.gather(*(seen(r) for r in replicas))
-        done += 1
-        await asyncio.sleep(gap)
-
-
-# -- the load -----------------------------------------------------------------------------------
-@dataclass
-class Driver:
-    """Open loop: request i is sent at t0 + i/rate, whatever the earlier answers did
-    (bounded by ``max_inflight``; a slot missed for that is counted, not sent later)."""
-
-    primary: Endpoint
-    keys: list[str]
-    rate: float
-    mix: dict[str, float]
-    max_inflight: int
-    seed: int = 1
-    sent: list[Sent] = field(default_factory=list)
-    skipped: Counter[str] = field(default_factory=Counter)
-    substituted: int = 0
-    inflight: int = 0
-    max_seen_inflight: int = 0
-
-    def __post_init__(self) -> None:
-        self.free = deque(self.keys)
-        random.Random(self.seed).shuffle(self.free)
-        self.rng = random.Random(self.seed)
-        self.rotation = dict.fromkeys(self.keys, False)
-        self.on_demand = dict.fromkeys(self.keys, 0)
-        self.tags = Counter[str]()
-
-    def _pick_key(self, kind: str) -> str | None:
-        """The free key that has waited longest (so one key's requests are far apart),
-        skipping keys whose RotateKeyOnDemand quota is used up for ``rotate``."""
-        for _ in range(min(len(self.free), 16)):
-            key = self.free.popleft()
-            if kind != "rotate" or self.on_demand[key] < MAX_ON_DEMAND:
-                return key
-            self.free.append(key)
-        return None
-
-    async def _one(self, kind: str, key: str) -> None:
-        s = Sent(kind, key, time.time())
-        try:
-            if kind == "toggle":
-                want = not self.rotation[key]
-                await self.primary.call("EnableKeyRotation" if want else "DisableKeyRotation",
-                                        {"KeyId": key})
-                self.rotation[key] = want
-            elif kind == "rotate":
-                self.on_demand[key] += 1
-                await self.primary.call("RotateKeyOnDemand", {"KeyId": key})
-            elif kind == "tag":
-                self.tags[key] += 1
-                await self.primary.call("TagResource", {"KeyId": key, "Tags": [
-                    {"TagKey": f"bench{self.tags[key] % 8}", "TagValue": str(self.tags[key])}]})
-            else:
-                await self.primary.call("UpdateKeyDescription",
-                                        {"KeyId": key, "Description": f"bench {s.t_send:.6f}"})
-        except KmsError as exc:
-            s.error = f"{exc.status} {exc.kind}"
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            s.error = type(exc).__name__
-        finally:
-            s.t_answer = time.time()
-            self.sent.append(s)
-            self.free.append(key)
-            self.inflight -= 1
-
-    async def run(self, seconds: float) -> float:
-        kinds, weights = list(self.mix), list(self.mix.values())
-        tasks: set[asyncio.Task[None]] = set()
-        t0 = time.monotonic()
-        total = int(self.rate * seconds)
-        for i in range(total):
-            due = t0 + i / self.rate
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            kind = self.rng.choices(kinds, weights)[0]
-            if self.inflight >= self.max_inflight:
-                self.skipped["inflight cap"] += 1
-                continue
-            key = self._pick_key(kind)
-            if key is None and kind == "rotate":  # every free key used its quota
-                kind, self.substituted = "toggle", self.substituted + 1
-                key = self._pick_key(kind)
-            if key is None:
-                self.skipped["no free key"] += 1
-                continue
-            self.inflight += 1
-            self.max_seen_inflight = max(self.max_seen_inflight, self.inflight)
-            task = asyncio.create_task(self._one(kind, key))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        elapsed = time.monotonic() - t0
-        if tasks:
-            await asyncio.wait(tasks, timeout=60)
-        return max(elapsed, seconds)
-
-
-# -- phases -------------------------------------------------------------------------------------
-async def drain(primary: Endpoint, replicas: list[Endpoint], seq: int, timeout: float = 30
-                ) -> None:
-    """Wait until every replica's cursor for the primary reached ``seq`` (a shared row's:
-    audit facts after the last shared row wake no follower)."""
-    deadline = time.monotonic() + timeout
-    for rep in replicas:
-        while True:
-            cursor = int((await rep.health())["peers"][primary.region]["cursor"])
-            if cursor >= seq:
-                break
-            if time.monotonic() > deadline:
-                print(f"  {rep.region}: cursor {cursor} < {seq} after {timeout:.0f} s")
-                break
-            await asyncio.sleep(0.05)
-
-
-async def last_shared(primary: Endpoint, after: int) -> tuple[int, list[dict[str, Any]]]:
-    """The primary's log seq now, and its shared rows after ``after``."""
-    last = int((await primary.health())["log_seq"])
-    return last, await shared_rows(primary, after, last)
 
 
 async def phase(name: str, primary: Endpoint, replicas: list[Endpoint], cluster: Cluster,
