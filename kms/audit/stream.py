@@ -1,15 +1,16 @@
 """``GET /_kms/audit``: the CloudTrail records of a region's log, after a cursor, long-polled.
 
-Rules: a consumer is woken by the log's durable commit of an audit fact (``subscribe_audit``),
-never by polling the database; recent facts are kept in a ring and each is rendered (record
-and JSON) once, however many reads return it; a long-poll that finds fewer than ``limit``
-records lingers ``COALESCE_SECONDS`` once to batch more. A cursor names a position by its seq
-and the hash chain's value there, so after ``/_kms/reset`` or a restore (where the same seq
-holds another row or none) it is refused with ``ExpiredCursorException`` (410), never silently
+Rules: a consumer is woken by the log's durable commit of an audit fact other than reads of
+this stream (``subscribe_audit``), never by polling the database; recent facts are kept in a
+ring and each is rendered (record and JSON) once, however many reads return it; a long-poll
+that finds fewer than ``limit`` records lingers ``COALESCE_SECONDS`` once to batch more, and
+one that finds only reads' records waits on. A cursor names a position by its seq and the
+hash chain's value there, so after ``/_kms/reset`` or a restore (where the same seq holds
+another row or none) it is refused with ``ExpiredCursorException`` (410), never silently
 reused. ``?account=`` keeps one recipient account's records (a cross-account call has one per
-account). Reads are audited by ``ReadAudits``' rule (below), so a read never feeds a loop of
-reads. Open in ``--dev``; otherwise SigV4 by an ``audit_readers`` ARN.
-"""
+account). Every read that returns a record other than reads' is answered only once a durable
+fact covers it (``ReadAudits``, below); a read never feeds a loop of reads. Open in
+``--dev``; otherwise SigV4 by an ``audit_readers`` ARN."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import asyncio
 import base64
 import binascii
 import bisect
-import contextlib
 import json
 import re
 import struct
@@ -40,7 +40,7 @@ from kms.domain.errors import (
     ValidationException,
 )
 from kms.service.core import Caller, printable
-from kms.store.log import EventLog
+from kms.store.log import COMMIT_FAILED, EventLog
 
 if TYPE_CHECKING:
     from kms.api.app import Regions
@@ -53,7 +53,7 @@ MAX_WAIT_SECONDS = 20.0
 COALESCE_SECONDS = 0.02  # how long a long-poll that found a few records waits for more
 RING_FACTS = 4096  # recent audit facts kept rendered (between this and twice as many)
 ISSUED_CURSORS = 1024  # cursors remembered, so a follower's next read skips the db check
-READ_SUMMARY_SECONDS = 60.0  # a consumer's reads in this long: one fact, then a summary
+MAX_COALESCED_READS = 256  # reads one summary fact covers at most
 _CURSOR_PREFIX = "c1_"
 _CURSOR = struct.Struct(">Q16s")
 _CREDENTIAL = re.compile(r"Credential=([A-Za-z0-9]+)/")
@@ -100,10 +100,12 @@ class _Fact:
     """One audit fact of the ring, rendered on first read: (account, eventName, JSON) of
     each recipient's record."""
 
-    __slots__ = ("seq", "envelope", "views")
+    __slots__ = ("seq", "envelope", "views", "read")
 
     def __init__(self, envelope: ev.Envelope) -> None:
         self.seq = envelope.seq
+        assert isinstance(envelope.event, ev.ApiCallRecorded)
+        self.read = envelope.event.operation == READ_EVENT  # a read of this stream
         self.envelope: ev.Envelope | None = envelope
         self.views: list[tuple[str, str, bytes]] | None = None
 
@@ -119,8 +121,10 @@ class _Fact:
 
 
 class AuditFeed:
-    """Resolves a future at each durable commit of audit facts (and at a wipe), and keeps
-    the facts committed since it was made in a ring: every audit fact after ``ring_from``."""
+    """Resolves a future at each durable commit of audit facts other than reads of this
+    stream (and at a wipe), and keeps the facts committed since it was made in a ring: every
+    audit fact after ``ring_from``. A commit of reads' records alone wakes no one, so a
+    follower is never woken by the record of its own read (no ping-pong)."""
 
     def __init__(self, log: EventLog) -> None:
         self.log = log
@@ -138,10 +142,13 @@ class AuditFeed:
             self.issued.clear()
             self.ring_from = self.log.last_seq
         else:
-            self.ring += [_Fact(e) for e in envelopes if isinstance(e.event, ev.ApiCallRecorded)]
+            facts = [_Fact(e) for e in envelopes if isinstance(e.event, ev.ApiCallRecorded)]
+            self.ring += facts
             if len(self.ring) > 2 * RING_FACTS:
                 self.ring_from = self.ring[-RING_FACTS - 1].seq
                 del self.ring[:-RING_FACTS]
+            if all(f.read for f in facts):  # only reads' records: no follower wakes for them
+                return
         if self._changed is not None and not self._changed.done():
             self._changed.set_result(None)
         self._changed = None
@@ -197,77 +204,94 @@ def _json(record: dict[str, Any]) -> bytes:
 
 # -- auditing reads -----------------------------------------------------------------------
 @dataclass(slots=True)
-class _Window:
-    node: Node
-    caller: Caller
-    started_ms: int
-    wipes: int  # the log's wipes when it began: a wipe (/_kms/reset) drops the window
-    reads: int = 0
-    records: int = 0
+class _ReadBatch:
+    """Reads of one consumer answered together once one fact covering them is durable."""
+
+    params: dict[str, str]  # the first read's (its record when it stays alone)
+    request_ids: list[str]
+    records: int  # records the reads returned
+    done: asyncio.Future[KMSError | None]  # the error to answer with, None once recorded
 
 
 class ReadAudits:
-    """The rule: a failed read is audited on its own, before its answer. A read that
-    returns no record but reads' records is never audited (so reads never feed a loop of
-    reads). Any other read is a consumer's (region, principal, access key, source address):
-    its first in each ``interval`` seconds of the node's clock is audited on its own, before
-    its answer; the rest of that interval are answered at once and counted into one
-    ``ReadAuditStream`` summary fact (additionalEventData ``summarizedReads``,
-    ``summarizedRecords``, ``summaryWindowSeconds``), written once the interval has ended
-    (at that consumer's next read, by the flush task, or when the node stops). Beyond
-    ``max_consumers`` tracked, every read is audited on its own. ``/_kms/reset`` drops the
-    windows open in the wiped log (the records their reads returned are gone too)."""
+    """The rule: a read that returns no record but reads' records is never audited (so reads
+    never feed a loop of reads); a failed read is audited on its own, before its answer;
+    every other read's answer waits until a durable ``ReadAuditStream`` fact covers it.
 
-    def __init__(self, interval: float = READ_SUMMARY_SECONDS,
-                 max_consumers: int = 4096) -> None:
-        self.interval_ms = int(interval * 1000)
-        self.max_consumers = max_consumers
-        self._windows: dict[tuple[str, str, str, str], _Window] = {}
+    The facts ride the log's group commit: a consumer (region and the whole caller: principal,
+    access key, source address, user agent) has at most one fact in the writer at a time, and
+    its reads that arrive meanwhile wait together for the next one, so concurrent reads cost
+    one fact per commit, not one per read. A fact that covers one read is that read's record
+    (its requestParameters and requestID); one that covers several is a summary
+    (additionalEventData ``summarizedReads``, ``summarizedRecords``, ``summarizedRequestIDs``,
+    requestID the first read's), at most ``MAX_COALESCED_READS`` reads each. If the fact
+    cannot be written, every read it covers answers the error (fail closed)."""
 
-    def admit(self, node: Node, caller: Caller, records: int,
-              ) -> tuple[bool, _Window | None]:
-        """Whether this read is audited on its own, and the ended window to summarize."""
-        key = (node.config.region, caller.principal_arn, caller.access_key_id,
-               caller.source_ip)
-        now = node.clock.now_ms()
-        wipes = feed_for(node.log).wipes
-        w = self._windows.get(key)
-        if w is not None and w.wipes != wipes:
-            del self._windows[key]
-            w = None
-        if w is not None and now - w.started_ms < self.interval_ms:
-            w.reads += 1
-            w.records += records
-            w.caller = caller
-            return False, None
-        ended = self._windows.pop(key, None)
-        if len(self._windows) < self.max_consumers:
-            self._windows[key] = _Window(node, caller, now, wipes)
-        return True, ended if ended is not None and ended.reads else None
+    def __init__(self) -> None:
+        self._queued: dict[tuple[str, Caller], list[_ReadBatch]] = {}  # not yet written
+        self._writers: dict[tuple[str, Caller], asyncio.Task[None]] = {}
 
-    def due(self, *, all_of_them: bool = False) -> list[_Window]:
-        """The ended windows with counted reads (every one with ``all_of_them``); those
-        consumers are forgotten."""
-        out = []
-        for key, w in list(self._windows.items()):
-            wiped = feed_for(w.node.log).wipes != w.wipes
-            if wiped or all_of_them or w.node.clock.now_ms() - w.started_ms >= self.interval_ms:
-                del self._windows[key]
-                if w.reads and not wiped:
-                    out.append(w)
-        return out
+    async def audited(self, node: Node, caller: Caller, params: dict[str, str],
+                      request_id: str, records: int) -> KMSError | None:
+        """Wait until this read is covered by a durable fact; the error to answer with."""
+        key = (node.config.region, caller)
+        queue = self._queued.setdefault(key, [])
+        if not queue or len(queue[-1].request_ids) >= MAX_COALESCED_READS:
+            loop = asyncio.get_running_loop()
+            queue.append(_ReadBatch(params, [], 0, loop.create_future()))
+        batch = queue[-1]
+        batch.request_ids.append(request_id)
+        batch.records += records
+        if key not in self._writers:
+            self._writers[key] = asyncio.create_task(self._write(node, key),
+                                                     name="audit-read-facts")
+        # shielded: a read that goes away leaves the fact (and the reads beside it) be
+        return await asyncio.shield(batch.done)
 
-    async def summarize(self, w: _Window) -> KMSError | None:
-        return await w.node.service.record_beside(
-            READ_EVENT, {}, w.caller, str(uuid.uuid4()),
-            additional={"summarizedReads": w.reads, "summarizedRecords": w.records,
-                        "summaryWindowSeconds": self.interval_ms / 1000})
+    async def _write(self, node: Node, key: tuple[str, Caller]) -> None:
+        """Write the consumer's queued facts one after another, until none is left."""
+        batch: _ReadBatch | None = None
+        try:
+            while queue := self._queued.get(key):
+                batch = queue.pop(0)
+                if not queue:
+                    del self._queued[key]
+                err = await self._record(node, key[1], batch)
+                batch.done.set_result(err)
+                batch = None
+        finally:
+            del self._writers[key]
+            stranded = [*([batch] if batch is not None else []), *self._queued.pop(key, [])]
+            for b in stranded:  # only if this task was cancelled (the node stopping)
+                if not b.done.done():
+                    b.done.set_result(KMSInternalException("The event log stopped."))
+
+    @staticmethod
+    async def _record(node: Node, caller: Caller, batch: _ReadBatch) -> KMSError | None:
+        ids = batch.request_ids
+        try:
+            if len(ids) == 1:
+                return await node.service.record_beside(READ_EVENT, batch.params, caller,
+                                                        ids[0])
+            return await node.service.record_beside(
+                READ_EVENT, {}, caller, ids[0],
+                additional={"summarizedReads": len(ids), "summarizedRecords": batch.records,
+                            "summarizedRequestIDs": list(ids)})
+        except Exception as exc:  # the stream outlives one failed write; its reads fail
+            log.error("audit_read_fact_failed", region=node.config.region, reads=len(ids),
+                      error=type(exc).__name__)
+            return KMSInternalException(COMMIT_FAILED)
+
+    async def drain(self) -> None:
+        """Wait for every fact being written (the node is stopping)."""
+        while self._writers:
+            await asyncio.gather(*self._writers.values(), return_exceptions=True)
 
 
 # -- the endpoint -------------------------------------------------------------------------
 class AuditStream:
     """The ``GET /_kms/audit`` handler for the regions ``regions`` hosts; ``summaries`` is
-    the app's cleanup context that writes ended read summaries (and all, at shutdown)."""
+    the app's cleanup context that lets the read facts being written finish at shutdown."""
 
     def __init__(self, regions: Regions) -> None:
         self.regions = regions
@@ -328,43 +352,19 @@ class AuditStream:
             err = await node.service.record_beside(READ_EVENT, params, caller, request_id, exc)
             return _error(err or exc, request_id)
         if any(name != READ_EVENT for name, _ in found):  # else: no loop of reads
-            alone, ended = self.reads.admit(node, caller, len(found))
-            if ended is not None:
-                await self._summarize(ended)
-            if alone:
-                err = await node.service.record_beside(READ_EVENT, params, caller, request_id)
-                if err is not None:
-                    return _error(err, request_id)
+            err = await self.reads.audited(node, caller, params, request_id, len(found))
+            if err is not None:
+                return _error(err, request_id)
         body = b"".join((b'{"Records":[', b",".join(b for _, b in found), b'],"NextCursor":',
                          json.dumps(next_cursor).encode(), b"}"))
         return web.Response(body=body, content_type="application/json",
                             headers={"x-amzn-RequestId": request_id})
 
-    async def _summarize(self, w: _Window) -> None:
-        try:
-            err = await self.reads.summarize(w)
-        except Exception as exc:  # the stream outlives one failed write
-            err = KMSInternalException(str(exc))
-        if err is not None:
-            log.error("audit_read_summary_failed", region=w.node.config.region,
-                      reads=w.reads, error=err.code)
-
     async def summaries(self, app: web.Application) -> AsyncIterator[None]:
-        """Cleanup context: writes the summaries of ended windows every few seconds, and
-        every pending one when the app stops (before its regions close)."""
-        async def flush() -> None:
-            while True:
-                await asyncio.sleep(min(self.reads.interval_ms / 1000, 5.0))
-                for w in self.reads.due():
-                    await self._summarize(w)
-
-        task = asyncio.create_task(flush())
+        """Cleanup context: when the app stops (before its regions close), wait for the read
+        facts still being written, so no answered read is left without its record."""
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        for w in self.reads.due(all_of_them=True):
-            await self._summarize(w)
+        await self.reads.drain()
 
 
 def audit_handler(regions: Regions) -> AuditStream:
@@ -402,7 +402,7 @@ async def _read(node: Node, after: str, limit: int, wait: float, account: str | 
         remaining = deadline - loop.time()
         if feed.wipes != wipes or remaining <= 0 or len(found) >= limit:
             break
-        if found:
+        if any(name != READ_EVENT for name, _ in found):  # reads' records alone: wait on
             if lingered:
                 break
             lingered = True  # found some: wait a moment for more, to answer with a batch
