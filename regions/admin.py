@@ -3,22 +3,31 @@
 Rules: ``POST /_kms/region/promote {"KeyId": ..., "Region"?: ...}`` and ``GET
 /_kms/region/conflicts[?region=R]`` act on this node's own region (or, in ``--dev``, a
 region it hosts). With ``--dev`` they are open; otherwise the request must be SigV4-signed
-(service ``kms``, this node's region) by a principal whose ARN is in the config's
-``admins``. Every refusal is a JSON ``{"__type", "message"}`` with an HTTP status.
+(service ``kms``, this node's region) by a principal named in the config's ``admins``,
+matched as ``audit_readers`` is (kms.audit.stream): the caller's ARN or its identity's, so
+a role listed there covers its assumed-role sessions (a role with a path too). Every
+refusal is a JSON ``{"__type", "message"}`` with an HTTP status. An unsigned or badly
+signed request, or a caller not named in ``admins``, leaves one audit fact
+(``PromoteReplicaKey`` or ``ListMultiRegionConflicts``; AccessDenied for a non-admin) and
+changes nothing else; a promotion done is its ``PromoteReplicaKey`` AwsServiceEvent.
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+import re
+import uuid
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
 
 from kms.api.sigv4 import SigV4Verifier
-from kms.domain.errors import KMSError
+from kms.domain.errors import AccessDeniedException, KMSError
+from kms.identity import Principal
 from kms.node import Node
 from kms.service import region_ops
+from kms.service.core import Caller, printable
 
 if TYPE_CHECKING:
     from regions.host import RegionHost
@@ -27,6 +36,31 @@ log = structlog.get_logger("regions.admin")
 
 PROMOTE_PATH = "/_kms/region/promote"
 CONFLICTS_PATH = "/_kms/region/conflicts"
+PROMOTE_EVENT = "PromoteReplicaKey"  # the eventName of a refused promotion (and a done one)
+CONFLICTS_EVENT = "ListMultiRegionConflicts"
+_CREDENTIAL = re.compile(r"Credential=([A-Za-z0-9]+)/")
+
+
+class AdminDenied(AccessDeniedException):
+    """A signed caller not named in ``admins`` (HTTP 403, like a refused audit reader)."""
+
+    code = "AccessDeniedException"
+    status = 403
+
+
+def named_in(principal: Principal, arns: frozenset[str]) -> bool:
+    """Whether ``arns`` names the principal: its ARN, or its identity's (a role's own ARN,
+    path included, for an assumed-role session), as ``audit_readers`` is matched."""
+    return principal.arn in arns or bool(principal.identity_arn
+                                         and principal.identity_arn in arns)
+
+
+def denial(principal: Principal) -> str:
+    identity = principal.identity_arn
+    whom = (f"neither it nor {identity} is" if identity and identity != principal.arn
+            else "it is not")
+    return (f"User: {principal.arn} is not authorized to perform region administration on "
+            f"this node: {whom} named in admins")
 
 
 def _bad(status: int, code: str, message: str) -> web.Response:
@@ -47,25 +81,37 @@ class Admin:
         app.add_routes([web.post(PROMOTE_PATH, self.promote),
                         web.get(CONFLICTS_PATH, self.conflicts)])
 
-    def _who(self, request: web.Request, body: bytes) -> str | web.Response:
-        """The admin's ARN, or the refusal."""
+    async def _who(self, request: web.Request, body: bytes, event: str,
+                   params: dict[str, Any]) -> str | web.Response:
+        """The admin's ARN, or the refusal, audited (one fact, as a refused audit read)."""
         if self.dev:
             return "dev"
+        ip, agent = request.remote or "", request.headers.get("User-Agent", "")
+        additional: dict[str, Any] = {}
         try:
             access_key = self.verifier.verify(request.method,
                                               request.raw_path.split("?", 1)[0],
                                               request.query_string, request.headers, body)
         except KMSError as exc:
-            return _bad(exc.status, exc.code, exc.message)
-        principal = self.node.credentials.principal(access_key)
-        arn = principal.arn if principal else ""
-        identity = getattr(principal, "identity_arn", "") or arn
-        if arn not in self.admins and identity not in self.admins:
-            log.warning("region_admin_refused", principal=arn, path=request.path)
-            return _bad(403, "AccessDeniedException",
-                        f"{arn} is not authorized to perform region administration on this "
-                        "node: its ARN is not in the config's admins.")
-        return arn
+            claimed = _CREDENTIAL.search(request.headers.get("Authorization", ""))
+            caller = Caller("anonymous", "", claimed.group(1) if claimed else "", ip, agent)
+            refusal = exc
+        else:
+            principal = self.node.credentials.principal(access_key)
+            assert principal is not None  # the verifier knew its secret
+            if named_in(principal, self.admins):
+                return principal.arn
+            log.warning("region_admin_refused", principal=principal.arn, path=request.path)
+            caller = Caller(principal.arn, principal.account, access_key, ip, agent,
+                            principal_type=principal.principal_type,
+                            user_id=principal.user_id, identity_arn=principal.identity_arn)
+            refusal = AdminDenied(denial(principal))
+            additional["authorizationDenied"] = {"action": "kms region administration",
+                                                 "reason": "not named in admins"}
+        err = await self.node.service.record_beside(
+            event, params, caller, str(uuid.uuid4()), refusal, additional,
+            read_only=event != PROMOTE_EVENT) or refusal
+        return _bad(err.status, err.code, err.message)
 
     async def _node(self, region: str | None) -> Node | web.Response:
         own = self.node.config.region
@@ -85,11 +131,18 @@ class Admin:
 
     async def promote(self, request: web.Request) -> web.Response:
         body = await request.read()
-        who = self._who(request, body)
+        try:
+            doc = json.loads(body or b"{}")
+        except ValueError:
+            doc = None
+        asked = ({k: printable(str(doc[k])[:256]) for k in ("KeyId", "Region") if k in doc}
+                 if isinstance(doc, dict) else {})
+        who = await self._who(request, body, PROMOTE_EVENT, asked)
         if isinstance(who, web.Response):
             return who
         try:
-            doc = json.loads(body or b"{}")
+            if doc is None:
+                raise ValueError
             key_ref = doc["KeyId"]
             region = doc.get("Region")
             if not isinstance(key_ref, str) or not key_ref or not (
@@ -110,7 +163,9 @@ class Admin:
         return web.json_response(out)
 
     async def conflicts(self, request: web.Request) -> web.Response:
-        who = self._who(request, b"")
+        region = request.query.get("region")
+        who = await self._who(request, b"", CONFLICTS_EVENT,
+                              {"Region": printable(region[:64])} if region is not None else {})
         if isinstance(who, web.Response):
             return who
         node = await self._node(request.query.get("region"))

@@ -416,13 +416,15 @@ class Service:
 
     async def record_beside(self, name: str, params: dict[str, Any], caller: Caller,
                             request_id: str, error: KMSError | None = None,
-                            additional: dict[str, Any] | None = None) -> KMSError | None:
+                            additional: dict[str, Any] | None = None,
+                            read_only: bool = True) -> KMSError | None:
         """Audit a read served beside the API (the audit stream): one fact, read-only, no
         state events. The error to answer with (``error``, or one if the fact could not be
-        written: fail closed), None for a success recorded."""
+        written: fail closed), None for a success recorded. ``read_only`` False: a refused
+        write beside the API (``kms region promote``)."""
         c = Call(request_id, name, caller, self.clock.now_ms(), params)
         c.additional.update(additional or {})
-        return await self._settle(c, True, error)
+        return await self._settle(c, read_only, error)
 
     async def service_event(self, name: str, key: Key,
                             decide: Callable[[Call, Key], None]) -> bool:

@@ -288,9 +288,9 @@ secret_access_key = "dev-secret"
                      ["conflicts", "--endpoint", node.url, *as_dev]):
             out = region_cli(*args)
             assert out.returncode == 1
-            assert out.stderr == (f"kms region: error: AccessDeniedException: {DEV_ARN} is "
-                                  "not authorized to perform region administration on this "
-                                  "node: its ARN is not in the config's admins.\n")
+            assert out.stderr == (f"kms region: error: AccessDeniedException: User: {DEV_ARN} "
+                                  "is not authorized to perform region administration on this "
+                                  "node: it is not named in admins\n")
         unsigned = region_cli("conflicts", "--endpoint", node.url)
         assert unsigned.returncode == 1
         assert "MissingAuthenticationTokenException" in unsigned.stderr
