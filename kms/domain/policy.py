@@ -30,6 +30,13 @@ from kms.domain.conditions import (
     substitute,
 )
 
+# AWS's recorded words (README "Access control" lists the sources): a document that is not
+# JSON is refused with no message at all (aws/aws-sdk-ruby#1784); a statement with neither
+# Principal nor NotPrincipal with NO_PRINCIPAL (terraform-aws-modules/terraform-aws-eks#2163).
+# Unknown actions and other shape errors keep this node's words (AWS's are not recorded).
+NOT_JSON = ""
+NO_PRINCIPAL = "Policy contains a statement with no principal."
+
 # Every IAM action of KMS (ReEncrypt is authorized as ReEncryptFrom + ReEncryptTo).
 KMS_ACTIONS: tuple[str, ...] = (
     "CancelKeyDeletion", "ConnectCustomKeyStore", "CreateAlias", "CreateCustomKeyStore",
@@ -315,7 +322,9 @@ def _statement(raw: Any, resource_policy: bool, named: list[str]) -> Statement:
     principals: Principals | None = None
     not_principal = False
     if resource_policy:
-        if ("Principal" in raw) == ("NotPrincipal" in raw):
+        if "Principal" not in raw and "NotPrincipal" not in raw:
+            raise malformed(NO_PRINCIPAL)
+        if "Principal" in raw and "NotPrincipal" in raw:
             raise malformed(INVALID_PRINCIPALS)
         not_principal = "NotPrincipal" in raw
         value = raw["NotPrincipal" if not_principal else "Principal"]
@@ -358,7 +367,7 @@ def _compiled(text: str, resource_policy: bool) -> Policy:  # positional: the ca
     try:
         doc = json.loads(text)
     except ValueError:
-        raise malformed() from None
+        raise malformed(NOT_JSON) from None
     if not isinstance(doc, dict) or set(doc) - _TOP or "Statement" not in doc:
         raise malformed()
     version = doc.get("Version", "2008-10-17")

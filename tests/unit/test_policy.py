@@ -52,12 +52,12 @@ def outcome(text: str, r: pol.Request) -> pol.Outcome:
 
 # -- parsing ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("text, message", [
-    ("not json", pol.MALFORMED),
+    ("not json", pol.NOT_JSON),  # AWS answers a document that is not JSON with no message
     ("[]", pol.MALFORMED),
     ('{"Version": "2012-10-17"}', pol.MALFORMED),
     (doc({"Effect": "Permit", "Principal": "*", "Action": "kms:*", "Resource": "*"}),
      pol.MALFORMED),
-    (doc({"Effect": "Allow", "Action": "kms:*", "Resource": "*"}), pol.INVALID_PRINCIPALS),
+    (doc({"Effect": "Allow", "Action": "kms:*", "Resource": "*"}), pol.NO_PRINCIPAL),
     (doc(allow(Principal={"AWS": "alice"})), pol.INVALID_PRINCIPALS),
     (doc(allow(Principal={"AWS": "arn:aws:iam::1234:user/x"})), pol.INVALID_PRINCIPALS),
     (doc(allow(Principal={"Federated": "cognito-identity.amazonaws.com"})),
