@@ -28,6 +28,7 @@ from kms.api.sigv4 import SigV4Verifier
 from kms.api.sts import MAX_SKEW_SECONDS as STS_MAX_SKEW
 from kms.api.sts import StsEndpoint, is_sts_request
 from kms.api.validation import RequestModel
+from kms.audit.retention import PRUNE_PATH, prune_handler
 from kms.audit.stream import audit_handler
 from kms.domain.errors import (
     InvalidSignatureException,
@@ -577,6 +578,7 @@ def create_app(node: Node, regions: Regions | None = None) -> web.Application:
         web.get("/_kms/health", with_regions),
         web.get("/_kms/audit/public-key", audit_public_key),
         web.get("/_kms/audit", stream),  # the CloudTrail stream (kms.audit)
+        web.post(PRUNE_PATH, prune_handler(regions)),  # kms audit prune --endpoint
     ]
     if node.config.dev:
         routes += [web.post("/_kms/reset", dev_reset), web.post("/_kms/clock", dev_clock)]

@@ -1,13 +1,16 @@
-"""``kms audit prune --data-dir DIR --older-than 90d``: drop old, exported audit facts.
+"""``kms audit prune --older-than 90d``: drop old, exported audit facts from the live log.
 
-Rules: the node must be stopped (the data dir's lock is taken, as ``kms serve`` takes it);
-the live log must verify first; only rows of the ``audit`` stream go, and only those that
-``audit-exported.json`` (written by ``kms audit export``) says are exported, that are older
-than the age by the node's clock (the ``--dev`` clock's offset included), and that lie before
-the cut: the last signed checkpoint the export covers (the row it signs stays). The deletion
-and the ``pruned_through`` mark (the cut's seq) are one transaction: below the cut the chain
-has gaps, and start-up and ``verify`` trust it from the cut's signed head on (rows before it
-are still re-hashed one by one by ``verify``).
+Rules: with ``--endpoint URL`` the running node does it (``POST /_kms/audit/prune``,
+kms.audit.retention), through its own writer, signed with SigV4 by a principal in the
+config's ``admins`` (unsigned to a ``--dev`` node); a refusal is one line and exit status 1.
+With ``--data-dir DIR`` the node must be stopped (the data dir's lock is taken, as ``kms
+serve`` takes it; a running node's dir is refused, exit 2, pointing at ``--endpoint``); the
+live log must verify first. Either way only rows of the ``audit`` stream go, and only those
+that ``audit-exported.json`` (written by ``kms audit export``) says are exported, that are
+older than the age by the node's clock (the ``--dev`` clock's offset included), and that lie
+before the cut: the last signed checkpoint the export covers (the row it signs stays). The
+deletion and the marks are one transaction (kms.store.pruning): below the cut the chain has
+gaps, and start-up and ``verify`` trust it from the cut's signed head on.
 """
 
 from __future__ import annotations
@@ -18,23 +21,35 @@ import os
 import re
 import sqlite3
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 from kms.audit import livelog
 from kms.audit.export import EXPORTED_FILE
 from kms.clock import Clock, PersistentClock
 from kms.datadir import DataDirInUse, take_lock
-from kms.store.log import AUDIT_STREAM
+from kms.store import pruning
 
 DEV_CLOCK_FILE = "dev-clock.json"
+PRUNE_PATH = "/_kms/audit/prune"  # the running node's endpoint (kms.audit.retention)
+TIMEOUT = 600.0  # a bound for a stuck node; a large prune holds the node's writer a while
 _AGE = re.compile(r"([0-9]+)([smhd])")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", type=Path, required=True, help="the (stopped) node's data dir")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--endpoint", metavar="URL",
+                       help="a running node: it prunes its own log (admins only)")
+    where.add_argument("--data-dir", type=Path, help="a stopped node's data dir")
     p.add_argument("--older-than", required=True, type=age_seconds,
                    help="age of the audit facts to drop, e.g. 90d, 12h, 30m")
+    p.add_argument("--region", help="with --endpoint: a region the node hosts (default: its own)")
+    p.add_argument("--access-key", help="with --endpoint: sign with this access key id")
+    p.add_argument("--secret-key", help="... and this secret access key")
+    p.add_argument("--json", action="store_true", help="with --endpoint: print the JSON answer")
 
 
 def age_seconds(text: str) -> int:
@@ -48,7 +63,27 @@ class PruneRefused(Exception):
     """Nothing was dropped; the message says why."""
 
 
+class NodeRefused(Exception):
+    """The node refused (or could not be asked); the message says why, in one line."""
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.endpoint:
+        try:
+            answer = prune_online(args)
+        except NodeRefused as exc:
+            print(f"kms audit prune: error: {exc}", file=sys.stderr)
+            return 1
+        if args.json:
+            print(json.dumps(answer, indent=2))
+        elif answer["PrunedFacts"]:
+            print(f"pruned {answer['PrunedFacts']} audit facts from {answer['Region']}; the "
+                  f"chain is verifiable from the signed checkpoint at seq "
+                  f"{answer['CheckpointSeq']}")
+        else:
+            print(f"nothing to prune in {answer['Region']}: no exported audit fact older than "
+                  "that lies before a signed checkpoint")
+        return 0
     try:
         dropped, cut = prune(args.data_dir, args.older_than)
     except (PruneRefused, livelog.LiveLogUnreadable) as exc:
@@ -67,8 +102,10 @@ def _lock(data_dir: Path) -> int:
     try:
         return take_lock(data_dir)
     except DataDirInUse as exc:
-        raise PruneRefused(f"data dir {data_dir} is in use by a running kms process (pid "
-                           f"{exc.holder}); stop the node before pruning") from None
+        raise PruneRefused(f"data dir {data_dir} is in use by a running kms node (pid "
+                           f"{exc.holder}): ask the node to prune its own log with `kms audit "
+                           "prune --endpoint <its URL> --older-than AGE`, or stop the node "
+                           "before pruning") from None
     except OSError as exc:
         raise PruneRefused(f"cannot open {data_dir}: {exc.strerror or exc}") from None
 
@@ -104,30 +141,78 @@ def _drop(data_dir: Path, exported: int, cutoff_ms: int) -> tuple[int, int]:
     try:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA secure_delete=ON")  # as the node's own connection
         # the cut: the last signed checkpoint whose rows are all exported
         row = db.execute("SELECT max(seq) FROM checkpoints WHERE seq <= ?",
                          (exported,)).fetchone()
         cut = int(row[0]) if row and row[0] is not None else 0
-        if cut == 0 or cut <= livelog.pruned_through(db) and not _droppable(db, cut, cutoff_ms):
+        n, last = pruning.plan(db, cut, cutoff_ms) if cut else (0, 0)
+        if n == 0:
             return 0, 0
-        with db:  # one transaction: the rows and the mark
-            n = db.execute("DELETE FROM events WHERE stream = ? AND seq < ? AND at_ms < ?",
-                           (AUDIT_STREAM, cut, cutoff_ms)).rowcount
-            if n == 0:
-                db.rollback()
-                return 0, 0
-            db.execute("CREATE TABLE IF NOT EXISTS log_marks (name TEXT PRIMARY KEY, "
-                       "seq INTEGER NOT NULL)")
-            db.execute("INSERT OR REPLACE INTO log_marks VALUES (?, max(?, coalesce((SELECT "
-                       "seq FROM log_marks WHERE name = ?), 0)))",
-                       (livelog.PRUNED_MARK, cut, livelog.PRUNED_MARK))
+        db.execute("CREATE TABLE IF NOT EXISTS log_marks (name TEXT PRIMARY KEY, "
+                   "seq INTEGER NOT NULL)")  # a log from before prune existed
+        with db:  # one transaction: the rows and the marks
+            pruning.apply(db, pruning.AuditPruned(cut, cutoff_ms, last))
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return n, cut
     finally:
         db.close()
 
 
-def _droppable(db: sqlite3.Connection, cut: int, cutoff_ms: int) -> bool:
-    row = db.execute("SELECT count(*) FROM events WHERE stream = ? AND seq < ? AND at_ms < ?",
-                     (AUDIT_STREAM, cut, cutoff_ms)).fetchone()
-    return bool(row and row[0])
+# -- with the node running --------------------------------------------------------------------
+def prune_online(args: argparse.Namespace) -> dict[str, Any]:
+    """Ask the node at ``args.endpoint`` to prune; its answer, or NodeRefused."""
+    endpoint = args.endpoint.rstrip("/")
+    body: dict[str, Any] = {"OlderThanSeconds": args.older_than}
+    if args.region:
+        body["Region"] = args.region
+    data = json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    creds = _credentials(args)
+    if creds is not None:
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+
+        request = AWSRequest(method="POST", url=endpoint + PRUNE_PATH, data=data,
+                             headers=headers)
+        SigV4Auth(creds, "kms", _node_region(endpoint)).add_auth(request)
+        headers = dict(request.headers.items())
+    req = urllib.request.Request(endpoint + PRUNE_PATH, data=data, method="POST",
+                                 headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=TIMEOUT) as r:
+            answer: dict[str, Any] = json.load(r)
+            return answer
+    except urllib.error.HTTPError as exc:
+        try:
+            doc = json.load(exc)
+            message = f"{doc.get('__type', 'Error')}: {doc.get('message', '')}"
+        except ValueError:
+            message = f"HTTP {exc.code}"
+        raise NodeRefused(message) from None
+    except (OSError, ValueError) as exc:
+        raise NodeRefused(f"{endpoint} is not reachable: {exc}") from None
+
+
+def _credentials(args: argparse.Namespace) -> Any:
+    from botocore.credentials import Credentials
+    from botocore.session import Session
+
+    if args.access_key and args.secret_key:
+        return Credentials(args.access_key, args.secret_key)
+    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")  # no IMDS probe on a laptop
+    found = Session().get_credentials()
+    return found.get_frozen_credentials() if found is not None else None
+
+
+def _node_region(endpoint: str) -> str:
+    try:
+        with urllib.request.urlopen(endpoint + "/_kms/health", timeout=30) as r:
+            return str(json.load(r)["region"])
+    except urllib.error.HTTPError as exc:  # a degraded node (503) still names its region
+        try:
+            return str(json.load(exc)["region"])
+        except (ValueError, KeyError):
+            raise NodeRefused(f"{endpoint} does not answer as a kms node: {exc}") from None
+    except (OSError, ValueError, KeyError) as exc:
+        raise NodeRefused(f"{endpoint} does not answer as a kms node: {exc}") from None

@@ -378,6 +378,10 @@ async def _read(node: Node, after: str, limit: int, wait: float, account: str | 
     feed = feed_for(log)
     wipes = feed.wipes
     seq, prefix = decode_cursor(after) if after else (0, b"")
+    pruned = await log.pruned_floor()  # the last fact `kms audit prune` dropped (0: none)
+    if after and seq <= pruned and pruned:
+        raise ExpiredCursorException(_EXPIRED)  # records after the cursor were dropped
+    seq = max(seq, pruned)  # a read from the start begins after what was dropped
     if after and feed.issued.get(seq) != prefix:
         await _check(log, seq, prefix)
     loop = asyncio.get_running_loop()

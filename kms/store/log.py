@@ -46,6 +46,7 @@ from kms.domain.errors import ConflictingWrite, KMSInternalException
 from kms.store import checkpointing, startup
 from kms.store import snapshot as snapshots
 from kms.store.chain import AUDIT_STREAM, GENESIS, LogCorrupted, _Row, row_hash
+from kms.store.pruning import AuditPruned
 from kms.store.replication import (
     CursorChange,
     ReplicatedBatch,
@@ -95,6 +96,7 @@ class _Pending:
     wipe: bool = False  # a --dev reset, ordered with the appends around it
     vault: tuple[VaultChange, ...] = ()
     replicated: ReplicatedBatch | None = None
+    pruned: AuditPruned | None = None  # kms audit prune, in the transaction of its audit fact
 
 
 def _settle(future: asyncio.Future[list[ev.Envelope]], envs: list[ev.Envelope]) -> None:
@@ -110,7 +112,7 @@ def _fail(future: asyncio.Future[list[ev.Envelope]], exc: BaseException) -> None
 
 
 # What a batch writes besides its rows, in the same transaction.
-SideChange = VaultChange | CursorChange | Checkpoint
+SideChange = VaultChange | CursorChange | Checkpoint | AuditPruned
 
 
 class EventLog(abc.ABC):
@@ -146,6 +148,8 @@ class EventLog(abc.ABC):
         self._cp_count = 0  # checkpoints since the last snapshot
         self._last_checkpoint: Checkpoint | None = None
         self._snapshot_seq = 0  # the seq of the last snapshot stored (0: none)
+        self._floor: int | None = None  # pruned_floor once read (None: not yet)
+        self._pruned_max = 0  # the last fact dropped by a prune this process committed
 
     # -- lifecycle ----------------------------------------------------------------------------
     def subscribe(self, fn: Subscriber) -> None:
@@ -203,10 +207,12 @@ class EventLog(abc.ABC):
 
     # -- appending ----------------------------------------------------------------------------
     async def append(self, appends: Iterable[Append], at_ms: int,
-                     vault: Iterable[VaultChange] = ()) -> list[ev.Envelope]:
-        """Append atomically; return once durable. Raises ConflictingWrite if a stream moved."""
+                     vault: Iterable[VaultChange] = (),
+                     pruned: AuditPruned | None = None) -> list[ev.Envelope]:
+        """Append atomically; return once durable. Raises ConflictingWrite if a stream moved.
+        ``pruned`` drops old audit facts in the same transaction (kms.store.pruning)."""
         return await self._submit(lambda fut: _Pending(tuple(appends), at_ms, fut,
-                                                       vault=tuple(vault)))
+                                                       vault=tuple(vault), pruned=pruned))
 
     async def append_replicated(self, origin_region: str, rows: Sequence[ReplicatedRow],
                                 through: int | None = None) -> list[ev.Envelope]:
@@ -341,16 +347,23 @@ class EventLog(abc.ABC):
             if row.origin_seq > done:
                 yield row.stream, event, r.origin_region, row.origin_seq, row.at_ms, row.body
 
-    def _rows_for(self, pending: _Pending, heads: dict[str, int], seq: int, prev: bytes,
+    def _head(self, moved: dict[str, int], stream: str) -> int:
+        """A stream's version as of the batch so far: what it moved, else as committed."""
+        got = moved.get(stream)
+        return self._heads.get(stream, 0) if got is None else got
+
+    def _rows_for(self, pending: _Pending, moved: dict[str, int], seq: int, prev: bytes,
                   cursors: dict[str, int],
                   ) -> tuple[list[_Row], list[ev.Envelope], dict[str, int], int, bytes]:
-        """Rows and envelopes of one pending append, continuing the chain from seq/prev."""
-        heads = dict(heads)
+        """Rows and envelopes of one pending append, continuing the chain from seq/prev, and
+        the heads it moves (on top of ``moved``, the batch's so far): work in proportion to
+        its rows, never to the number of streams in the log."""
+        heads: dict[str, int] = {}
         rows: list[_Row] = []
         envs: list[ev.Envelope] = []
         for stream, event, origin, origin_seq, at_ms, body in self._items(pending, cursors):
             seq += 1
-            version = heads.get(stream, 0) + 1
+            version = (heads[stream] if stream in heads else self._head(moved, stream)) + 1
             heads[stream] = version
             o_seq = seq if origin_seq is None else origin_seq
             h = row_hash(prev, seq, stream, version, event.type_name, origin, o_seq, at_ms,
@@ -362,14 +375,14 @@ class EventLog(abc.ABC):
         return rows, envs, heads, seq, prev
 
     async def _commit_batch(self, batch: list[_Pending]) -> None:
-        heads = dict(self._heads)
+        heads: dict[str, int] = {}  # the streams this batch moves, over self._heads
         seq, prev = self.last_seq, self._last_hash
         cursors = dict(self._cursors)
         rows: list[_Row] = []
         accepted: list[tuple[_Pending, list[ev.Envelope]]] = []
         for pending in batch:
             conflict = any(
-                a.expected is not None and heads.get(a.stream, 0) != a.expected
+                a.expected is not None and self._head(heads, a.stream) != a.expected
                 for a in pending.appends
             )
             if conflict:
@@ -382,7 +395,8 @@ class EventLog(abc.ABC):
                 _fail(pending.future, KMSInternalException("The request could not be recorded."))
                 continue
             rows.extend(rows_of)
-            heads, seq, prev = p_heads, p_seq, p_prev
+            heads.update(p_heads)
+            seq, prev = p_seq, p_prev
             r = pending.replicated
             if r is not None and r.through > cursors.get(r.origin_region, 0):
                 cursors[r.origin_region] = r.through
@@ -397,7 +411,9 @@ class EventLog(abc.ABC):
                 _settle(pending.future, envs)
             return
         try:
-            await self._persist(rows, [*vault, *moved, *([checkpoint] if checkpoint else [])])
+            pruned = [p.pruned for p, _ in accepted if p.pruned is not None]
+            await self._persist(rows, [*vault, *moved, *pruned,
+                                       *([checkpoint] if checkpoint else [])])
         except Exception as exc:
             transient = await self._rolled_back(exc)
             self._note_failure(exc, transient, accepted, len(rows))
@@ -408,12 +424,16 @@ class EventLog(abc.ABC):
             raise LogCorrupted("commit failed; refusing further writes") from exc
         self.batches += 1
         self.degraded = False
-        self._heads, self.last_seq, self._last_hash = heads, seq, prev
+        self._heads.update(heads)
+        self.last_seq, self._last_hash = seq, prev
         self._cursors = cursors
         checkpointing.counted(self, rows, checkpoint)
         for row in rows:
             if row[4] != self.region and row[5] > self._held.get(row[4], 0):
                 self._held[row[4]] = row[5]
+        for p in pruned:  # from this commit on, cursors up to what it dropped are stale
+            self._pruned_max = max(self._pruned_max, p.last)
+            self._floor = None if self._floor is None else max(self._floor, p.last)
         for v in vault:
             if v.wrapped is None:
                 self.vault.pop(v.key_id, None)
@@ -497,6 +517,7 @@ class EventLog(abc.ABC):
         self.last_seq, self._last_hash = 0, GENESIS
         self._cp_rows, self._cp_since_ms = 0, None
         self._cp_count, self._last_checkpoint, self._snapshot_seq = 0, None, 0
+        self._floor, self._pruned_max = 0, 0
         for fn in (*self._subscribers, *self._audit_subscribers):
             fn(None)
         _settle(pending.future, [])
@@ -539,6 +560,26 @@ class EventLog(abc.ABC):
         """The seq of the checkpoint a prune cut at: rows before it may have gaps (0: none)."""
         return 0
 
+    async def prune_plan(self, cut: int, before_ms: int) -> tuple[int, int]:
+        """(facts ``AuditPruned(cut, before_ms)`` would drop, the last one's seq)."""
+        rows = [r for r in await self.read_rows(0, self.last_seq + 1)
+                if r[1] == AUDIT_STREAM and r[0] < cut and r[6] < before_ms]
+        return len(rows), (rows[-1][0] if rows else 0)
+
+    async def pruned_floor(self) -> int:
+        """The seq of the last audit fact a prune dropped (0: none; kms.store.pruning): a
+        stream cursor at or before it has missed records. Read once, then kept as commits
+        and wipes move it."""
+        if self._floor is None:
+            stored = await self._load_floor()
+            if self._floor is None:  # no wipe meanwhile; a prune committed meanwhile counts
+                self._floor = max(stored, self._pruned_max)
+        return self._floor
+
+    async def _load_floor(self) -> int:
+        """The stored mark ``pruned_floor`` starts from."""
+        return 0
+
     async def _snapshots(self) -> list[snapshots.Snapshot]:
         """The stored projection snapshots, newest first."""
         return []
@@ -570,6 +611,10 @@ class MemoryLog(EventLog):
         self.stored_cursors: dict[str, int] = {}
         self.stored_checkpoints: list[Checkpoint] = []
         self.stored_snapshots: list[snapshots.Snapshot] = []
+        self.stored_floor = 0
+
+    async def _load_floor(self) -> int:
+        return self.stored_floor
 
     async def _load(self) -> tuple[dict[str, bytes], dict[str, int]]:
         return dict(self.stored_vault), dict(self.stored_cursors)
@@ -591,6 +636,10 @@ class MemoryLog(EventLog):
                 self.stored_cursors[c.origin_region] = c.origin_seq
             elif isinstance(c, Checkpoint):
                 self.stored_checkpoints.append(c)
+            elif isinstance(c, AuditPruned):
+                self.stored_floor = max(self.stored_floor, c.last)
+                self.rows = [r for r in self.rows if not (
+                    r[1] == AUDIT_STREAM and r[0] < c.cut and r[6] < c.before_ms)]
             elif c.wrapped is None:
                 self.stored_vault.pop(c.key_id, None)
             else:
@@ -602,6 +651,7 @@ class MemoryLog(EventLog):
         self.stored_cursors.clear()
         self.stored_checkpoints.clear()
         self.stored_snapshots.clear()
+        self.stored_floor = 0
 
     async def _checkpoints(self) -> list[Checkpoint]:
         return list(self.stored_checkpoints)

@@ -14,6 +14,7 @@ from pathlib import Path
 import aiosqlite
 
 from kms.audit.checkpoints import Checkpoint
+from kms.store import pruning
 from kms.store.log import (
     AUDIT_STREAM,
     GENESIS,
@@ -180,6 +181,9 @@ class SqliteLog(EventLog):
                 elif isinstance(c, Checkpoint):
                     conn.execute("INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?)",
                                  (c.seq, c.head, c.at_ms, c.fingerprint, c.signature))
+                elif isinstance(c, pruning.AuditPruned):
+                    pruning.apply(conn, c)
+                    self._checkpoint_owed = True  # no copy of the dropped rows left in the WAL
                 elif c.wrapped is None:
                     conn.execute("DELETE FROM vault WHERE key_id = ?", (c.key_id,))
                 else:
@@ -277,6 +281,13 @@ class SqliteLog(EventLog):
                                    (PRUNED_MARK,)) as cur:
             row = await cur.fetchone()
         return int(row[0]) if row is not None else 0
+
+    async def prune_plan(self, cut: int, before_ms: int) -> tuple[int, int]:
+        # on aiosqlite's thread, between writer batches
+        return await self.db._execute(pruning.plan, self.db._conn, cut, before_ms)
+
+    async def _load_floor(self) -> int:
+        return await self.db._execute(pruning.floor, self.db._conn)
 
     async def _close(self) -> None:
         if self._db is not None:
