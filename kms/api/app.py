@@ -24,6 +24,7 @@ import structlog
 from aiohttp import web
 
 from kms.api.auth_failures import AUTH_ERRORS, OVERFLOW, AuthFailureLimiter, Summary
+from kms.api.dev_service import as_service
 from kms.api.sigv4 import SigV4Verifier
 from kms.api.sts import MAX_SKEW_SECONDS as STS_MAX_SKEW
 from kms.api.sts import StsEndpoint, is_sts_request
@@ -214,8 +215,8 @@ class Gateway:
                           request.query.get("X-Amz-Credential", "").partition("/")[0])
             principal = credentials.principal(access_key) if access_key else None
             via = request.headers.get("X-Kms-Via-Service", "").strip()
-            return caller_of(principal or root_principal(self.account), access_key,
-                             request, via)
+            return as_service(caller_of(principal or root_principal(self.account),
+                                        access_key, request, via), request.headers)
         access_key = (verifier or self.verifier).verify(
             request.method, request.raw_path.split("?", 1)[0], request.query_string,
             request.headers, body)

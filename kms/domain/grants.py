@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from kms.domain import events as ev
 from kms.domain.errors import LimitExceededException, ValidationException
@@ -28,6 +29,7 @@ MAX_CONSTRAINT_PAIRS = 8
 MAX_CONSTRAINT_VALUE = 384
 EQUALS = "EncryptionContextEquals"
 SUBSET = "EncryptionContextSubset"
+SOURCE_ARN = "SourceArn"
 
 # Operations every key takes in a grant, whatever its type.
 _ANY_KEY = ("CreateGrant", "RetireGrant", "DescribeKey")
@@ -80,7 +82,10 @@ Pairs = tuple[tuple[str, str], ...]
 @dataclass(frozen=True, slots=True)
 class GrantCreated(ev.Event):
     """CreateGrant. ``constraint_type`` is "" (none), EQUALS or SUBSET; ``constraint`` its
-    pairs, sorted, exactly as given (keys compare case-insensitively when applied)."""
+    pairs, sorted, exactly as given (keys compare case-insensitively when applied). A grant
+    to an AWS service principal has it in both ``grantee_principal`` (as AWS lists it) and
+    ``grantee_service_principal``; likewise a retiring service principal in both.
+    ``source_arn`` is the SourceArn constraint ("" for none)."""
 
     key_id: str
     grant_id: str
@@ -91,6 +96,9 @@ class GrantCreated(ev.Event):
     constraint: Pairs
     name: str
     issuing_account: str
+    grantee_service_principal: str = ""
+    retiring_service_principal: str = ""
+    source_arn: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,28 +129,38 @@ class Grant:
     name: str
     issuing_account: str
     created_ms: int
+    grantee_service_principal: str = ""
+    retiring_service_principal: str = ""
+    source_arn: str = ""
 
     def same_request(self, other: GrantCreated) -> bool:
         """Whether a CreateGrant with ``other``'s fields repeats this grant (Name
         idempotency): every field but the id and the issuing time."""
         return (self.grantee_principal, self.retiring_principal, frozenset(self.operations),
-                self.constraint_type, self.constraint, self.name) == (
+                self.constraint_type, self.constraint, self.name,
+                self.grantee_service_principal, self.retiring_service_principal,
+                self.source_arn) == (
             other.grantee_principal, other.retiring_principal, frozenset(other.operations),
-            other.constraint_type, other.constraint, other.name)
+            other.constraint_type, other.constraint, other.name,
+            other.grantee_service_principal, other.retiring_service_principal,
+            other.source_arn)
 
 
 def created(e: GrantCreated, at_ms: int) -> Grant:
     return Grant(e.key_id, e.grant_id, e.grantee_principal, e.retiring_principal,
                  e.operations, e.constraint_type, e.constraint, e.name, e.issuing_account,
-                 at_ms)
+                 at_ms, e.grantee_service_principal, e.retiring_service_principal,
+                 e.source_arn)
 
 
 # -- CreateGrant's rules ----------------------------------------------------------------
-def constraint_of(constraints: Mapping[str, Mapping[str, str]] | None) -> tuple[str, Pairs]:
-    """(type, pairs) from a request's Constraints; an empty map counts as none given."""
+def constraint_of(constraints: Mapping[str, Any] | None) -> tuple[str, Pairs]:
+    """(type, pairs) of a request's encryption context constraint; an empty map counts as
+    none given (SourceArn, which may sit beside one, is ``source_arn_of``'s)."""
     if not constraints:
         return "", ()
-    given = [(name, pairs) for name, pairs in constraints.items() if pairs]
+    given = [(name, pairs) for name, pairs in constraints.items()
+             if pairs and name != SOURCE_ARN]
     if len(given) > 1:
         raise ValidationException(
             "Only one of EncryptionContextEquals or EncryptionContextSubset can be specified "
@@ -163,6 +181,41 @@ def constraint_of(constraints: Mapping[str, Mapping[str, str]] | None) -> tuple[
                 f"{MAX_CONSTRAINT_VALUE} characters."
             )
     return name, tuple(sorted(pairs.items()))
+
+
+def source_arn_of(constraints: Mapping[str, Any] | None) -> str:
+    """A request's SourceArn constraint ("" when none)."""
+    value = (constraints or {}).get(SOURCE_ARN, "")
+    return value if isinstance(value, str) else ""
+
+
+def check_grantees(grantee: str, grantee_service: str, retiring: str, retiring_service: str,
+                   source_arn: str) -> None:
+    """Exactly one grantee, at most one retiring principal; a grant to a service principal
+    names its SourceArn constraint and who may retire it (AWS's rules, in the model's
+    words: AWS's own messages for these are not recorded)."""
+    if grantee and grantee_service:
+        raise ValidationException(
+            "You must specify either GranteePrincipal or GranteeServicePrincipal, but not both."
+        )
+    if not grantee and not grantee_service:
+        raise ValidationException(
+            "You must specify either GranteePrincipal or GranteeServicePrincipal."
+        )
+    if retiring and retiring_service:
+        raise ValidationException(
+            "You can specify either RetiringPrincipal or RetiringServicePrincipal, but not both."
+        )
+    if grantee_service and not source_arn:
+        raise ValidationException(
+            "When you specify a GranteeServicePrincipal, you must also specify a SourceArn "
+            "grant constraint."
+        )
+    if grantee_service and not (retiring or retiring_service):
+        raise ValidationException(
+            "When you specify a GranteeServicePrincipal, you must also specify either a "
+            "RetiringPrincipal or a RetiringServicePrincipal."
+        )
 
 
 def check_request(key_arn: str, key_spec: str, key_usage: str, operations: tuple[str, ...],
@@ -198,9 +251,14 @@ def _folded(pairs: Mapping[str, str] | Pairs) -> dict[str, str]:
     return {k.lower(): v for k, v in items}
 
 
-def constraint_holds(grant: Grant, action: str, context: Mapping[str, str] | None) -> bool:
-    """Whether ``grant``'s constraint allows ``action`` with this encryption context: keys
-    case-insensitive, values case-sensitive; operations without a context are unaffected."""
+def constraint_holds(grant: Grant, action: str, context: Mapping[str, str] | None,
+                     source_arn: str = "") -> bool:
+    """Whether ``grant``'s constraints allow ``action`` for this call. An encryption context
+    constraint: keys case-insensitive, values case-sensitive; operations without a context
+    are unaffected. SourceArn: the call's aws:SourceArn (``source_arn``) is exactly the
+    grant's, for every operation but RetireGrant (a call with none never matches)."""
+    if grant.source_arn and action != "RetireGrant" and source_arn != grant.source_arn:
+        return False
     if not grant.constraint_type or action not in CONTEXT_OPERATIONS:
         return True
     asked = _folded(context or {})
@@ -210,9 +268,12 @@ def constraint_holds(grant: Grant, action: str, context: Mapping[str, str] | Non
     return all(asked.get(k) == v for k, v in wanted.items())
 
 
-def at_least_as_strict(parent: Grant, child_type: str, child: Pairs) -> bool:
+def at_least_as_strict(parent: Grant, child_type: str, child: Pairs,
+                       child_source_arn: str = "") -> bool:
     """A grant with CreateGrant and a constraint creates only grants whose constraint is
-    equally strict or stricter."""
+    equally strict or stricter (a SourceArn constraint: the same one)."""
+    if parent.source_arn and child_source_arn != parent.source_arn:
+        return False
     if not parent.constraint_type:
         return True
     if not child_type:

@@ -69,6 +69,7 @@ class Caller:
     # The connection is then the forwarder's, so aws:SourceIp and aws:SecureTransport are
     # absent from the request context (fail closed) rather than the forwarder's.
     forwarded_by: str = ""
+    source_arn: str = ""  # aws:SourceArn (--dev: the X-Kms-Source-Arn header)
 
 
 @dataclass(slots=True)

@@ -115,11 +115,13 @@ def allowing_grants(grants: Grants, region: str, call: Call, action: str,
     context = context_for(call, action)
     out = []
     for grant in seen.values():
-        if action not in grant.operations or not g.constraint_holds(grant, action, context):
+        if action not in grant.operations or not g.constraint_holds(
+                grant, action, context, call.caller.source_arn):
             continue
         if action == "CreateGrant":  # a grantee may pass on only what it holds, as strictly
             child_type, child = g.constraint_of(call.params.get("Constraints"))
-            if not g.at_least_as_strict(grant, child_type, child):
+            if not g.at_least_as_strict(grant, child_type, child,
+                                        g.source_arn_of(call.params.get("Constraints"))):
                 continue
             if not set(call.params.get("Operations") or ()) <= set(grant.operations):
                 continue

@@ -10,6 +10,7 @@ the key stream, never conflict with a grant change. Lists read the projection
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import secrets
 from typing import Any
@@ -20,7 +21,6 @@ from kms.domain.errors import (
     InvalidArnException,
     InvalidGrantIdException,
     NotFoundException,
-    UnsupportedOperationException,
     ValidationException,
 )
 from kms.domain.key import Key, check_state
@@ -45,15 +45,13 @@ def _check_principal(value: str, *, service_ok: bool) -> None:
     raise InvalidArnException(f"ARN does not refer to a valid principal: {value}")
 
 
-def _no_service_principals(p: dict[str, Any], *members: str) -> None:
-    """Service principals as grantees or retirees (the model's *ServicePrincipal members,
-    with the SourceArn constraint they need) are not built: refused, never ignored."""
-    for member in members:
-        if member in p:
-            raise UnsupportedOperationException(
-                f"{member} (grants to AWS service principals) is not supported by this "
-                "service."
-            )
+def _service_filter(call: Call, member: str) -> None:
+    """A *ServicePrincipal filter of ListGrants/ListRetirableGrants is only usable by
+    callers in a service principal (the model's words)."""
+    if call.caller.principal_type != "AWSService":
+        raise ValidationException(
+            f"The {member} filter is only usable by callers in a service principal."
+        )
 
 
 def _check_grant_id(grant_id: str) -> None:
@@ -87,10 +85,19 @@ def grant_entry(svc: Service, grant: g.Grant) -> dict[str, Any]:
     }
     if grant.name:
         entry["Name"] = grant.name
-    if grant.retiring_principal:
+    if grant.grantee_service_principal:
+        entry["GranteeServicePrincipal"] = grant.grantee_service_principal
+    if grant.retiring_service_principal:
+        entry["RetiringServicePrincipal"] = grant.retiring_service_principal
+    elif grant.retiring_principal:
         entry["RetiringPrincipal"] = grant.retiring_principal
+    constraints: dict[str, Any] = {}
     if grant.constraint_type:
-        entry["Constraints"] = {grant.constraint_type: dict(grant.constraint)}
+        constraints[grant.constraint_type] = dict(grant.constraint)
+    if grant.source_arn:
+        constraints[g.SOURCE_ARN] = grant.source_arn
+    if constraints:
+        entry["Constraints"] = constraints
     return entry
 
 
@@ -103,21 +110,19 @@ def _grant_page(svc: Service, grants: list[g.Grant], p: dict[str, Any]) -> dict[
 
 @operation("CreateGrant", read_only=False)
 async def create_grant(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
-    _no_service_principals(p, "GranteeServicePrincipal", "RetiringServicePrincipal")
-    if "SourceArn" in (p.get("Constraints") or {}):
-        raise UnsupportedOperationException(
-            "The SourceArn grant constraint (grants to AWS service principals) is not "
-            "supported by this service."
-        )
-    if "GranteePrincipal" not in p:
-        raise ValidationException(
-            "You must specify either GranteePrincipal or GranteeServicePrincipal."
-        )
+    grantee_service = p.get("GranteeServicePrincipal", "")
+    retiring_service = p.get("RetiringServicePrincipal", "")
+    source_arn = g.source_arn_of(p.get("Constraints"))
+    g.check_grantees(p.get("GranteePrincipal", ""), grantee_service,
+                     p.get("RetiringPrincipal", ""), retiring_service, source_arn)
     key = svc.key_for(call, p["KeyId"], "CreateGrant", allow_alias=False)
-    grantee = p["GranteePrincipal"]
-    _check_principal(grantee, service_ok=False)
-    retiring = p.get("RetiringPrincipal", "")
-    if retiring:
+    # A service principal is listed as the grantee too (GrantListEntry), and indexed as the
+    # name such a caller answers to (grant_access.caller_forms: its own name).
+    grantee = grantee_service or p["GranteePrincipal"]
+    if not grantee_service:
+        _check_principal(grantee, service_ok=False)
+    retiring = retiring_service or p.get("RetiringPrincipal", "")
+    if retiring and not retiring_service:
         _check_principal(retiring, service_ok=True)
     operations = tuple(dict.fromkeys(p["Operations"]))
     if not operations:
@@ -133,7 +138,8 @@ async def create_grant(svc: Service, call: Call, p: dict[str, Any]) -> dict[str,
         key_id=key.key_id, grant_id="", grantee_principal=grantee,
         retiring_principal=retiring, operations=operations,
         constraint_type=constraint_type, constraint=constraint, name=p.get("Name", ""),
-        issuing_account=key.account,
+        issuing_account=key.account, grantee_service_principal=grantee_service,
+        retiring_service_principal=retiring_service, source_arn=source_arn,
     )
     existing = next((gr for gr in svc.grants.named(key.key_id, wanted.name)
                      if gr.same_request(wanted)), None)
@@ -142,19 +148,17 @@ async def create_grant(svc: Service, call: Call, p: dict[str, Any]) -> dict[str,
     else:
         g.check_quota(svc.grants.count(key.key_id))
         grant_id = secrets.token_hex(32)
-        call.emit(stream, [g.GrantCreated(
-            key_id=key.key_id, grant_id=grant_id, grantee_principal=grantee,
-            retiring_principal=retiring, operations=operations,
-            constraint_type=constraint_type, constraint=constraint, name=wanted.name,
-            issuing_account=key.account,
-        )])
+        call.emit(stream, [dataclasses.replace(wanted, grant_id=grant_id)])
     call.additional["grantId"] = grant_id
     return {"GrantToken": new_token(svc.region, key.key_id, grant_id), "GrantId": grant_id}
 
 
 @operation("ListGrants", read_only=True)
 async def list_grants(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
-    _no_service_principals(p, "GranteeServicePrincipal")
+    if "GranteePrincipal" in p and "GranteeServicePrincipal" in p:
+        raise ValidationException(
+            "You can specify either GranteePrincipal or GranteeServicePrincipal, but not both."
+        )
     key = svc.key_for(call, p["KeyId"], "ListGrants", allow_alias=False)
     grants = svc.grants.of_key(key.key_id)
     if "GrantId" in p:
@@ -162,18 +166,35 @@ async def list_grants(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, 
         grants = [gr for gr in grants if gr.grant_id == p["GrantId"]]
     if "GranteePrincipal" in p:
         grants = [gr for gr in grants if gr.grantee_principal == p["GranteePrincipal"]]
+    if "GranteeServicePrincipal" in p:
+        _service_filter(call, "GranteeServicePrincipal")
+        grants = [gr for gr in grants
+                  if gr.grantee_service_principal == p["GranteeServicePrincipal"]]
     return _grant_page(svc, grants, p)
 
 
 @operation("ListRetirableGrants", read_only=True)
 async def list_retirable_grants(svc: Service, call: Call, p: dict[str, Any]) -> dict[str, Any]:
-    _no_service_principals(p, "RetiringServicePrincipal")
-    if "RetiringPrincipal" not in p:
+    if "RetiringPrincipal" in p and "RetiringServicePrincipal" in p:
+        raise ValidationException(
+            "You must specify either RetiringPrincipal or RetiringServicePrincipal, but not "
+            "both."
+        )
+    if "RetiringPrincipal" not in p and "RetiringServicePrincipal" not in p:
         raise ValidationException(
             "You must specify either RetiringPrincipal or RetiringServicePrincipal."
         )
-    authz.authorize(call, "ListRetirableGrants", None, account=svc.account)
-    return _grant_page(svc, svc.grants.retirable_by(p["RetiringPrincipal"]), p)
+    service = p.get("RetiringServicePrincipal")
+    if service is None:
+        authz.authorize(call, "ListRetirableGrants", None, account=svc.account)
+        grants = [gr for gr in svc.grants.retirable_by(p["RetiringPrincipal"])
+                  if not gr.retiring_service_principal]
+        return _grant_page(svc, grants, p)
+    _service_filter(call, "RetiringServicePrincipal")
+    if call.caller.principal_arn != service:  # the authorized resource: the principal named
+        authz.authorize(call, "ListRetirableGrants", None, account=svc.account)
+    return _grant_page(svc, [gr for gr in svc.grants.retirable_by(service)
+                             if gr.retiring_service_principal == service], p)
 
 
 def may_retire(call: Call, grant: g.Grant) -> bool:

@@ -170,19 +170,12 @@ def test_operations_must_fit_the_key(server: ServerProcess, kms: Any) -> None:
     assert grant_ids(kms, symmetric) == []
 
 
-def test_grantee_required_and_service_principals_refused(
-        server: ServerProcess, raw_kms: Any) -> None:
+def test_grantee_required(server: ServerProcess, raw_kms: Any) -> None:
+    """(Service principal grantees: tests/api/test_service_principal_grants.py.)"""
     key_id = new_key(raw_kms)
     refused_alone(server, raw_kms.create_grant, "ValidationException",
                   "You must specify either GranteePrincipal or GranteeServicePrincipal.",
                   KeyId=key_id, Operations=["Decrypt"])
-    for params in ({"GranteeServicePrincipal": "ec2.amazonaws.com",
-                    "RetiringPrincipal": CAROL},
-                   {"GranteePrincipal": ALICE, "RetiringServicePrincipal": "ec2.amazonaws.com"},
-                   {"GranteePrincipal": ALICE,
-                    "Constraints": {"SourceArn": "arn:aws:ec2:us-east-1:111122223333:x/y"}}):
-        refused_alone(server, raw_kms.create_grant, "UnsupportedOperationException",
-                      KeyId=key_id, Operations=["Decrypt"], **params)
     refused_alone(server, raw_kms.list_retirable_grants, "ValidationException")
     assert raw_kms.list_grants(KeyId=key_id)["Grants"] == []
 
