@@ -266,6 +266,10 @@ _KEYS: dict[str, Lookup] = {
     "kms:replicaregion": _member("ReplicaRegion"),
     "kms:primaryregion": _member("PrimaryRegion"),
     "kms:granteeprincipal": _member("GranteePrincipal"),
+    "kms:granteeserviceprincipal": _member("GranteeServicePrincipal"),
+    "kms:grantconstraintsourcearn": lambda c: _optional(str(
+        (c.call.params.get("Constraints") or {}).get("SourceArn", "")))
+    if c.call.operation == "CreateGrant" else None,
     "kms:retiringprincipal": _member("RetiringPrincipal"),
     "kms:grantoperations": _grant_operations,
     "kms:grantconstrainttype": _grant_constraint_type,
@@ -282,6 +286,9 @@ _KEYS: dict[str, Lookup] = {
     "aws:principaltype": lambda c: (_PRINCIPAL_TYPES.get(c.call.caller.principal_type,
                                                          c.call.caller.principal_type),),
     "aws:tagkeys": _tag_keys,
+    "aws:sourcearn": lambda c: _optional(c.call.caller.source_arn),
+    "aws:sourceaccount": lambda c: _optional(c.call.caller.source_arn.split(":")[4]
+                                             if c.call.caller.source_arn else ""),
     "aws:sourceip": lambda c: None if c.call.caller.forwarded_by
     else _optional(c.call.caller.source_ip),
     "aws:currenttime": _current_time,

@@ -178,3 +178,35 @@ def test_a_malformed_service_header_is_refused_not_ignored(server: ServerProcess
     for service, source_arn in (("logs", GROUP), (LOGS, "log-group:payments")):
         refused_alone(server, as_service(server, service, source_arn).list_keys,
                       "ValidationException")
+
+
+def test_key_policies_see_the_service_grant_and_the_source_arn(
+        server: ServerProcess, kms: Any) -> None:
+    """kms:GranteeServicePrincipal and kms:GrantConstraintSourceArn on CreateGrant;
+    aws:SourceArn and aws:SourceAccount on the service's own calls."""
+    policy = json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": ROOT}, "NotAction": "kms:CreateGrant",
+         "Resource": "*"},
+        {"Effect": "Allow", "Principal": {"AWS": ROOT}, "Action": "kms:CreateGrant",
+         "Resource": "*", "Condition": {"StringEquals": {
+             "kms:GranteeServicePrincipal": LOGS, "kms:GrantConstraintSourceArn": GROUP}}},
+        {"Effect": "Allow", "Principal": {"Service": LOGS}, "Action": "kms:Encrypt",
+         "Resource": "*", "Condition": {"ArnLike": {"aws:SourceArn": GROUP.replace(ACCOUNT, "*")},
+                                        "StringEquals": {"aws:SourceAccount": ACCOUNT}}}]})
+    key_id = kms.create_key(Policy=policy)["KeyMetadata"]["KeyId"]
+    denied = "AccessDeniedException"
+
+    service_grant(kms, key_id, Operations=["Decrypt", "RetireGrant"])
+    refused_alone(server, kms.create_grant, denied, KeyId=key_id,
+                  GranteeServicePrincipal=LOGS, RetiringServicePrincipal=LOGS,
+                  Operations=["Decrypt"], Constraints={"SourceArn": OTHER_GROUP})
+    refused_alone(server, kms.create_grant, denied, KeyId=key_id, GranteePrincipal=ALICE,
+                  Operations=["Decrypt"], Constraints={"SourceArn": GROUP})
+    assert len(kms.list_grants(KeyId=key_id)["Grants"]) == 1
+    blob = as_service(server).encrypt(KeyId=key_id, Plaintext=b"line")["CiphertextBlob"]
+    assert as_service(server).decrypt(CiphertextBlob=blob)["Plaintext"] == b"line"
+    refused_alone(server, as_service(server, source_arn=OTHER_GROUP).encrypt, denied,
+                  KeyId=key_id, Plaintext=b"line")
+    elsewhere = "arn:aws:logs:us-east-1:444455556666:log-group:payments"  # ArnLike matches
+    refused_alone(server, as_service(server, source_arn=elsewhere).encrypt, denied,
+                  KeyId=key_id, Plaintext=b"line")
