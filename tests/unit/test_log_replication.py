@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from kms.domain import events as ev
+from kms.domain.errors import KMSInternalException
 from kms.store import replication
 from kms.store.log import AUDIT_STREAM, Append, EventLog, MemoryLog, ReplicatedRow
 from kms.store.sqlite import SqliteLog
@@ -387,3 +388,20 @@ async def test_a_cancelled_caller_never_stops_the_writer_nor_loses_a_queued_rese
             await task
     assert log.writable and (log.last_seq, log.cursor(ORIGIN)) == (0, 0)
     assert len(await log.append_replicated(ORIGIN, sent, through)) == 3
+
+
+async def test_a_reset_whose_wipe_breaks_is_answered_and_the_writer_says_why_it_stopped(
+        backend: Backend, capsys: pytest.CaptureFixture[str]) -> None:
+    """A subscriber raising on the wipe (or the wipe itself failing) fails the reset's
+    caller instead of leaving it waiting, and the stopped writer is logged."""
+    def breaks_on_wipe(envelopes: object) -> None:
+        if envelopes is None:
+            raise RuntimeError("subscriber broke")
+
+    log = await backend.open()
+    log.subscribe(breaks_on_wipe)
+    with pytest.raises(KMSInternalException):
+        await asyncio.wait_for(log.reset(), 30)  # a bound on a hang, not a timing assertion
+    await asyncio.sleep(0)  # the writer's done-callback
+    assert not log.writable
+    assert "event_log_writer_stopped" in capsys.readouterr().out
