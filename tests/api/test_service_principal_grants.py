@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tests.api.test_aws_parity import log_seq, refused_alone
 from tests.conftest import client_for
+from tests.support.secured import secured_fixture
 from tests.support.server import ServerProcess
 
 ACCOUNT = "111122223333"
@@ -210,3 +212,39 @@ def test_key_policies_see_the_service_grant_and_the_source_arn(
     elsewhere = "arn:aws:logs:us-east-1:444455556666:log-group:payments"  # ArnLike matches
     refused_alone(server, as_service(server, source_arn=elsewhere).encrypt, denied,
                   KeyId=key_id, Plaintext=b"line")
+
+
+ALICE_KEYS = ("AKIAALICE00000000001", "alice-secret-key")
+ALLOW_ALL = json.dumps({"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Action": "kms:*", "Resource": "*"}]})
+CONFIG = f"""
+account_id = "{ACCOUNT}"
+[[principals]]
+arn = "{ALICE}"
+access_key_id = "{ALICE_KEYS[0]}"
+secret_access_key = "{ALICE_KEYS[1]}"
+policies = ['{ALLOW_ALL}']
+"""
+
+
+def write_config(tmp: Path) -> Path:
+    path = tmp / "kms.toml"
+    path.write_text(CONFIG)
+    return path
+
+
+secured = secured_fixture("service-principals", write_config)
+
+
+def test_a_secured_node_ignores_the_dev_service_headers(secured: ServerProcess) -> None:
+    alice: Any = client_for(secured.url, access_key=ALICE_KEYS[0], secret=ALICE_KEYS[1])
+    key_id = alice.create_key()["KeyMetadata"]["KeyId"]
+    service_grant(alice, key_id)
+    posing: Any = client_for(secured.url, access_key=ALICE_KEYS[0], secret=ALICE_KEYS[1])
+    posing.meta.events.register("before-sign.kms.*", headers(LOGS, GROUP))
+
+    # Signed by alice, it is alice's call: the service filter is not hers to use.
+    refused_alone(secured, posing.list_grants, "ValidationException",
+                  "The GranteeServicePrincipal filter is only usable by callers in a service "
+                  "principal.", KeyId=key_id, GranteeServicePrincipal=LOGS)
+    assert posing.encrypt(KeyId=key_id, Plaintext=b"x")["KeyId"].endswith(key_id)
