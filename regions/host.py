@@ -171,6 +171,15 @@ class RegionHost(Regions):
         node.service.regions = self if node is self.own else _Hosted(self)
         self.replication.add(node)
 
+    def reset_refusal(self) -> str | None:
+        peers = sorted(self.topology.peers)
+        if not peers:
+            return None
+        return (f"Reset is refused: this node has peers ({', '.join(peers)}), which keep "
+                "replication cursors into its log and replicas of its keys, so a wipe of "
+                "this node alone would leave them diverged. Stop every node and start them "
+                "again with empty data dirs (python ops/cluster.py down, then up) instead.")
+
     async def reset(self) -> None:
         """Wipe every hosted region with no pull under way: a pull fetched before one
         region's wipe must not land in another after its wipe (stale rows, or a cursor

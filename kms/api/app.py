@@ -167,6 +167,10 @@ class Regions:
         for node in reversed(self.nodes()):
             await node.stop()
 
+    def reset_refusal(self) -> str | None:
+        """Why ``/_kms/reset`` cannot wipe these nodes, or None."""
+        return None
+
     async def reset(self) -> None:
         for node in self.nodes():
             await node.reset()
@@ -515,6 +519,10 @@ def _brief(doc: dict[str, Any]) -> dict[str, Any]:
 
 async def dev_reset(request: web.Request) -> web.Response:
     regions = request.app[REGIONS]
+    refusal = regions.reset_refusal()
+    if refusal is not None:
+        return web.json_response({"__type": "UnsupportedOperationException",
+                                  "message": refusal}, status=409)
     for node in regions.nodes():  # what the wipe is about to drop
         log.info("dev_reset", region=node.config.region, log_seq=node.log.last_seq)
     await regions.reset()

@@ -538,3 +538,26 @@ def test_reset_while_replicating_leaves_every_region_empty_and_replication_worki
             "KeyState"] == "Enabled", f"the replica in {region} after the resets")
     for region in REGIONS:  # nothing came back from before the resets
         assert listed(kms[region]) == {key_id}, region
+
+
+def test_reset_is_refused_on_a_node_with_peers_and_wipes_nothing(tmp_path: Path) -> None:
+    """A peered --dev node (compose.yaml runs three) cannot be wiped alone: its peers keep
+    replication cursors into its log and replicas of its keys. The refusal says what to do
+    instead, and the node keeps its keys."""
+    peer_port = free_port()  # a peer that is not running: the refusal needs no contact
+    node = ServerProcess(tmp_path / "data", region="us-east-1",
+                         extra=["--peer", f"eu-west-1=http://127.0.0.1:{peer_port}"]).start()
+    try:
+        kms = client_for(node.url, region="us-east-1")
+        key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+        req = urllib.request.Request(node.url + "/_kms/reset", data=b"{}", method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=60)
+        doc = json.load(refused.value)
+        assert (refused.value.code, doc["__type"]) == (409, "UnsupportedOperationException")
+        assert "has peers (eu-west-1)" in doc["message"]
+        assert "python ops/cluster.py down, then up" in doc["message"]
+        assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"] == "Enabled"
+    finally:
+        node.stop()

@@ -48,7 +48,7 @@ class ServerProcess:
                 "--data-dir", str(self.data_dir), "--log-format", "json", *self.extra]
         return [*args, "--dev"] if self.dev else args
 
-    def start(self, timeout: float = 20.0) -> ServerProcess:
+    def start(self, timeout: float = 60.0) -> ServerProcess:  # a bound, not a timing test
         env = {**os.environ, **(self.env or {})}
         if self.log_path is None:
             self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE,
@@ -109,7 +109,7 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
-            out, _ = self.proc.communicate(timeout=15)
+            out, _ = self.proc.communicate(timeout=60)  # a bound for a stuck stop
         except subprocess.TimeoutExpired:
             self.proc.kill()
             out, _ = self.proc.communicate()
