@@ -4,8 +4,12 @@ One ``--dev`` node; the same closed-loop wrk load as bench_crypto.py (its harnes
 in --rounds alternating runs without and with a follower: ``kms audit tail --follow --json
 --event-name Encrypt`` as a subprocess writing to a file, as a consumer would run it. After
 each followed run the follower's catch-up is awaited: the time from the end of the load until
-it has printed every Encrypt record of the run (lag at the end of the load), and the
-follower's own CPU per request is read from /proc (a client sharing the node's cores).
+it has printed every Encrypt record of the run (lag at the end of the load), the
+follower's own CPU per request is read from /proc (a client sharing the node's cores), and
+the rows the log gained beyond one per Encrypt are counted: the ``ReadAuditStream`` records
+of the follower's reads (each read that returns records is answered only once one is
+durable), per 1,000 Encrypts. Throughput and server CPU per Encrypt are given as ratios,
+followed over alone.
 
     python ops/bench/bench_audit.py [--duration 10 --concurrency 32 --rounds 2 --warmup 2]
 
@@ -116,10 +120,15 @@ def main() -> int:
                         try:
                             start = lines_in(out) if out else 0
                             cpu0 = cpu_seconds(proc.pid) if proc is not None else 0.0
+                            seq0 = int(node.health()["log_seq"])
                             r = measured(node, script, c, a.duration / a.rounds, a.threads)
                             made += r["requests"]
                             if out is not None and proc is not None:
                                 lag = caught_up(out, made)
+                                # the rows beyond one per Encrypt: the follower's reads'
+                                r["read_records_per_1k"] = round(1000 * (
+                                    int(node.health()["log_seq"]) - seq0 - r["requests"])
+                                    / r["requests"], 2)
                                 r["follower_catch_up_s"] = -1.0 if lag is None else lag
                                 r["follower_records"] = lines_in(out) - start
                                 # the follower's own CPU (a client on the same cores)
@@ -131,7 +140,8 @@ def main() -> int:
                                 proc.wait(timeout=15)
                         runs[case].append(r)
                         extra = (f"  follower caught up {r['follower_catch_up_s']:.2f}s after,"
-                                 f" its CPU {r['follower_cpu_us_per_op']:.0f} us/op"
+                                 f" its CPU {r['follower_cpu_us_per_op']:.0f} us/op, read "
+                                 f"records {r['read_records_per_1k']:.1f}/1k"
                                  if case == "followed" else "")
                         print(f"  {case:9} c={c:<4} {r['ops_s']:8.0f} ops/s  p50 "
                               f"{r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  CPU "
@@ -147,19 +157,27 @@ def main() -> int:
                         pair[case]["follower_cpu_us_per_op"] = round(sum(
                             x["follower_cpu_us_per_op"] * x["requests"] for x in runs[case])
                             / sum(x["requests"] for x in runs[case]), 1)
+                        pair[case]["read_records_per_1k"] = round(sum(
+                            x["read_records_per_1k"] * x["requests"] for x in runs[case])
+                            / sum(x["requests"] for x in runs[case]), 2)
                     results.append(pair[case])
                 pair["followed"]["ratio_ops_s"] = round(
                     pair["followed"]["ops_s"] / pair["alone"]["ops_s"], 3)
+                pair["followed"]["ratio_cpu_us_per_op"] = round(
+                    pair["followed"]["server_cpu_us_per_op"]
+                    / pair["alone"]["server_cpu_us_per_op"], 3)
         finally:
             if node is not None:
                 node.stop()
     print("\nEncrypt with a follower of /_kms/audit (kms audit tail --follow) beside without")
     print(f"{'case':16}{'ops/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'CPU us/op':>10}{'ratio':>7}"
-          f"{'catch-up s':>11}{'follower CPU us/op':>19}")
+          f"{'CPU ratio':>10}{'catch-up s':>11}{'follower CPU us/op':>19}"
+          f"{'read records/1k':>16}")
     for r in results:
-        ratio = f"{r['ratio_ops_s']:7.2f}" if "ratio_ops_s" in r else " " * 7
+        ratio = (f"{r['ratio_ops_s']:7.2f}{r['ratio_cpu_us_per_op']:10.2f}"
+                 if "ratio_ops_s" in r else " " * 17)
         lag = (f"{r['follower_catch_up_s']:11.2f}{r['follower_cpu_us_per_op']:19.0f}"
-               if "follower_catch_up_s" in r else "")
+               f"{r['read_records_per_1k']:16.1f}" if "follower_catch_up_s" in r else "")
         print(f"{r['case'] + ' c=' + str(r['concurrency']):16}{r['ops_s']:8.0f}"
               f"{r['p50_ms']:8.2f}{r['p99_ms']:8.2f}{r['server_cpu_us_per_op']:10.0f}{ratio}"
               f"{lag}")
