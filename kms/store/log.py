@@ -180,15 +180,6 @@ class EventLog(abc.ABC):
             await self._close()
             raise
         self._writer = asyncio.create_task(self._run(), name="event-log-writer")
-        self._writer.add_done_callback(self._writer_ended)
-
-    def _writer_ended(self, task: asyncio.Task[None]) -> None:
-        """Say why the writer stopped when it did not stop by ``close`` (the node then
-        refuses writes: the health endpoint shows it too)."""
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception()
-            log.error("event_log_writer_stopped", region=self.region,
-                      error=f"{type(exc).__name__}: {exc}")
 
     @property
     def writable(self) -> bool:
@@ -356,23 +347,16 @@ class EventLog(abc.ABC):
             if row.origin_seq > done:
                 yield row.stream, event, r.origin_region, row.origin_seq, row.at_ms, row.body
 
-    def _head(self, moved: dict[str, int], stream: str) -> int:
-        """A stream's version as of the batch so far: what it moved, else as committed."""
-        got = moved.get(stream)
-        return self._heads.get(stream, 0) if got is None else got
-
-    def _rows_for(self, pending: _Pending, moved: dict[str, int], seq: int, prev: bytes,
+    def _rows_for(self, pending: _Pending, heads: dict[str, int], seq: int, prev: bytes,
                   cursors: dict[str, int],
                   ) -> tuple[list[_Row], list[ev.Envelope], dict[str, int], int, bytes]:
-        """Rows and envelopes of one pending append, continuing the chain from seq/prev, and
-        the heads it moves (on top of ``moved``, the batch's so far): work in proportion to
-        its rows, never to the number of streams in the log."""
-        heads: dict[str, int] = {}
+        """Rows and envelopes of one pending append, continuing the chain from seq/prev."""
+        heads = dict(heads)
         rows: list[_Row] = []
         envs: list[ev.Envelope] = []
         for stream, event, origin, origin_seq, at_ms, body in self._items(pending, cursors):
             seq += 1
-            version = (heads[stream] if stream in heads else self._head(moved, stream)) + 1
+            version = heads.get(stream, 0) + 1
             heads[stream] = version
             o_seq = seq if origin_seq is None else origin_seq
             h = row_hash(prev, seq, stream, version, event.type_name, origin, o_seq, at_ms,
@@ -384,14 +368,14 @@ class EventLog(abc.ABC):
         return rows, envs, heads, seq, prev
 
     async def _commit_batch(self, batch: list[_Pending]) -> None:
-        heads: dict[str, int] = {}  # the streams this batch moves, over self._heads
+        heads = dict(self._heads)
         seq, prev = self.last_seq, self._last_hash
         cursors = dict(self._cursors)
         rows: list[_Row] = []
         accepted: list[tuple[_Pending, list[ev.Envelope]]] = []
         for pending in batch:
             conflict = any(
-                a.expected is not None and self._head(heads, a.stream) != a.expected
+                a.expected is not None and heads.get(a.stream, 0) != a.expected
                 for a in pending.appends
             )
             if conflict:
@@ -404,8 +388,7 @@ class EventLog(abc.ABC):
                 _fail(pending.future, KMSInternalException("The request could not be recorded."))
                 continue
             rows.extend(rows_of)
-            heads.update(p_heads)
-            seq, prev = p_seq, p_prev
+            heads, seq, prev = p_heads, p_seq, p_prev
             r = pending.replicated
             if r is not None and r.through > cursors.get(r.origin_region, 0):
                 cursors[r.origin_region] = r.through
@@ -433,8 +416,7 @@ class EventLog(abc.ABC):
             raise LogCorrupted("commit failed; refusing further writes") from exc
         self.batches += 1
         self.degraded = False
-        self._heads.update(heads)
-        self.last_seq, self._last_hash = seq, prev
+        self._heads, self.last_seq, self._last_hash = heads, seq, prev
         self._cursors = cursors
         checkpointing.counted(self, rows, checkpoint)
         for row in rows:
@@ -513,18 +495,11 @@ class EventLog(abc.ABC):
 
     async def _do_wipe(self, pending: _Pending) -> None:
         try:
-            await self._wipe_all()
-        except BaseException:  # the reset's caller is answered whatever broke (never waits)
-            _fail(pending.future, KMSInternalException("reset failed"))
-            raise
-        _settle(pending.future, [])
-
-    async def _wipe_all(self) -> None:
-        try:
             if self.checkpointer is not None:  # first: a crash mid-wipe must not leave a
                 self.checkpointer.wiped()      # witness the emptied log cannot match
             await self._wipe()
         except Exception as exc:
+            _fail(pending.future, KMSInternalException("reset failed"))
             raise LogCorrupted("wipe failed") from exc
         self._heads.clear()
         self.vault.clear()
@@ -536,6 +511,7 @@ class EventLog(abc.ABC):
         self._floor, self._pruned_max = 0, 0
         for fn in (*self._subscribers, *self._audit_subscribers):
             fn(None)
+        _settle(pending.future, [])
 
     # -- storage hooks ------------------------------------------------------------------------
     @abc.abstractmethod
