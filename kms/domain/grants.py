@@ -3,7 +3,9 @@
 Rules: pure (no I/O, clock or randomness: grant ids and creation times arrive from the
 service). Grants live on their own stream per key (``grants/<key id>``), never on the key
 stream, so creating or ending one never moves what a cryptographic call pinned. Grants are
-per region: the stream is never shipped to peers.
+per region: the stream is never shipped to peers. A grantee is an IAM principal or an AWS
+service principal; the SourceArn constraint binds a grant to the resource a call is made
+for (aws:SourceArn), beside an encryption context constraint or alone.
 """
 
 from __future__ import annotations

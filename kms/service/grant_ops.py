@@ -5,7 +5,9 @@ Rules: a key's grants live on ``grants/<key id>`` (kms.domain.grants); a decisio
 that stream (so two changes to one key's grants order themselves) and the key stream only
 as a guard, never writing it, so in-flight cryptographic calls on the key, which pin only
 the key stream, never conflict with a grant change. Lists read the projection
-(``Service.grants``). CreateGrant's audit fact carries the grant id.
+(``Service.grants``). CreateGrant's audit fact carries the grant id. A grant to an AWS
+service principal (GranteeServicePrincipal) is indexed under that name, the one such a
+caller answers to, and holds only for calls whose aws:SourceArn is its SourceArn.
 """
 
 from __future__ import annotations
