@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from kms.domain import multi_region as mr
-from tests.api.test_audit_stream import read_all
 from tests.conftest import client_for
+from tests.support.audit_stream import read_all
 from tests.support.cluster import region_cli
 from tests.support.expect import eventually
 from tests.support.secured import ACCOUNT, ALICE, ALLOW_ALL, peered_pair

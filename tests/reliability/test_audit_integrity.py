@@ -432,7 +432,7 @@ def test_a_live_log_cut_back_behind_its_export_fails_verify(tmp_path: Path) -> N
 
 
 def test_a_cross_account_call_is_exported_to_both_accounts(tmp_path: Path) -> None:
-    from tests.api.test_audit_stream import ALICE, CROSS, OLGA, OTHER
+    from tests.support.audit_stream import ALICE, CROSS, OLGA, OTHER
 
     config = tmp_path / "kms.toml"
     config.write_text(CROSS)

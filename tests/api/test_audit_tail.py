@@ -1,0 +1,69 @@
+"""``kms audit tail``: prints one line per record, filters by errors, key, time, region and
+event name, and follows the stream.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from tests.conftest import ACCOUNT, REGION, client_for
+from tests.support.audit_stream import (
+    EVENT_TIME,
+    READ,
+    rid,
+    tail,
+)
+from tests.support.server import ServerProcess
+
+
+def test_kms_audit_tail_prints_filters_and_follows(server: ServerProcess, kms: Any) -> None:
+    key = kms.create_key(Description="tailed")["KeyMetadata"]
+    kms.encrypt(KeyId=key["KeyId"], Plaintext=b"x")
+    with pytest.raises(ClientError):
+        kms.describe_key(KeyId="alias/absent")
+    other = client_for(server.url, region="eu-west-1")
+    other.create_key()
+
+    out = tail(server.url)
+    assert out.returncode == 0, out.stderr
+    lines = [line for line in out.stdout.splitlines() if READ not in line]
+    assert [line.split()[1:3] for line in lines] == [
+        [REGION, "CreateKey"], [REGION, "Encrypt"], [REGION, "DescribeKey"]]
+    assert all(EVENT_TIME.match(line.split()[0]) for line in lines)
+    assert lines[1].split()[3:5] == [f"arn:aws:iam::{ACCOUNT}:root", key["KeyId"]]
+    assert lines[2].endswith("NotFoundException: Alias arn:aws:kms:us-east-1:"
+                             f"{ACCOUNT}:alias/absent is not found.")
+
+    errors = tail(server.url, "--errors").stdout.splitlines()
+    assert len(errors) == 1 and "DescribeKey" in errors[0]
+    keyed = tail(server.url, "--key", key["Arn"], "--json").stdout.splitlines()
+    assert [json.loads(line)["eventName"] for line in keyed] == ["CreateKey", "Encrypt"]
+    assert tail(server.url, "--since", "2999-01-01T00:00:00Z").stdout == ""
+
+    both = tail(server.url, "--region", REGION, "--region", "eu-west-1", "--event-name",
+                "CreateKey").stdout.splitlines()
+    assert sorted(line.split()[1] for line in both) == ["eu-west-1", REGION]
+
+    follow = subprocess.Popen([sys.executable, "-m", "regions.cli", "audit", "tail",
+                               "--endpoint", server.url, "--follow", "--json",
+                               "--event-name", "TagResource"],
+                              stdout=subprocess.PIPE, text=True)
+    seen: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [seen.put(line) for line in follow.stdout or ()],
+                              daemon=True)
+    reader.start()
+    try:
+        tagged = kms.tag_resource(KeyId=key["KeyId"], Tags=[{"TagKey": "a", "TagValue": "b"}])
+        line = seen.get(timeout=30)
+        assert json.loads(line)["requestID"] == rid(tagged)
+    finally:
+        follow.terminate()
+        follow.wait(timeout=15)
