@@ -9,7 +9,9 @@ a role listed there covers its assumed-role sessions (a role with a path too). E
 refusal is a JSON ``{"__type", "message"}`` with an HTTP status. An unsigned or badly
 signed request, or a caller not named in ``admins``, leaves one audit fact
 (``PromoteReplicaKey`` or ``ListMultiRegionConflicts``; AccessDenied for a non-admin) and
-changes nothing else; a promotion done is its ``PromoteReplicaKey`` AwsServiceEvent.
+changes nothing else; a promotion done is its ``PromoteReplicaKey`` AwsServiceEvent. The
+conflicts answer also names this region's orphaned keys (``Orphans``: a replica whose
+``ReplicaAdded`` was fenced) with what to do about each.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from kms.identity import Principal
 from kms.node import Node
 from kms.service import region_ops
 from kms.service.core import Caller, printable
+from regions.replication import is_orphan
 
 if TYPE_CHECKING:
     from regions.host import RegionHost
@@ -172,4 +175,27 @@ class Admin:
         if isinstance(node, web.Response):
             return node
         return web.json_response({"Region": node.config.region,
-                                  "Conflicts": region_ops.conflicts(node.service)})
+                                  "Conflicts": region_ops.conflicts(node.service),
+                                  "Orphans": orphans(node)})
+
+
+def orphans(node: Node) -> list[dict[str, Any]]:
+    """This region's keys that their multi-region key's set no longer lists (regions.
+    replication.is_orphan), with what an operator can do about each."""
+    out: list[dict[str, Any]] = []
+    state = node.service.state
+    for key_id, mrk in sorted(state.mrks.items()):
+        key = state.keys.get(key_id)
+        if key is None or not is_orphan(key, mrk):
+            continue
+        here, primary = key.region, mrk.primary_region
+        out.append({"KeyId": key_id, "KeyArn": key.arn, "Region": here,
+                    "KeyState": key.state.value, "PrimaryRegion": primary,
+                    "Epoch": mrk.epoch,
+                    "Hint": f"The key in {here} is not a member of its multi-Region key: the "
+                            "primary that replicated it here lost its epoch. It keeps its "
+                            "material and still decrypts what it encrypted, but no longer "
+                            f"follows the primary. ReplicateKey from {primary} to {here} "
+                            f"makes it a member again; ScheduleKeyDeletion in {here} "
+                            "removes it."})
+    return out

@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(promote)
     promote.add_argument("key_id", metavar="KEY_ID", help="a multi-Region key id or ARN")
     conflicts = sub.add_parser("conflicts", help="list events an old primary wrote under an "
-                               "old epoch that were fenced")
+                               "old epoch that were fenced, and keys orphaned by them")
     common(conflicts)
     return parser
 
@@ -127,6 +127,8 @@ def conflicts(args: argparse.Namespace) -> int:
         print(f"{c['KeyId']}: {c['EventType']} written in {c['Region']} under epoch "
               f"{c['Epoch']} (origin seq {c['OriginSeq']}, {_when(c['Time'])}) fenced by "
               f"epoch {c['FencedByEpoch']}, primary {c['PrimaryRegion']}")
+    for o in out.get("Orphans", []):  # a node before orphans were reported has none
+        print(f"{o['KeyId']}: orphaned in {o['Region']} ({o['KeyState']}). {o['Hint']}")
     return 0
 
 

@@ -13,8 +13,11 @@ primary whose own key is not Enabled declines it instead, and the old one stays 
 ``SynchronizeMultiRegionKey``/``DeleteImportedKeyMaterial`` for an imported key's rotation
 or withdrawn pending material (its own copy of the same bytes); and
 ``ScheduleKeyDeletion`` when a primary's last replica is gone (PendingReplicaDeletion ->
-PendingDeletion). It reads only committed state, so after a crash it finishes what was left
-undone.
+PendingDeletion). A key here that the set no longer lists (``is_orphan``: its replica was
+added by a primary whose epoch was fenced) is never deleted; it only goes back to
+encrypting under a version the members hold (``SynchronizeMultiRegionKey``), and
+``kms region conflicts`` names it. It reads only committed state, so after a crash it
+finishes what was left undone.
 """
 
 from __future__ import annotations
@@ -44,6 +47,16 @@ PULL_LIMIT = 500
 Fetch = Callable[[int], Awaitable[tuple[Sequence[ReplicatedRow], int]]]
 
 
+def is_orphan(key: Key, mrk: mr.MultiRegionKey) -> bool:
+    """A key of this region that its multi-region key's set does not list: the replica a
+    primary made under an epoch it then lost (a same-epoch promotion's loser), its
+    ``ReplicaAdded`` fenced once the winner was heard of. It keeps its material and its
+    regional settings; it no longer follows the primary. The winner's ReplicateKey to its
+    region makes it a member again (it takes the versions it lacks); ScheduleKeyDeletion
+    removes it. Nothing here deletes it."""
+    return key.multi_region and key.region not in mrk.regions
+
+
 class Reactor:
     """What the receiving region does once replicated rows are in (one per region)."""
 
@@ -69,6 +82,11 @@ class Reactor:
                     done += await self._as_primary(mrk)
                     continue
                 if mrk.replica(self.region) is None:
+                    key = svc.state.keys.get(mrk.key_id)
+                    if key is not None and is_orphan(key, mrk):
+                        # Its ReplicaAdded was fenced (a primary that lost its epoch): kept,
+                        # never deleted here, but it encrypts under a version members hold.
+                        done += await self._restore_current(mrk)
                     continue
                 key = svc.state.keys.get(mrk.key_id)
                 if key is None:
