@@ -197,6 +197,7 @@ class Gateway:
         self.region = node.config.region
         self.dev = node.config.dev
         self.account = node.config.account_id
+        self.root = root_principal(self.account)  # --dev's caller for an unknown access key
         self.verifier = SigV4Verifier(node.credentials.secret, node.config.region,
                                       now=node.clock.now)
         self.request_id = RequestIds()
@@ -219,8 +220,8 @@ class Gateway:
                           request.query.get("X-Amz-Credential", "").partition("/")[0])
             principal = credentials.principal(access_key) if access_key else None
             via = request.headers.get("X-Kms-Via-Service", "").strip()
-            return as_service(caller_of(principal or root_principal(self.account),
-                                        access_key, request, via), request.headers)
+            return as_service(caller_of(principal or self.root, access_key, request, via),
+                              request.headers)
         access_key = (verifier or self.verifier).verify(
             request.method, request.raw_path.split("?", 1)[0], request.query_string,
             request.headers, body)
@@ -318,18 +319,19 @@ class Gateway:
         started = request[STARTED] = time.perf_counter()
         target = request.headers.get("X-Amz-Target", "")
         operation = operation_of(target)
-        caller = anonymous(request)
+        signed: Caller | None = None  # who signed it, once authenticated
         try:
             try:
                 body = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 raise PayloadTooLarge("The request body is too large.") from None
-            caller = self.caller(request, body)
+            signed = self.caller(request, body)
             params = parse_request(request, operation, target, body)
             if opening is not None:  # refusals before this are the own node's to audit
                 node = request[SERVED_BY] = await self.opened(opening)
         except Exception as exc:
             err = as_error(exc, request_id)
+            caller = signed or anonymous(request)  # built only for a refusal
             if operation or target:
                 if isinstance(err, AUTH_ERRORS) and caller.principal_arn == ANONYMOUS:
                     audited, ended = self.auth_failures.admit(caller.source_ip,
@@ -346,6 +348,7 @@ class Gateway:
             return answer(error_response(err, request_id), request_id, operation, started,
                           caller, err)
         request[AUDITED] = True  # the service records every call it is handed, even a failing one
+        caller = signed
         resolved: list[str] = []
         try:
             result = await node.service.call(operation, params, caller, request_id, resolved)

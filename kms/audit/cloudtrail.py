@@ -95,15 +95,38 @@ def _scrub(value: Any, shape_name: str | None) -> Any:
     return value
 
 
+_INPUTS: dict[str, tuple[str | None, frozenset[str]]] = {}  # per model operation only
+_NO_INPUT: tuple[str | None, frozenset[str]] = (None, frozenset())
+
+
+def _input_of(operation: str) -> tuple[str | None, frozenset[str]]:
+    """An operation's input shape and its members never logged, looked up once per model
+    operation (an unknown name, which a client chooses, is never kept)."""
+    got = _INPUTS.get(operation)
+    if got is None:
+        op = _model()["operations"].get(operation)
+        if op is None:
+            return _NO_INPUT
+        shape = op["input"]["shape"] if "input" in op else None
+        got = _INPUTS[operation] = (shape, _hidden(shape) if shape else frozenset())
+    return got
+
+
+# A scalar member is kept as it is whatever its shape (``_scrub`` and ``_camel_keys`` only
+# descend into dicts and lists, and drop bytes): no model walk for KeyId and its kind.
+_KEPT_AS_IS = frozenset({str, int, float, bool})
+
+
 def loggable_params(operation: str, params: dict[str, Any]) -> dict[str, Any]:
     """A request's members (PascalCase, as parsed) as the audit fact keeps them: camelCase,
     without any member the model marks sensitive or types as a blob, at any depth."""
-    op = _model()["operations"].get(operation)
-    shape = op["input"]["shape"] if op and "input" in op else None
-    hidden = _hidden(shape) if shape else frozenset()
+    shape, hidden = _input_of(operation)
     out: dict[str, Any] = {}
     for name, value in params.items():
         if name in hidden or isinstance(value, bytes | bytearray):
+            continue
+        if type(value) in _KEPT_AS_IS:
+            out[_camel(name)] = value
             continue
         out[_camel(name)] = _camel_keys(_scrub(value, _member_shape(shape, name)
                                                if shape else None), name)

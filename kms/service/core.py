@@ -9,6 +9,7 @@ moved, and fails closed: no durable audit fact, no answer.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -327,7 +328,9 @@ class Service:
             _resolved(resolved, c)
             if failed is not None:
                 raise failed from None
-            log.debug("decided", request_id=request_id, ms=(time.perf_counter() - started) * 1e3)
+            if log.is_enabled_for(logging.DEBUG):  # not even the figures unless it is emitted
+                log.debug("decided", request_id=request_id,
+                          ms=(time.perf_counter() - started) * 1e3)
             return result
         _resolved(resolved, c)
         err = KMSInternalException("The request conflicted with concurrent changes; retry it.")
@@ -504,6 +507,8 @@ def _reason(exc: BaseException) -> str:
 
 def printable(text: str) -> str:
     """Header-derived text as valid UTF-8 (headers may carry undecodable bytes)."""
+    if text.isascii():  # O(1) in CPython, and ASCII always encodes: the common case
+        return text
     try:
         text.encode("utf-8")
         return text
