@@ -9,6 +9,11 @@ and reported as medians, so drift and neighbours' load hit both alike.
 
     python ops/bench/bench_crypto.py [--duration 10 --concurrency 32,64 --rounds 2]
         [--ops encrypt,decrypt] [--plaintext-bytes 64] [--warmup 2] [--profile 5]
+        [--baseline TREE] [--keys N]
+
+``--baseline`` adds a node started from another source tree (``git archive <commit>``
+unpacked) to the same rotation, so candidate and baseline share the machine's drift;
+``--keys`` gives each node N more keys first (a log with many streams).
 
 Prints a table and writes ops/bench/results/crypto-<date>.json. See README.md.
 """
@@ -28,12 +33,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
-from collections import Counter
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pyspy_profile import profile_server  # noqa: E402  (beside this file)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -55,10 +61,11 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, name: str, args: list[str], port: int, stderr: Any) -> None:
+    def __init__(self, name: str, args: list[str], port: int, stderr: Any,
+                 cwd: Path = ROOT) -> None:
         self.name, self.port = name, port
         self.url = f"http://127.0.0.1:{port}"
-        self.proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+        self.proc = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=stderr)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -242,116 +249,6 @@ def combine(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-# -- profile ----------------------------------------------------------------------------------
-def _func(frame: str) -> str:
-    """'name (path/to/file.py:123)' -> 'name (file.py)' relative to site-packages/lib."""
-    m = re.match(r"^(.*) \((.*?)(?::\d+)?\)$", frame)
-    if not m:
-        return frame
-    name, path = m.groups()
-    for marker in ("site-packages/", "/lib/python3.11/", "/work/main/"):
-        if marker in path:
-            path = path.split(marker, 1)[1]
-            break
-    return f"{name} ({path})"
-
-
-COMPONENTS = [  # (label, path fragments); a sample goes to the first match from the leaf up
-    ("crypto: KDF + AES-GCM", ("kms/crypto/", "hmac.py", "cryptography/")),
-    ("request log line (structlog)", ("structlog/",)),
-    ("JSON encode/decode", ("json/",)),
-    ("uuid4", ("uuid.py",)),
-    ("audit event encode (events.py)", ("kms/domain/events.py", "msgpack/")),
-    ("event log: append/commit + aiosqlite", ("kms/store/log.py", "kms/store/chain.py",
-                                              "kms/store/checkpointing.py", "aiosqlite/",
-                                              "sqlite3/")),
-    ("request validation model", ("kms/api/validation.py", "botocore/")),
-    ("service: dispatch, lookup, authz", ("kms/service/", "kms/domain/", "kms/store/")),
-    ("handler body (kms/api/app.py | ceiling.py)", ("kms/api/", "ceiling.py")),
-    ("aiohttp HTTP layer", ("aiohttp/", "multidict/", "yarl/")),
-    ("asyncio loop + socket I/O", ("asyncio/", "selectors.py")),
-]
-
-
-def component(frames: list[str]) -> str:
-    for frame in reversed(frames):
-        where = frame.rsplit("(", 1)[-1]
-        for label, needles in COMPONENTS:
-            if any(nd in where for nd in needles):
-                return label
-    return "other"
-
-
-def summarise_profile(raw: Path, rate: int, seconds: float) -> dict[str, Any]:
-    self_main: Counter[str] = Counter()
-    self_other: Counter[str] = Counter()
-    incl_main: Counter[str] = Counter()
-    by_component: Counter[str] = Counter()
-    by_thread: Counter[str] = Counter()
-    main_total = other_total = 0
-    for line in raw.read_text().splitlines():
-        stack, _, n = line.rpartition(" ")
-        if not stack:
-            continue
-        count = int(n)
-        thread, *frames = stack.split(";")
-        leaf = _func(frames[-1]) if frames else thread
-        if "MainThread" in thread:
-            by_thread["main (event loop)"] += count
-            main_total += count
-            self_main[leaf] += count
-            by_component[component(frames)] += count
-            for f in {_func(f) for f in frames}:
-                incl_main[f] += count
-        else:
-            by_thread["other (aiosqlite writer, executor)"] += count
-            other_total += count
-            self_other[leaf] += count
-    expected = rate * seconds
-
-    def share(c: Counter[str], total: int, n: int) -> list[tuple[str, int, float]]:
-        return [(f, k, round(100 * k / max(total, 1), 1)) for f, k in c.most_common(n)]
-
-    return {
-        "samples": main_total + other_total, "rate_hz": rate, "seconds": seconds,
-        "busy_pct_by_thread": {k: round(100 * v / expected, 1) for k, v in by_thread.items()},
-        "main_by_component": share(by_component, main_total, 20),
-        "top_self_main": share(self_main, main_total, 25),
-        "top_inclusive_main": share(incl_main, main_total, 60),
-        "top_self_other_threads": share(self_other, other_total, 10),
-    }
-
-
-def profile_server(server: Server, script: Path, concurrency: int, seconds: int, threads: int,
-                   out_raw: Path, rate: int = 200) -> dict[str, Any] | None:
-    """py-spy the server for ``seconds`` in the middle of a wrk run; the same run's CPU per
-    op turns the main thread's component shares into microseconds per request."""
-    if shutil.which("py-spy") is None:
-        print("py-spy not found; skipping the profile (pip install py-spy)")
-        return None
-    load: dict[str, Any] = {}
-    loader = threading.Thread(target=lambda: load.update(
-        measured(server, script, concurrency, seconds + 2, threads)))
-    loader.start()
-    try:
-        time.sleep(1)
-        spy = subprocess.run(["py-spy", "record", "-p", str(server.pid), "-d", str(seconds),
-                              "-r", str(rate), "--nonblocking", "--threads", "-f", "raw",
-                              "-o", str(out_raw)], capture_output=True, text=True)
-    finally:
-        loader.join()
-    if spy.returncode != 0 or not out_raw.exists():
-        print(f"py-spy failed ({spy.returncode}): {spy.stderr.strip()[-400:]}")
-        return None
-    prof = summarise_profile(out_raw, rate, seconds)
-    main_us = 1e4 * load["server_cpu_main_pct"] / max(load["ops_s"], 1e-9)
-    prof.update(ops_s=round(load["ops_s"]), main_cpu_us_per_op=round(main_us, 1),
-                raw=out_raw.name,
-                main_us_per_op_by_component={f: round(pct * main_us / 100, 1)
-                                             for f, _, pct in prof["main_by_component"]})
-    return prof
-
-
 # -- main -------------------------------------------------------------------------------------
 def versions() -> dict[str, str]:
     from importlib.metadata import version
@@ -366,16 +263,33 @@ def versions() -> dict[str, str]:
     return out
 
 
-def source_fingerprint() -> dict[str, Any]:
+def source_fingerprint(root: Path = ROOT) -> dict[str, Any]:
     """Which kms/ was measured: no git here, so a digest of its sources and their newest mtime."""
     import hashlib
-    files = sorted((ROOT / "kms").rglob("*.py"))
+    files = sorted((root / "kms").rglob("*.py"))
     digest = hashlib.sha256()
     for f in files:
-        digest.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
+        digest.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
     newest = max(f.stat().st_mtime for f in files)
     return {"kms_sha256": digest.hexdigest()[:16], "files": len(files),
             "newest_mtime": dt.datetime.fromtimestamp(newest).isoformat(timespec="seconds")}
+
+
+def make_keys(node: Server, n: int) -> None:
+    """``n`` more keys on ``node`` (8 at a time): a log with many streams, as a node in use has."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: node.call("CreateKey", {"Description": f"filler {i}"}),
+                      range(n)))
+
+
+def compare(n: dict[str, Any], k: dict[str, Any], prefix: str) -> None:
+    """``n``'s figures against ``k``'s (the ceiling, or the baseline node) into ``n``."""
+    n[f"{prefix}ops_s"] = round(n["ops_s"] / k["ops_s"], 3)
+    n[f"{prefix}p50"] = round(n["p50_ms"] / k["p50_ms"], 2)
+    n[f"{prefix}p99"] = round(n["p99_ms"] / k["p99_ms"], 2)
+    # what ops/s would be if both got the same CPU: k's cost / n's cost
+    n[f"{prefix}cpu_cost"] = round(k["server_cpu_us_per_op"] / n["server_cpu_us_per_op"], 3)
 
 
 def main() -> int:
@@ -390,6 +304,11 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=2,
                    help="split each case into N runs per server, alternating ceiling/node "
                         "(who goes first too); report medians (default 2)")
+    p.add_argument("--baseline", type=Path, metavar="TREE",
+                   help="also run a node from this source tree (e.g. `git archive <commit>` "
+                        "unpacked) in the same rounds, and report node vs baseline")
+    p.add_argument("--keys", type=int, default=0,
+                   help="create this many more keys on each node first (default 0)")
     p.add_argument("--profile", type=int, default=0, metavar="SECONDS",
                    help="after the cases, py-spy the node for SECONDS under each op's load "
                         "(highest concurrency); needs py-spy (pip install py-spy)")
@@ -405,128 +324,170 @@ def main() -> int:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_path = a.out or RESULTS / f"crypto-{stamp}.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    node_log = work / "node-stderr.jsonl"
+    trees = {"node": ROOT, **({"baseline": a.baseline.resolve()} if a.baseline else {})}
 
-    ceiling = node = None
+    servers: list[Server] = []
+    nodes: dict[str, Server] = {}
     results: list[dict[str, Any]] = []
     meta: dict[str, Any] = {"started": dt.datetime.now().isoformat(timespec="seconds"),
                             "args": {k: str(v) for k, v in vars(a).items()},
                             "versions": versions(), "data_dir": str(data_dir),
-                            "source": source_fingerprint()}
-    with open(node_log, "wb") as node_err:
-        try:
-            ceiling = Server("ceiling", [sys.executable, str(HERE / "ceiling.py"),
-                                         "--port", str(port := free_port())], port,
-                             subprocess.DEVNULL)
-            node = Server("node", [sys.executable, "-m", "kms.cli", "serve", "--dev",
-                                   "--host", "127.0.0.1", "--port", str(port := free_port()),
-                                   "--data-dir", str(data_dir), "--log-format", "json"],
-                          port, node_err)
+                            "source": source_fingerprint(),
+                            **({"baseline_source": source_fingerprint(trees["baseline"])}
+                               if a.baseline else {})}
+    rss: dict[str, dict[str, float]] = {}
+    seqs: dict[str, int] = {}
+    logs = {name: work / f"{name}-stderr.jsonl" for name in trees}
+    errs = {name: open(path, "wb") for name, path in logs.items()}
+    try:
+        port = free_port()
+        servers.append(Server("ceiling", [sys.executable, str(HERE / "ceiling.py"),
+                                          "--port", str(port)], port, subprocess.DEVNULL))
+        for name, tree in trees.items():
+            port = free_port()
+            nodes[name] = Server(name, [sys.executable, "-m", "kms.cli", "serve", "--dev",
+                                        "--host", "127.0.0.1", "--port", str(port),
+                                        "--data-dir", str(data_dir if name == "node"
+                                                          else work / f"{name}-data"),
+                                        "--log-format", "json"], port, errs[name], cwd=tree)
+            servers.append(nodes[name])
+        plaintext = base64.b64encode(os.urandom(a.plaintext_bytes)).decode()
+        bodies: dict[str, dict[str, Any]] = {}
+        for name, node in nodes.items():
+            if a.keys:
+                make_keys(node, a.keys)
             key_id = node.call("CreateKey", {"Description": "bench"})["KeyMetadata"]["KeyId"]
-            plaintext = base64.b64encode(os.urandom(a.plaintext_bytes)).decode()
-            enc_body = {"KeyId": key_id, "Plaintext": plaintext}
-            rss_before = rss_mib(node.pid)
-            seq_before = int(node.health()["log_seq"])
-            print(f"kms/ sources {meta['source']['kms_sha256']} "
-                  f"(newest change {meta['source']['newest_mtime']})")
-            print(f"node pid {node.pid}, ceiling pid {ceiling.pid}, data {data_dir}, "
-                  f"{a.duration:g}s per case and server in {a.rounds} rounds, "
-                  f"plaintext {a.plaintext_bytes} B\n", flush=True)
-            scripts: dict[tuple[str, str], Path] = {}
-            for server in (ceiling, node):
-                for op in ops:
-                    if op == "encrypt":
-                        target, body = "Encrypt", enc_body
-                    else:  # one real Encrypt first: Decrypt needs a CiphertextBlob
-                        blob = server.call("Encrypt", enc_body)["CiphertextBlob"]
-                        target, body = "Decrypt", {"CiphertextBlob": blob}
-                        assert server.call("Decrypt", body)["Plaintext"] == plaintext
-                    scripts[server.name, op] = lua_script(work / f"{server.name}-{op}.lua",
-                                                          target, json.dumps(body))
+            bodies[name] = {"KeyId": key_id, "Plaintext": plaintext}
+            rss[name] = {"before": rss_mib(node.pid)}
+            seqs[name] = int(node.health()["log_seq"])
+        bodies["ceiling"] = bodies["node"]  # the same request bytes (the ceiling ignores KeyId)
+        print(f"kms/ sources {meta['source']['kms_sha256']} "
+              f"(newest change {meta['source']['newest_mtime']})"
+              + (f", baseline {meta['baseline_source']['kms_sha256']} from {a.baseline}"
+                 if a.baseline else ""))
+        print(", ".join(f"{s.name} pid {s.pid}" for s in servers) + f", data {data_dir}, "
+              f"{a.duration:g}s per case and server in {a.rounds} rounds, "
+              f"plaintext {a.plaintext_bytes} B, {a.keys} more keys per node\n", flush=True)
+        scripts: dict[tuple[str, str], Path] = {}
+        for server in servers:
+            enc_body = bodies[server.name]
             for op in ops:
-                for server in (ceiling, node):  # warm-up, not recorded
-                    if a.warmup > 0:
-                        run_wrk(server.url, scripts[server.name, op], max(concurrencies),
-                                a.warmup, a.threads)
-                for c in concurrencies:
-                    runs: dict[str, list[dict[str, Any]]] = {"ceiling": [], "node": []}
-                    for i in range(a.rounds):  # alternate who goes first, round by round
-                        for server in ((ceiling, node) if i % 2 == 0 else (node, ceiling)):
-                            seq0 = int(server.health().get("log_seq", 0))
-                            f0 = disk_flushes()
-                            r = measured(server, scripts[server.name, op], c,
-                                         a.duration / a.rounds, a.threads)
-                            r["disk_flushes"] = disk_flushes() - f0
-                            if server is node:
-                                rows = int(node.health()["log_seq"]) - seq0
-                                r["log_rows"] = rows
-                                r["log_rows_per_request"] = round(rows / max(r["requests"], 1), 3)
-                                # approximate events per commit (one WAL fsync ~ one flush)
-                                r["log_rows_per_disk_flush"] = round(
-                                    rows / max(r["disk_flushes"], 1), 1)
-                            runs[server.name].append(r)
-                            print(f"  {server.name:8} {op:8} c={c:<4} {r['ops_s']:9.0f} ops/s  "
-                                  f"p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  "
-                                  f"errors {r['errors']}  foreign CPU "
-                                  f"{r['foreign_cpu_pct']:.0f}%", flush=True)
-                    pair = {}
-                    for name in ("ceiling", "node"):
-                        pair[name] = combine(runs[name])
-                        pair[name].update(server=name, op=op, concurrency=c)
-                        results.append(pair[name])
-                    n, k = pair["node"], pair["ceiling"]
-                    n["ratio_ops_s"] = round(n["ops_s"] / k["ops_s"], 3)
-                    n["ratio_p50"] = round(n["p50_ms"] / k["p50_ms"], 2)
-                    n["ratio_p99"] = round(n["p99_ms"] / k["p99_ms"], 2)
-                    # what ops/s would be if both got the same CPU: ceiling cost / node cost
-                    n["ratio_cpu_cost"] = round(k["server_cpu_us_per_op"]
-                                                / n["server_cpu_us_per_op"], 3)
-            rss_after = rss_mib(node.pid)
-            seq_after = int(node.health()["log_seq"])
-            profiles: dict[str, Any] = {}
-            for op in ops if a.profile > 0 else ():
-                for server in (ceiling, node):
-                    print(f"\nprofiling {server.name} with py-spy for {a.profile}s "
-                          f"({op}, c={max(concurrencies)}) ...", flush=True)
-                    raw = out_path.with_suffix(f".{server.name}-{op}.pyspy.raw")
-                    profiles[f"{server.name} {op}"] = profile_server(
-                        server, scripts[server.name, op], max(concurrencies), a.profile,
-                        a.threads, raw)
-        finally:
-            for s in (node, ceiling):
-                if s is not None:
-                    s.stop()
-    log_lines = sum(1 for _ in open(node_log, "rb"))
-    log_bytes = node_log.stat().st_size
+                if op == "encrypt":
+                    target, body = "Encrypt", enc_body
+                else:  # one real Encrypt first: Decrypt needs a CiphertextBlob
+                    blob = server.call("Encrypt", enc_body)["CiphertextBlob"]
+                    target, body = "Decrypt", {"CiphertextBlob": blob}
+                    assert server.call("Decrypt", body)["Plaintext"] == plaintext
+                scripts[server.name, op] = lua_script(work / f"{server.name}-{op}.lua",
+                                                      target, json.dumps(body))
+        for op in ops:
+            for server in servers:  # warm-up, not recorded
+                if a.warmup > 0:
+                    run_wrk(server.url, scripts[server.name, op], max(concurrencies),
+                            a.warmup, a.threads)
+            for c in concurrencies:
+                runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in servers}
+                for i in range(a.rounds):  # rotate who goes first, round by round
+                    shift = i % len(servers)
+                    for server in servers[shift:] + servers[:shift]:
+                        seq0 = int(server.health().get("log_seq", 0))
+                        f0 = disk_flushes()
+                        r = measured(server, scripts[server.name, op], c,
+                                     a.duration / a.rounds, a.threads)
+                        r["disk_flushes"] = disk_flushes() - f0
+                        if server.name in nodes:
+                            rows = int(server.health()["log_seq"]) - seq0
+                            r["log_rows"] = rows
+                            r["log_rows_per_request"] = round(rows / max(r["requests"], 1), 3)
+                            # approximate events per commit (one WAL fsync ~ one flush)
+                            r["log_rows_per_disk_flush"] = round(
+                                rows / max(r["disk_flushes"], 1), 1)
+                        runs[server.name].append(r)
+                        print(f"  {server.name:8} {op:8} c={c:<4} {r['ops_s']:9.0f} ops/s  "
+                              f"p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  "
+                              f"errors {r['errors']}  foreign CPU "
+                              f"{r['foreign_cpu_pct']:.0f}%", flush=True)
+                case = {}
+                for server in servers:
+                    case[server.name] = combine(runs[server.name])
+                    case[server.name].update(server=server.name, op=op, concurrency=c)
+                    results.append(case[server.name])
+                for name in nodes:
+                    compare(case[name], case["ceiling"], "ratio_")
+                if "baseline" in case:
+                    compare(case["node"], case["baseline"], "vs_baseline_")
+        for name, node in nodes.items():
+            rss[name]["after"] = rss_mib(node.pid)
+            seqs[name] = int(node.health()["log_seq"]) - seqs[name]
+        profiles: dict[str, Any] = {}
+        for op in ops if a.profile > 0 else ():
+            for server in servers:
+                print(f"\nprofiling {server.name} with py-spy for {a.profile}s "
+                      f"({op}, c={max(concurrencies)}) ...", flush=True)
+                raw = out_path.with_suffix(f".{server.name}-{op}.pyspy.raw")
+                profiles[f"{server.name} {op}"] = profile_server(
+                    server.pid, lambda secs, s=server, o=op: measured(
+                        s, scripts[s.name, o], max(concurrencies), secs, a.threads),
+                    a.profile, raw)
+    finally:
+        for s in reversed(servers):
+            s.stop()
+        for f in errs.values():
+            f.close()
+    log_lines = {name: sum(1 for _ in open(path, "rb")) for name, path in logs.items()}
+    report(results, ops, concurrencies, rss, seqs, log_lines, profiles)
+    doc = {**meta, "results": results,
+           "node_rss_mib": {k: round(v, 1) for k, v in rss["node"].items()},
+           "node_log_rows_appended": seqs["node"], "node_stderr_lines": log_lines["node"],
+           "node_stderr_bytes": logs["node"].stat().st_size, "profiles": profiles,
+           **({"baseline_rss_mib": {k: round(v, 1) for k, v in rss["baseline"].items()}}
+              if "baseline" in rss else {})}
+    out_path.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"\nwrote {out_path.relative_to(ROOT) if out_path.is_relative_to(ROOT) else out_path}")
+    if a.data_dir is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
 
-    # -- report -------------------------------------------------------------------------------
+
+def report(results: list[dict[str, Any]], ops: list[str], concurrencies: list[int],
+           rss: dict[str, dict[str, float]], seqs: dict[str, int], log_lines: dict[str, int],
+           profiles: dict[str, Any]) -> None:
     print("\nratio = node/ceiling (ops/s, p50, p99); cost = ceiling CPU per op / node CPU per op")
-    print(f"{'case':21}{'ops/s':>7}{'p50 ms':>8}{'p99 ms':>8}{'ratio':>7}{'p50':>6}{'p99':>6}"
+    print(f"{'case':22}{'ops/s':>7}{'p50 ms':>8}{'p99 ms':>8}{'ratio':>7}{'p50':>6}{'p99':>6}"
           f"{'cost':>6}{'CPU us/op':>10}{'srv main+oth %':>16}{'wrk %':>6}{'foreign %':>10}")
     for r in results:
         ratio = (f"{r['ratio_ops_s']:7.2f}{r['ratio_p50']:5.1f}x{r['ratio_p99']:5.1f}x"
                  f"{r['ratio_cpu_cost']:6.2f}" if "ratio_ops_s" in r else " " * 25)
         name = f"{r['server']} {r['op']} c={r['concurrency']}"
-        print(f"{name:21}{r['ops_s']:7.0f}{r['p50_ms']:8.2f}{r['p99_ms']:8.2f}{ratio}"
+        print(f"{name:22}{r['ops_s']:7.0f}{r['p50_ms']:8.2f}{r['p99_ms']:8.2f}{ratio}"
               f"{r['server_cpu_us_per_op']:10.0f}"
               f"{r['server_cpu_main_pct']:>10.0f} + {r['server_cpu_other_pct']:<3.0f}"
               f"{r['wrk_cpu_pct']:>6.0f}{r['foreign_cpu_pct']:>10.0f}"
               + (f"  ERRORS {r['errors']}" if r["errors"] else ""))
+    if any("vs_baseline_ops_s" in r for r in results):
+        print("\nnode vs baseline (same rounds): ops/s, p50, p99 ratios; cost = baseline CPU "
+              "per op / node CPU per op (> 1: the node spends less)")
+        for r in results:
+            if "vs_baseline_ops_s" in r:
+                print(f"  {r['op']:8} c={r['concurrency']:<4} ops/s {r['vs_baseline_ops_s']:.3f}"
+                      f"  p50 {r['vs_baseline_p50']:.2f}  p99 {r['vs_baseline_p99']:.2f}"
+                      f"  cost {r['vs_baseline_cpu_cost']:.3f}")
     print("\nserver CPU per request (medians): main-thread user/sys us, other threads us; "
           "context switches per request: main voluntary/involuntary, other voluntary")
     for r in results:
         name = f"{r['server']} {r['op']} c={r['concurrency']}"
-        print(f"  {name:21} main {r['main_user_us_per_op']:5.0f} usr + "
+        print(f"  {name:22} main {r['main_user_us_per_op']:5.0f} usr + "
               f"{r['main_sys_us_per_op']:4.0f} sys, other {r['other_cpu_us_per_op']:4.0f} us;"
               f"  csw main {r['main_vcsw_per_op']:.2f} / {r['main_ivcsw_per_op']:.2f}, "
               f"other {r['other_vcsw_per_op']:.2f}")
-    print("\nnode audit log: rows per request / rows per disk flush (~events per commit, "
+    print("\naudit log: rows per request / rows per disk flush (~events per commit, "
           "machine-wide flush count): " + ", ".join(
-              f"{r['op']} c={r['concurrency']} {r['log_rows_per_request']:.2f} / "
-              f"{r['log_rows_per_disk_flush']:.1f}" for r in results if r["server"] == "node"))
-    print(f"\nnode RSS: before {rss_before:.1f} MiB, after {rss_after:.1f} MiB")
-    print(f"node log: {seq_after - seq_before} rows appended during the cases; "
-          f"{log_lines} stderr lines ({log_bytes / 1e6:.1f} MB)")
+              f"{r['server']} {r['op']} c={r['concurrency']} {r['log_rows_per_request']:.2f} / "
+              f"{r['log_rows_per_disk_flush']:.1f}" for r in results if "log_rows" in r))
+    for name in rss:
+        print(f"{name} RSS: before {rss[name]['before']:.1f} MiB, after "
+              f"{rss[name]['after']:.1f} MiB; {seqs[name]} log rows appended during the cases; "
+              f"{log_lines[name]} stderr lines")
     for op in ops:
         k, n = profiles.get(f"ceiling {op}"), profiles.get(f"node {op}")
         if not n:
@@ -545,15 +506,6 @@ def main() -> int:
         print("  node main thread, top 10 functions by self time:")
         for f, _, pct in n["top_self_main"][:10]:
             print(f"    {pct:5.1f}%  {f}")
-    doc = {**meta, "results": results,
-           "node_rss_mib": {"before": round(rss_before, 1), "after": round(rss_after, 1)},
-           "node_log_rows_appended": seq_after - seq_before,
-           "node_stderr_lines": log_lines, "node_stderr_bytes": log_bytes, "profiles": profiles}
-    out_path.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"\nwrote {out_path.relative_to(ROOT) if out_path.is_relative_to(ROOT) else out_path}")
-    if a.data_dir is None:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
 
 
 if __name__ == "__main__":
