@@ -11,7 +11,6 @@ exported are refused, and nothing changes but the call's own audit fact.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import client_for
+from tests.support.audit_stream import AUDITOR, READ, audit, read_all
 from tests.support.expect import eventually
 from tests.support.secured import ACCOUNT, ALICE, ALLOW_ALL
 from tests.support.server import ServerProcess
@@ -31,7 +31,6 @@ from tests.support.server import ServerProcess
 ROOT = Path(__file__).resolve().parents[2]
 LOG_FILE = "events.sqlite3"
 PRUNE = "PruneAuditStream"
-READ = "ReadAuditStream"
 COLUMNS = "seq, stream, version, type, origin_region, origin_seq, at_ms, body, prev_hash, hash"
 CHECKPOINTS = {"KMS_CHECKPOINT_ROWS": "5"}  # signed checkpoints while the node runs
 
@@ -41,30 +40,6 @@ def kms_audit(*args: str | Path, env: dict[str, str] | None = None,
     """``kms audit ...`` as a user runs it."""
     return subprocess.run([sys.executable, "-m", "regions.cli", "audit", *map(str, args)],
                           capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
-
-
-def read(url: str, after: str = "", limit: int = 1000, wait: float = 0,
-         ) -> tuple[int, dict[str, Any]]:
-    query = {"limit": str(limit), **({"after": after} if after else {}),
-             **({"wait": str(wait)} if wait else {})}
-    try:
-        with urllib.request.urlopen(f"{url}/_kms/audit?{urllib.parse.urlencode(query)}",
-                                    timeout=60) as r:
-            return r.status, json.load(r)
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-def read_all(url: str) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    cursor = ""
-    while True:
-        status, body = read(url, cursor)
-        assert status == 200, body
-        out += body["Records"]
-        cursor = body["NextCursor"]
-        if not body["Records"]:
-            return out
 
 
 class Follower:
@@ -81,7 +56,7 @@ class Follower:
     def _run(self) -> None:
         cursor = ""
         while not self._stop.is_set():
-            status, body = read(self.url, cursor, wait=2)
+            status, body = audit(self.url, after=cursor, wait=2)
             if status != 200:
                 self.refusals.append(body)
                 return
@@ -120,7 +95,7 @@ def test_a_running_node_prunes_while_a_follower_reads_and_calls_go_on(tmp_path: 
         kms: Any = client_for(node.url)
         made: list[str] = []
         some_calls(kms, made)
-        early_status, early = read(node.url, limit=1)  # a cursor the prune will pass
+        early_status, early = audit(node.url, limit=1)  # a cursor the prune will pass
         assert early_status == 200
         node.post("/_kms/clock", {"advance_seconds": 100 * 86400})
         some_calls(kms, made)
@@ -159,7 +134,7 @@ def test_a_running_node_prunes_while_a_follower_reads_and_calls_go_on(tmp_path: 
         assert prunes[0]["responseElements"]["prunedFacts"] == len(gone)
         assert all(r["eventTime"] >= prunes[0]["responseElements"]["prunedBefore"]
                    for r in records)  # a reader from the start sees nothing pruned
-        status, body = read(node.url, early["NextCursor"])
+        status, body = audit(node.url, after=early["NextCursor"])
         assert status == 410 and body["__type"] == "ExpiredCursorException", body
 
         live = kms_audit("verify", "--data-dir", data_dir)  # the node still running
@@ -175,7 +150,7 @@ def test_a_running_node_prunes_while_a_follower_reads_and_calls_go_on(tmp_path: 
     assert len(ids) == len(set(ids))  # each record once
     node.start()  # start-up accepts the cut; the pruned position stays expired
     try:
-        status, body = read(node.url, early["NextCursor"])
+        status, body = audit(node.url, after=early["NextCursor"])
         assert status == 410 and body["__type"] == "ExpiredCursorException", body
     finally:
         node.stop()
@@ -184,7 +159,7 @@ def test_a_running_node_prunes_while_a_follower_reads_and_calls_go_on(tmp_path: 
 
 # -- refusals on a secured node ---------------------------------------------------------------
 ADMIN = f"arn:aws:iam::{ACCOUNT}:user/auditor"
-AS_ADMIN = ["--access-key", "AKIAAUDITOR000000001", "--secret-key", "auditor-secret-key"]
+AS_ADMIN = ["--access-key", AUDITOR[0], "--secret-key", AUDITOR[1]]
 AS_ALICE = ["--access-key", ALICE[0], "--secret-key", ALICE[1]]
 CONFIG = f"""
 account_id = "{ACCOUNT}"
@@ -199,8 +174,8 @@ policies = ['{ALLOW_ALL}']
 
 [[principals]]
 arn = "{ADMIN}"
-access_key_id = "AKIAAUDITOR000000001"
-secret_access_key = "auditor-secret-key"
+access_key_id = "{AUDITOR[0]}"
+secret_access_key = "{AUDITOR[1]}"
 """
 
 
@@ -249,7 +224,7 @@ def test_a_non_admin_a_bad_age_and_nothing_exported_are_refused(tmp_path: Path) 
         assert "at 'OlderThanSeconds' failed to satisfy constraint" in bad[1]["message"]
         assert len(rows(data_dir, True)) == len(before) + 2
 
-        records = read_all_signed(node.url)
+        records = read_all(node.url, cred=AUDITOR)
         refused = [r for r in records if r["eventName"] == PRUNE]
         assert [r.get("errorCode") for r in refused] == [
             "KMSInvalidStateException", "AccessDenied", "ValidationException"]
@@ -271,7 +246,7 @@ def _signed_post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     data = json.dumps(body).encode()
     req = AWSRequest(method="POST", url=url + "/_kms/audit/prune", data=data,
                      headers={"Content-Type": "application/json"})
-    SigV4Auth(Credentials("AKIAAUDITOR000000001", "auditor-secret-key"), "kms",
+    SigV4Auth(Credentials(*AUDITOR), "kms",
               "us-east-1").add_auth(req)
     try:
         with urllib.request.urlopen(urllib.request.Request(
@@ -280,13 +255,3 @@ def _signed_post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
             return r.status, json.load(r)
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
-
-
-def read_all_signed(url: str) -> list[dict[str, Any]]:
-    """Every record, read as the admin would through ``kms audit tail``."""
-    env = {k: v for k, v in os.environ.items() if k not in ("AWS_SESSION_TOKEN", "AWS_PROFILE")}
-    env.update(AWS_ACCESS_KEY_ID="AKIAAUDITOR000000001",
-               AWS_SECRET_ACCESS_KEY="auditor-secret-key")
-    tail = kms_audit("tail", "--endpoint", url, "--json", env=env)
-    assert tail.returncode == 0, tail.stderr
-    return [json.loads(line) for line in tail.stdout.splitlines()]
