@@ -9,6 +9,7 @@ import queue
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -52,18 +53,29 @@ def test_kms_audit_tail_prints_filters_and_follows(server: ServerProcess, kms: A
                 "CreateKey").stdout.splitlines()
     assert sorted(line.split()[1] for line in both) == ["eu-west-1", REGION]
 
-    follow = subprocess.Popen([sys.executable, "-m", "regions.cli", "audit", "tail",
-                               "--endpoint", server.url, "--follow", "--json",
-                               "--event-name", "TagResource"],
-                              stdout=subprocess.PIPE, text=True)
-    seen: queue.Queue[str] = queue.Queue()
-    reader = threading.Thread(target=lambda: [seen.put(line) for line in follow.stdout or ()],
-                              daemon=True)
-    reader.start()
+
+
+def test_kms_audit_tail_follows_the_stream(tmp_path: Path) -> None:
+    """On its own node: the follower's last long poll outlives the terminated tail, and
+    must not end (and be audited) in the shared node's log after the next test's reset."""
+    node = ServerProcess(tmp_path / "follow").start()
+    follow: subprocess.Popen[str] | None = None
     try:
+        kms = client_for(node.url)
+        key = kms.create_key(Description="tailed")["KeyMetadata"]
+        follow = subprocess.Popen([sys.executable, "-m", "regions.cli", "audit", "tail",
+                                   "--endpoint", node.url, "--follow", "--json",
+                                   "--event-name", "TagResource"],
+                                  stdout=subprocess.PIPE, text=True)
+        seen: queue.Queue[str] = queue.Queue()
+        reader = threading.Thread(
+            target=lambda: [seen.put(line) for line in follow.stdout or ()], daemon=True)
+        reader.start()
         tagged = kms.tag_resource(KeyId=key["KeyId"], Tags=[{"TagKey": "a", "TagValue": "b"}])
-        line = seen.get(timeout=30)
+        line = seen.get(timeout=60)  # a bound for a stuck follower, not a timing assertion
         assert json.loads(line)["requestID"] == rid(tagged)
     finally:
-        follow.terminate()
-        follow.wait(timeout=15)
+        if follow is not None:
+            follow.terminate()
+            follow.wait(timeout=60)
+        node.stop()
