@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import itertools
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -347,16 +346,23 @@ class EventLog(abc.ABC):
             if row.origin_seq > done:
                 yield row.stream, event, r.origin_region, row.origin_seq, row.at_ms, row.body
 
-    def _rows_for(self, pending: _Pending, heads: dict[str, int], seq: int, prev: bytes,
+    def _head(self, moved: dict[str, int], stream: str) -> int:
+        """A stream's version as of the batch so far: what it moved, else as committed."""
+        got = moved.get(stream)
+        return self._heads.get(stream, 0) if got is None else got
+
+    def _rows_for(self, pending: _Pending, moved: dict[str, int], seq: int, prev: bytes,
                   cursors: dict[str, int],
                   ) -> tuple[list[_Row], list[ev.Envelope], dict[str, int], int, bytes]:
-        """Rows and envelopes of one pending append, continuing the chain from seq/prev."""
-        heads = dict(heads)
+        """Rows and envelopes of one pending append, continuing the chain from seq/prev, and
+        the heads it moves (on top of ``moved``, the batch's so far): work in proportion to
+        its rows, never to the number of streams in the log."""
+        heads: dict[str, int] = {}
         rows: list[_Row] = []
         envs: list[ev.Envelope] = []
         for stream, event, origin, origin_seq, at_ms, body in self._items(pending, cursors):
             seq += 1
-            version = heads.get(stream, 0) + 1
+            version = (heads[stream] if stream in heads else self._head(moved, stream)) + 1
             heads[stream] = version
             o_seq = seq if origin_seq is None else origin_seq
             h = row_hash(prev, seq, stream, version, event.type_name, origin, o_seq, at_ms,
@@ -368,14 +374,14 @@ class EventLog(abc.ABC):
         return rows, envs, heads, seq, prev
 
     async def _commit_batch(self, batch: list[_Pending]) -> None:
-        heads = dict(self._heads)
+        heads: dict[str, int] = {}  # the streams this batch moves, over self._heads
         seq, prev = self.last_seq, self._last_hash
         cursors = dict(self._cursors)
         rows: list[_Row] = []
         accepted: list[tuple[_Pending, list[ev.Envelope]]] = []
         for pending in batch:
             conflict = any(
-                a.expected is not None and heads.get(a.stream, 0) != a.expected
+                a.expected is not None and self._head(heads, a.stream) != a.expected
                 for a in pending.appends
             )
             if conflict:
@@ -388,7 +394,8 @@ class EventLog(abc.ABC):
                 _fail(pending.future, KMSInternalException("The request could not be recorded."))
                 continue
             rows.extend(rows_of)
-            heads, seq, prev = p_heads, p_seq, p_prev
+            heads.update(p_heads)
+            seq, prev = p_seq, p_prev
             r = pending.replicated
             if r is not None and r.through > cursors.get(r.origin_region, 0):
                 cursors[r.origin_region] = r.through
@@ -416,7 +423,8 @@ class EventLog(abc.ABC):
             raise LogCorrupted("commit failed; refusing further writes") from exc
         self.batches += 1
         self.degraded = False
-        self._heads, self.last_seq, self._last_hash = heads, seq, prev
+        self._heads.update(heads)
+        self.last_seq, self._last_hash = seq, prev
         self._cursors = cursors
         checkpointing.counted(self, rows, checkpoint)
         for row in rows:
@@ -592,71 +600,9 @@ class EventLog(abc.ABC):
         this region and whose stream is not audit (their origin_seq is their seq)."""
 
 
-class MemoryLog(EventLog):
-    """The in-memory twin used by unit tests; passes the same contract suite."""
-
-    def __init__(self, region: str) -> None:
-        super().__init__(region)
-        self.rows: list[_Row] = []
-        self.stored_vault: dict[str, bytes] = {}
-        self.stored_cursors: dict[str, int] = {}
-        self.stored_checkpoints: list[Checkpoint] = []
-        self.stored_snapshots: list[snapshots.Snapshot] = []
-        self.stored_floor = 0
-
-    async def _load_floor(self) -> int:
-        return self.stored_floor
-
-    async def _load(self) -> tuple[dict[str, bytes], dict[str, int]]:
-        return dict(self.stored_vault), dict(self.stored_cursors)
-
-    async def _count(self, after_seq: int) -> tuple[int, int]:
-        return (sum(r[0] > after_seq for r in self.rows), sum(r[0] < 1 for r in self.rows))
-
-    async def _snapshots(self) -> list[snapshots.Snapshot]:
-        return sorted(self.stored_snapshots, key=lambda s: -s.seq)
-
-    async def _persist_snapshot(self, snapshot: snapshots.Snapshot) -> None:
-        kept = [s for s in self.stored_snapshots if s.seq != snapshot.seq]
-        self.stored_snapshots = sorted([*kept, snapshot], key=lambda s: -s.seq)[:KEEP_SNAPSHOTS]
-
-    async def _persist(self, rows: list[_Row], changes: list[SideChange]) -> None:
-        self.rows.extend(rows)
-        for c in changes:
-            if isinstance(c, CursorChange):
-                self.stored_cursors[c.origin_region] = c.origin_seq
-            elif isinstance(c, Checkpoint):
-                self.stored_checkpoints.append(c)
-            elif isinstance(c, AuditPruned):
-                self.stored_floor = max(self.stored_floor, c.last)
-                self.rows = [r for r in self.rows if not (
-                    r[1] == AUDIT_STREAM and r[0] < c.cut and r[6] < c.before_ms)]
-            elif c.wrapped is None:
-                self.stored_vault.pop(c.key_id, None)
-            else:
-                self.stored_vault[c.key_id] = c.wrapped
-
-    async def _wipe(self) -> None:
-        self.rows.clear()
-        self.stored_vault.clear()
-        self.stored_cursors.clear()
-        self.stored_checkpoints.clear()
-        self.stored_snapshots.clear()
-        self.stored_floor = 0
-
-    async def _checkpoints(self) -> list[Checkpoint]:
-        return list(self.stored_checkpoints)
-
-    async def _tail(self) -> tuple[int, bytes]:
-        return (self.rows[-1][0], self.rows[-1][9]) if self.rows else (0, GENESIS)
-
-    async def _probe(self) -> None:
-        return None
-
-    async def read_rows(self, after_seq: int, limit: int) -> list[_Row]:
-        return [r for r in self.rows if r[0] > after_seq][:limit]
-
-    async def _read_own(self, after_seq: int, limit: int) -> list[ReplicatedRow]:
-        own = (ReplicatedRow(r[0], r[1], r[3], r[6], r[7]) for r in self.rows
-               if r[0] > after_seq and r[4] == self.region and r[1] != AUDIT_STREAM)
-        return list(itertools.islice(own, limit))
+def __getattr__(name: str) -> type[EventLog]:
+    """``MemoryLog`` lives in kms.store.memory (which imports this module): named here too."""
+    if name == "MemoryLog":
+        from kms.store.memory import MemoryLog
+        return MemoryLog
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
