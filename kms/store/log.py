@@ -179,6 +179,15 @@ class EventLog(abc.ABC):
             await self._close()
             raise
         self._writer = asyncio.create_task(self._run(), name="event-log-writer")
+        self._writer.add_done_callback(self._writer_ended)
+
+    def _writer_ended(self, task: asyncio.Task[None]) -> None:
+        """Say why the writer stopped when it did not stop by ``close`` (the node then
+        refuses writes: the health endpoint shows it too)."""
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("event_log_writer_stopped", region=self.region,
+                      error=f"{type(exc).__name__}: {exc}")
 
     @property
     def writable(self) -> bool:
@@ -503,11 +512,18 @@ class EventLog(abc.ABC):
 
     async def _do_wipe(self, pending: _Pending) -> None:
         try:
+            await self._wipe_all()
+        except BaseException:  # the reset's caller is answered whatever broke (never waits)
+            _fail(pending.future, KMSInternalException("reset failed"))
+            raise
+        _settle(pending.future, [])
+
+    async def _wipe_all(self) -> None:
+        try:
             if self.checkpointer is not None:  # first: a crash mid-wipe must not leave a
                 self.checkpointer.wiped()      # witness the emptied log cannot match
             await self._wipe()
         except Exception as exc:
-            _fail(pending.future, KMSInternalException("reset failed"))
             raise LogCorrupted("wipe failed") from exc
         self._heads.clear()
         self.vault.clear()
@@ -519,7 +535,6 @@ class EventLog(abc.ABC):
         self._floor, self._pruned_max = 0, 0
         for fn in (*self._subscribers, *self._audit_subscribers):
             fn(None)
-        _settle(pending.future, [])
 
     # -- storage hooks ------------------------------------------------------------------------
     @abc.abstractmethod
