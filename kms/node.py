@@ -12,6 +12,7 @@ import structlog
 
 import kms.service  # noqa: F401  (registers every operation)
 from kms.audit.checkpoints import WITNESS_FILE, Checkpointer
+from kms.audit.export import EXPORTED_FILE
 from kms.audit.signing import AuditSigningKey
 from kms.clock import Clock, PersistentClock
 from kms.config import Config
@@ -78,6 +79,8 @@ class Node:
             await self.log.reset()
             self.keyring.clear()
             self.clock.reset()
+            # what an export held is gone with the log: a prune must not trust it
+            (Path(self.config.data_dir) / EXPORTED_FILE).unlink(missing_ok=True)
 
     async def advance_clock(self, seconds: float) -> None:
         """Move the clock (``--dev`` only) and act on whatever fell due."""

@@ -255,3 +255,25 @@ def _signed_post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
             return r.status, json.load(r)
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+def test_a_reset_forgets_what_was_exported_so_a_prune_cannot_trust_it(tmp_path: Path) -> None:
+    """``/_kms/reset`` wipes the log an export covered: the export mark goes with it, so a
+    prune of the new log is refused until the new log is exported."""
+    data_dir = tmp_path / "d"
+    node = ServerProcess(data_dir, env=CHECKPOINTS).start()
+    try:
+        kms: Any = client_for(node.url)
+        some_calls(kms, [], 3)
+        assert kms_audit("export", "--data-dir", data_dir, "--to", tmp_path / "out",
+                         ).returncode == 0
+        node.reset()
+        some_calls(kms, [], 3)
+        before = rows(data_dir, True)
+        refused = kms_audit("prune", "--endpoint", node.url, "--older-than", "0s")
+        assert refused.returncode == 1
+        assert refused.stderr.startswith("kms audit prune: error: KMSInvalidStateException: "
+                                         "Nothing is exported yet"), refused.stderr
+        assert [r[0] for r in rows(data_dir, True)][:len(before)] == [r[0] for r in before]
+    finally:
+        node.stop()
