@@ -30,7 +30,7 @@ from kms.api.sts import MAX_SKEW_SECONDS as STS_MAX_SKEW
 from kms.api.sts import StsEndpoint, is_sts_request
 from kms.api.validation import RequestModel
 from kms.audit.retention import PRUNE_PATH, prune_handler
-from kms.audit.stream import audit_handler
+from kms.audit.stream import audit_handler, held_reads
 from kms.domain.errors import (
     InvalidSignatureException,
     KMSError,
@@ -473,7 +473,8 @@ async def node_health(node: Node) -> dict[str, Any]:
         return {"status": "starting", "region": node.config.region}
     log_ = node.log
     doc: dict[str, Any] = {"region": node.config.region, "log_seq": log_.last_seq,
-                           "failed_commits": log_.failed_commits}
+                           "failed_commits": log_.failed_commits,
+                           "audit_reads_held": held_reads(log_)}
     if log_.last_error is not None:
         doc |= {"last_error": log_.last_error, "last_error_at_ms": log_.last_error_at_ms}
     if not log_.writable:  # the writer stopped: nothing can be answered until a restart
@@ -584,6 +585,7 @@ def create_app(node: Node, regions: Regions | None = None) -> web.Application:
     app.cleanup_ctx.append(lifecycle)
     app.cleanup_ctx.append(auth_failure_summaries)
     app.cleanup_ctx.append(stream.summaries)  # read summaries, written before regions stop
+    app.on_shutdown.append(stream.wake_held_reads)
     routes = [
         web.post("/", gateway.handle),
         web.get("/", gateway.handle_get),

@@ -133,7 +133,20 @@ class AuditFeed:
         self.ring: list[_Fact] = []
         self.ring_from = log.last_seq
         self.issued: dict[int, bytes] = {}  # seq -> chain prefix of the cursors it gave out
+        self.closing = False  # the node is stopping: held reads answer now
+        self.waiters = 0  # reads held on ``changed`` now
         log.subscribe_audit(self)
+
+    def close(self) -> int:
+        """Answer every held read at once with what it has (the node is stopping); how
+        many were waiting."""
+        self.closing = True
+        waiting = self._changed
+        self._changed = None
+        if waiting is None or waiting.done():
+            return 0
+        waiting.set_result(None)
+        return self.waiters
 
     def __call__(self, envelopes: Sequence[ev.Envelope] | None) -> None:
         if envelopes is None:
@@ -196,6 +209,12 @@ def feed_for(log: EventLog) -> AuditFeed:
     if feed is None:
         feed = _FEEDS[log] = AuditFeed(log)
     return feed
+
+
+def held_reads(log: EventLog) -> int:
+    """How many reads of this log's stream are held (long-polling) now."""
+    feed = _FEEDS.get(log)
+    return feed.waiters if feed is not None else 0
 
 
 def _json(record: dict[str, Any]) -> bytes:
@@ -360,6 +379,16 @@ class AuditStream:
         return web.Response(body=body, content_type="application/json",
                             headers={"x-amzn-RequestId": request_id})
 
+    async def wake_held_reads(self, app: web.Application) -> None:
+        """``on_shutdown``: held long polls answer now (with what they have), so a stopping
+        node does not wait out their ``wait`` before its final checkpoint."""
+        held = 0
+        for node in self.regions.nodes():
+            feed = _FEEDS.get(node.log)
+            if feed is not None:
+                held += feed.close()
+        log.info("audit_stream_closing", held_reads_woken=held)
+
     async def summaries(self, app: web.Application) -> AsyncIterator[None]:
         """Cleanup context: when the app stops (before its regions close), wait for the read
         facts still being written, so no answered read is left without its record."""
@@ -404,7 +433,7 @@ async def _read(node: Node, after: str, limit: int, wait: float, account: str | 
                     rows, through = [row for row in rows if row[0] == cut], cut
             found = [(r["eventName"], _json(r)) for _, r in rows]
         remaining = deadline - loop.time()
-        if feed.wipes != wipes or remaining <= 0 or len(found) >= limit:
+        if feed.wipes != wipes or remaining <= 0 or len(found) >= limit or feed.closing:
             break
         if any(name != READ_EVENT for name, _ in found):  # reads' records alone: wait on
             if lingered:
@@ -412,10 +441,13 @@ async def _read(node: Node, after: str, limit: int, wait: float, account: str | 
             lingered = True  # found some: wait a moment for more, to answer with a batch
             await asyncio.sleep(min(COALESCE_SECONDS, remaining))
             continue
+        feed.waiters += 1
         try:
             await asyncio.wait_for(asyncio.shield(changed), remaining)
         except TimeoutError:
             pass
+        finally:
+            feed.waiters -= 1
     if feed.wipes != wipes:  # wiped while this read was held: its cursor names nothing now
         raise ExpiredCursorException(_EXPIRED)
     chain = await log.chain_hash(through)

@@ -211,3 +211,30 @@ def test_a_follower_is_not_woken_by_its_own_reads_records(node: ServerProcess) -
     facts = read_facts(read_all(node.url))
     missing = [r for r, body in follower.reads if returned_calls(body) and r not in facts]
     assert missing == []  # every read that returned a call has its record
+
+
+def test_a_stopping_node_answers_a_held_read_at_once_and_stops_cleanly(tmp_path: Path) -> None:
+    """SIGTERM with a follower's long poll held: the read is answered (with what it has) when
+    the node begins to stop instead of after its wait, so the node writes its final
+    checkpoint and exits 0 rather than being killed by a supervisor's stop timeout."""
+    log_path = tmp_path / "node.log"
+    node = ServerProcess(tmp_path / "d", log_path=log_path).start()
+    kms: Any = client_for(node.url)
+    kms.create_key()
+    status, body, _ = read(node.url)
+    assert status == 200
+    got: list[tuple[int, dict[str, Any], str]] = []
+    held = threading.Thread(target=lambda: got.append(read(
+        node.url, after=body["NextCursor"], wait=20)), daemon=True)
+    held.start()
+    eventually(lambda: node.health()["audit_reads_held"] == 1, "the follower's read is held")
+    proc = node.proc
+    assert proc is not None
+    node.stop()
+    held.join(timeout=60)
+    assert proc.returncode == 0
+    assert got and got[0][0] == 200  # answered with what it had: the first read's record
+    assert {r["eventName"] for r in got[0][1]["Records"]} <= {READ}
+    closing = [line for line in node.log_lines() if line.get("event") == "audit_stream_closing"]
+    assert [line["held_reads_woken"] for line in closing] == [1]
+    assert any(line.get("event") == "node_stopped" for line in node.log_lines())
