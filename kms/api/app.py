@@ -289,11 +289,20 @@ class Gateway:
         period = min(self.auth_failures.window, 5.0)
         while True:
             await asyncio.sleep(period)
-            for summary in self.auth_failures.due():
-                try:
-                    await self.summarize(summary)
-                except Exception as exc:  # the loop outlives one failed write
-                    log.error("authentication_summary_failed", exc_info=exc)
+            await self.write_auth_summaries()
+
+    async def write_auth_summaries(self, *, all_of_them: bool = False) -> None:
+        """Write what the limiter only counted (ended windows; all of them at a stop)."""
+        try:
+            due = self.auth_failures.due(all_of_them=all_of_them)
+        except Exception as exc:  # the flush loop outlives one bad pass
+            log.error("authentication_summary_failed", exc_info=exc)
+            return
+        for summary in due:
+            try:
+                await self.summarize(summary)
+            except Exception as exc:  # the loop outlives one failed write
+                log.error("authentication_summary_failed", exc_info=exc)
 
     async def handle_get(self, request: web.Request) -> web.StreamResponse:
         """``GET /``: only a presigned STS call (``?Action=GetCallerIdentity&...``)."""
@@ -580,6 +589,7 @@ def create_app(node: Node, regions: Regions | None = None) -> web.Application:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        await gateway.write_auth_summaries(all_of_them=True)  # before the regions stop
 
     stream = audit_handler(regions)
     app.cleanup_ctx.append(lifecycle)

@@ -73,12 +73,13 @@ class AuthFailureLimiter:
         w.operation, w.error = operation, error
         return False, ended
 
-    def due(self) -> list[Summary]:
-        """Summaries of every window that has ended; those sources are forgotten."""
+    def due(self, *, all_of_them: bool = False) -> list[Summary]:
+        """Summaries of every window that has ended (every window: ``all_of_them``, when
+        the node stops); those sources are forgotten."""
         now = self._now()
         out = []
         for source, w in list(self._windows.items()):
-            if now - w.started >= self.window:
+            if all_of_them or now - w.started >= self.window:
                 del self._windows[source]
                 summary = self._summary(source, w)
                 if summary is not None:

@@ -333,6 +333,28 @@ def test_a_flood_of_failed_sts_authentications_is_summarized(tmp_path: Path) -> 
     assert summary["additionalEventData"]["summarizedAuthenticationFailures"] == 3
 
 
+def test_failures_only_counted_when_the_node_stops_are_summarized_before_it_stops(
+        tmp_path: Path) -> None:
+    """A clean stop writes the open window's summary: failures only counted are never lost
+    because the node stopped before the window ended."""
+    config = audited_config(tmp_path, "auth_failure_audit_limit = 1\n"
+                                      "auth_failure_window_seconds = 3600")
+    server = ServerProcess(tmp_path / "d", dev=False, extra=["--config", str(config)]).start()
+    try:
+        forged = sts_for(server, (ALICE[0], "wrong"))
+        for _ in range(3):
+            with pytest.raises(ClientError):
+                forged.get_caller_identity()
+        server.stop()
+        server.start()
+        records = audit_records(server)
+    finally:
+        server.stop()
+    summaries = [r["additionalEventData"]["summarizedAuthenticationFailures"] for r in records
+                 if "summarizedAuthenticationFailures" in r.get("additionalEventData", {})]
+    assert summaries == [2]
+
+
 def test_sts_signed_for_a_peers_region_is_answered_by_that_region(tmp_path: Path) -> None:
     """Two secured region nodes peered with the same principals: GetCallerIdentity signed for
     eu-west-1 (header or presigned) and sent to us-east-1's node is forwarded, verified,
