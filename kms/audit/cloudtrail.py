@@ -191,8 +191,8 @@ def cloudtrail_record(fact: ev.ApiCallRecorded, *, seq: int, at_ms: int, region:
         "eventSource": source,
         "eventName": name,
         "awsRegion": region,
-        "sourceIPAddress": AWS_INTERNAL if service else (fact.source_ip or None),
-        "userAgent": AWS_INTERNAL if service else (fact.user_agent or None),
+        "sourceIPAddress": AWS_INTERNAL if service else _source_of(fact),
+        "userAgent": AWS_INTERNAL if service else _agent_of(fact),
     }
     if fact.error_code:
         record["errorCode"] = CLOUDTRAIL_ERROR_CODES.get(fact.error_code, fact.error_code)
@@ -276,6 +276,8 @@ def user_identity(fact: ev.ApiCallRecorded, recipient_account: str) -> dict[str,
             ident["accessKeyId"] = fact.access_key_id
         return ident
     kind = fact.principal_type or "Root"
+    if kind == "AWSService":  # a service principal's own call, as CloudTrail names it
+        return {"type": "AWSService", "invokedBy": fact.principal_arn}
     if _cross_account(fact, recipient_account):  # the owner's record names only the account
         ident = {"type": "AWSAccount", "principalId": fact.user_id or fact.account,
                  "accountId": fact.account}
@@ -300,6 +302,20 @@ def user_identity(fact: ev.ApiCallRecorded, recipient_account: str) -> dict[str,
             "attributes": {"mfaAuthenticated": "false"},
         }
     return ident
+
+
+def _source_of(fact: ev.ApiCallRecorded) -> str | None:
+    """sourceIPAddress: the caller's address, or the service principal's name for a call an
+    AWS service made itself (as CloudTrail writes ``logs.amazonaws.com``)."""
+    if fact.principal_type == "AWSService":
+        return fact.principal_arn
+    return fact.source_ip or None
+
+
+def _agent_of(fact: ev.ApiCallRecorded) -> str | None:
+    if fact.principal_type == "AWSService":
+        return fact.principal_arn
+    return fact.user_agent or None
 
 
 def _service_identity(account: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any
 
 from tests.api.test_aws_parity import log_seq, refused_alone
 from tests.conftest import client_for
+from tests.support.audit_stream import read_all
 from tests.support.secured import secured_fixture
 from tests.support.server import ServerProcess
 
@@ -248,3 +249,17 @@ def test_a_secured_node_ignores_the_dev_service_headers(secured: ServerProcess) 
                   "The GranteeServicePrincipal filter is only usable by callers in a service "
                   "principal.", KeyId=key_id, GranteeServicePrincipal=LOGS)
     assert posing.encrypt(KeyId=key_id, Plaintext=b"x")["KeyId"].endswith(key_id)
+
+
+def test_a_service_principals_call_is_audited_as_cloudtrail_names_a_service(
+        server: ServerProcess, kms: Any) -> None:
+    """CloudTrail writes a service principal's own call with userIdentity
+    ``{"type": "AWSService", "invokedBy": "<service>"}`` and the service as its source."""
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    service_grant(kms, key_id)
+    made = as_service(server).encrypt(KeyId=key_id, Plaintext=b"line")
+    request_id = made["ResponseMetadata"]["RequestId"]
+    [record] = [r for r in read_all(server.url) if r["requestID"] == request_id]
+    assert record["userIdentity"] == {"type": "AWSService", "invokedBy": LOGS}
+    assert (record["sourceIPAddress"], record["userAgent"]) == (LOGS, LOGS)
+    assert (record["eventName"], record["eventType"]) == ("Encrypt", "AwsApiCall")
