@@ -40,6 +40,10 @@ _AUTH_RE = re.compile(  # the exact shape SDKs send; anything else takes the slo
 _ISO_RE = re.compile(r"(\d{4})(\d\d)(\d\d)T(\d\d)(\d\d)(\d\d)Z", re.ASCII)
 _CACHE_SIZE = 128
 MAX_PRESIGN_SECONDS = 7 * 86400  # X-Amz-Expires at most a week, as AWS allows
+# Services other than S3 ignore X-Amz-Expires: a presigned request is good for a fixed
+# 15 minutes from X-Amz-Date (aws/aws-sdk-go#2224; why an EKS token presigned with
+# X-Amz-Expires=60 works for 15 minutes).
+PRESIGNED_VALIDITY_SECONDS = 15 * 60
 _PRESIGN_PARAMS = ("X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Signature", "X-Amz-Date",
                    "X-Amz-SignedHeaders", "X-Amz-Expires")
 _TWO_MECHANISMS = ("Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter "
@@ -98,6 +102,11 @@ def query_params(query_string: str) -> dict[str, str]:
 
 def _iso(epoch: float) -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(epoch))
+
+
+def _span(seconds: int) -> str:
+    """A window as AWS's messages write it: ``15 min.`` or ``90 sec.``."""
+    return f"{seconds // 60} min." if seconds % 60 == 0 else f"{seconds} sec."
 
 
 def _parse_time(value: str) -> tuple[str, float] | None:
@@ -243,11 +252,11 @@ class SigV4Verifier:
                 "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date "
                 f"from HTTP: '{scope_date}' != '{amz_date[:8]}', from '{amz_date}'.")
         now, skew = self._now(), self._skew
-        window = f"{skew // 60} min." if skew % 60 == 0 else f"{skew} sec."
+        window = _span(skew)
         if expires is not None and now - epoch > expires:
             raise InvalidSignatureException(
                 f"Signature expired: {amz_date} is now earlier than "
-                f"{_iso(now - expires)} ({_iso(now)} - {expires} sec.)")
+                f"{_iso(now - expires)} ({_iso(now)} - {_span(expires)})")
         if expires is None and epoch < now - skew:
             raise InvalidSignatureException(
                 f"Signature expired: {amz_date} is now earlier than "
@@ -295,7 +304,8 @@ class SigV4Verifier:
                           body: bytes) -> str:
         """The query-string form: X-Amz-Algorithm, -Credential, -Date, -Expires,
         -SignedHeaders and -Signature; valid from X-Amz-Date (less the clock skew allowed)
-        until X-Amz-Date + X-Amz-Expires."""
+        for 15 minutes, whatever X-Amz-Expires says (checked for form only), as every AWS
+        service but S3 does."""
         params = query_params(query_string)
         for name in _PRESIGN_PARAMS:
             if not params.get(name):
@@ -312,7 +322,7 @@ class SigV4Verifier:
                 f"{MAX_PRESIGN_SECONDS} (a week).")
         scope = self._scope(params["X-Amz-Credential"], params["X-Amz-SignedHeaders"],
                             "Re-examine the query-string parameters.")
-        amz_date = self._check_time(params["X-Amz-Date"], scope[1], int(expires))
+        amz_date = self._check_time(params["X-Amz-Date"], scope[1], PRESIGNED_VALIDITY_SECONDS)
         return self._check_signature(method, raw_path,
                                      canonical_query(query_string, "X-Amz-Signature"),
                                      headers, body, scope, params["X-Amz-Signature"], amz_date,
