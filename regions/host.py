@@ -57,7 +57,9 @@ class RegionHost(Regions):
         self.max_regions = node.config.max_dev_regions
         self._opened: dict[str, DataDir] = {}  # their locks are held while the region is
         self._refused: dict[str, str] = {}  # region -> why it could not be opened (logged once)
-        self._opening = asyncio.Lock()
+        self._opening = asyncio.Lock()  # never held while waiting for a node's scheduler
+        self._resetting = asyncio.Lock()
+        self._paused = False  # a reset has stopped replication and not yet restarted it
         self._started = False
         self.replication = DevReplication()  # between the regions hosted here
         self.peering: Peering | None = None  # the peers over HTTP (regions.peering)
@@ -123,7 +125,10 @@ class RegionHost(Regions):
                 node = await asyncio.to_thread(self._host, region)
                 if self._started:
                     await node.start()
-                    self._replicate(node)
+                    if self._paused:  # a reset under way wires it in when it is done
+                        self._direct(node)
+                    else:
+                        self._replicate(node)
             except Exception as exc:  # LogCorrupted, a damaged identity, a locked dir, ...
                 await self._abandon(region, node)
                 message = f"Region {region} cannot be opened by this node."
@@ -138,7 +143,7 @@ class RegionHost(Regions):
     async def _abandon(self, region: str, node: Node | None) -> None:
         """Undo a region that failed to open: no puller, no scheduler, no writer, no lock."""
         if node is not None:
-            self._unreplicate(node)
+            await self._unreplicate(node)
             try:
                 await node.stop()
             except Exception as exc:
@@ -147,19 +152,19 @@ class RegionHost(Regions):
         if data is not None:
             os.close(data.lock_fd)  # releases the dir's flock
 
-    def _unreplicate(self, node: Node) -> None:
-        """Take ``node`` out of the in-process replication (pullers it received or fed)."""
+    async def _unreplicate(self, node: Node) -> None:
+        """Take ``node`` out of the in-process replication (pullers it received or fed) and
+        out of the peers' (its followers), every task of it ended before this returns."""
         rep = self.replication
         for puller in [p for p in rep.pullers if p.receiver is node
                        or p.origin_region == node.config.region]:
             rep.pullers.remove(puller)
-            puller.on_stop()
-            task = getattr(puller, "_task", None)
-            if task is not None:
-                task.cancel()
+            await puller.stop()
         if rep.nodes.get(node.config.region) is node:
             del rep.nodes[node.config.region]
         rep.reactors.pop(node.config.region, None)
+        if self.peering is not None and node is not self.own:
+            await self.peering.unfollow(node)
 
     async def start(self) -> None:
         await super().start()
@@ -168,8 +173,13 @@ class RegionHost(Regions):
             self._replicate(node)
 
     def _replicate(self, node: Node) -> None:
-        node.service.regions = self if node is self.own else _Hosted(self)
+        self._direct(node)
         self.replication.add(node)
+        if self.peering is not None and node is not self.own:
+            self.peering.follow(node)  # once the peers' followers run (else at their start)
+
+    def _direct(self, node: Node) -> None:
+        node.service.regions = self if node is self.own else _Hosted(self, node)
 
     def reset_refusal(self) -> str | None:
         peers = sorted(self.topology.peers)
@@ -184,27 +194,48 @@ class RegionHost(Regions):
         """Wipe every hosted region with no pull under way: a pull fetched before one
         region's wipe must not land in another after its wipe (stale rows, or a cursor
         ahead of the new log). The pullers stop, every node is wiped, then they start
-        again from the (now empty) cursors."""
-        async with self._opening:  # no region opens (and gets pullers) meanwhile
-            started = self._started
-            await self.replication.stop()
+        again from the (now empty) cursors. ``_opening`` is not held while the nodes are
+        wiped: a node's wipe waits for its scheduler, whose rotation may be waiting to
+        look up (and open) a region; a region opened meanwhile is wired in afterwards."""
+        async with self._resetting:  # one reset at a time
+            async with self._opening:  # no region opens while the pullers stop
+                self._paused = True
+                await self.replication.stop()
             try:
                 await super().reset()
             finally:
-                if started:
-                    for node in self.nodes():
-                        self._replicate(node)
+                async with self._opening:
+                    self._paused = False
+                    if self._started:  # not if the node stopped meanwhile
+                        for node in self.nodes():
+                            self._replicate(node)
 
     async def identity_public_key(self, region: str) -> bytes | None:
         """kms.service.core.RegionDirectory: the identity of a region hosted here (opened
-        on first use in ``--dev``), or of a peer (configured, pinned, or pinned now on
-        first contact); None for any other."""
+        on first use in ``--dev``, once the regions have started), or of a peer
+        (configured, pinned, or pinned now on first contact); None for any other."""
+        return await self.identity_for(self.own, region)
+
+    async def identity_for(self, node: Node, region: str) -> bytes | None:
+        """The identity of ``region`` as ``node`` (hosted here) replicates to it."""
         if region in self.topology.peers:
-            return await self.peering.identity(region) if self.peering else None
+            return await self.peering.identity_for(node, region) if self.peering else None
+        if not self._started:  # a node's first scheduler run opens nothing
+            return None
         route = self.routes.get(region) or await self.open(region)
-        if not isinstance(route, Node) or not self._started:
+        if not isinstance(route, Node):
             return None
         return self.replication.identity_of(route).public_key
+
+    def unreachable_reason(self, region: str) -> str | None:
+        return self.unreachable_from(self.own, region)
+
+    def unreachable_from(self, node: Node, region: str) -> str | None:
+        """Why ``node`` cannot replicate to ``region`` now, if this node knows (a peer that
+        refuses its reads); None when it does not."""
+        if region in self.topology.peers and self.peering is not None:
+            return self.peering.refused_reason(node, region)
+        return None
 
     def peer_health(self) -> dict[str, Any]:
         """Per peer: cursor, lag, seconds since the last pull, reachability (for health)."""
@@ -218,13 +249,16 @@ class RegionHost(Regions):
 
 
 class _Hosted:
-    """The RegionDirectory of a region hosted here other than the own one: peers follow
-    only the own region, so it replicates only to the regions hosted in this process."""
+    """The RegionDirectory of a region hosted here other than the own one: it replicates
+    with the regions hosted in this process and with the peers that follow it (a peer
+    that names it with ``--peer`` at this node's URL: regions.peering)."""
 
-    def __init__(self, host: RegionHost) -> None:
+    def __init__(self, host: RegionHost, node: Node) -> None:
         self.host = host
+        self.node = node
 
     async def identity_public_key(self, region: str) -> bytes | None:
-        if region in self.host.topology.peers:
-            return None
-        return await self.host.identity_public_key(region)
+        return await self.host.identity_for(self.node, region)
+
+    def unreachable_reason(self, region: str) -> str | None:
+        return self.host.unreachable_from(self.node, region)

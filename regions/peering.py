@@ -45,14 +45,15 @@ from aiohttp import web
 from kms.crypto import transport
 from kms.domain import events as ev
 from kms.domain import multi_region as mr
+from kms.domain.errors import KMSError
 from kms.node import Node
 from kms.store.log import EventLog
 from kms.store.replication import ReplicatedRow
 from regions import peer_auth
 from regions.admin import Admin
-from regions.identity import PeerIdentityChanged, PeerPins, RegionIdentity
+from regions.identity import PeerIdentityChanged, PeerPins
 from regions.peer_auth import PeerRequestRefused, PeerVerifier
-from regions.replication import Reactor
+from regions.replication import Reactor, ended
 from regions.topology import Peer, Topology
 
 if TYPE_CHECKING:
@@ -68,6 +69,8 @@ REPLY_GRACE = 5.0  # past its wait, a held read with no answer means the link is
 LIMIT_DEFAULT, LIMIT_MAX = 500, 1000
 CONTACT_TIMEOUT = aiohttp.ClientTimeout(total=5, sock_connect=3)
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 2.0
+FIRST_ANSWER_WAIT = 5.0  # ReplicateKey from a region hosted here waits this long for the
+# peer's first answer to that region's follower (does the peer accept it?)
 REFUSED_RETRY = 30.0  # a peer whose identity was refused (or who refused us) is asked again
 # this rarely
 
@@ -148,6 +151,7 @@ class PeerLink:
     """What this node knows of one peer, for the follower and for health."""
 
     peer: Peer
+    local: str = ""  # the region hosted here that follows the peer (and signs as itself)
     reachable: bool | None = None  # None: not tried yet
     identity: bytes | None = None  # the key accepted at the last contact
     refused: str | None = None  # why the peer's identity was refused, if it was
@@ -160,6 +164,8 @@ class PeerLink:
     refused_by_peer: str | None = None  # the peer's 403 to our signed read, if it gave one
     pinning: asyncio.Lock = field(default_factory=asyncio.Lock)  # one first-use pin at once
     pin_failed: tuple[float, str] | None = None  # (monotonic, why) of the last failed pin
+    answered: asyncio.Event = field(default_factory=asyncio.Event)  # a first outcome is known
+    follows: list[str] | None = None  # the regions the peer follows, as it said at contact
 
     def stalled(self, now: float) -> float | None:
         """Seconds since the last answer, if a read is held past its wait and grace."""
@@ -185,6 +191,8 @@ class PeerLink:
             doc["identity_refused"] = self.refused
         if self.refused_by_peer is not None:
             doc["refused_by_peer"] = self.refused_by_peer
+        if self.follows is not None:  # does the peer pull this region's shared rows?
+            doc["followed_by_peer"] = self.local in self.follows
         if stalled is not None:
             doc["error"] = (f"no answer for {stalled:.0f} s (a replication read held past "
                             f"its {FOLLOW_WAIT:g} s wait)")
@@ -208,13 +216,14 @@ class Peering:
         self.pins = PeerPins.load(config.data_dir)
         self.dev = config.dev
         self.wall = wall
-        self.links = {r: PeerLink(p) for r, p in topology.peers.items()}
-        self._signal: CommitSignal | None = None
+        self.links = {r: PeerLink(p, self.region) for r, p in topology.peers.items()}
+        # (region hosted in-process, peer) -> its link: the peer followed into that region
+        self.hosted: dict[tuple[str, str], PeerLink] = {}
+        self._signals: dict[str, CommitSignal] = {}  # per region served, made on first use
         self._session: aiohttp.ClientSession | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}  # (local, peer) -> follower
         self._closing = asyncio.Event()
-        self._identity: RegionIdentity | None = None  # the own region's, once nodes started
-        self._verifier: PeerVerifier | None = None
+        self._verifiers: dict[str, PeerVerifier] = {}  # per region served, once it serves
 
     def install(self, app: web.Application) -> None:
         """Add the endpoints, and the followers' life, to ``app`` (after the nodes' own
@@ -226,51 +235,117 @@ class Peering:
         app.on_shutdown.append(self._shutdown)
 
     async def _ctx(self, app: web.Application) -> AsyncIterator[None]:
-        self._signal = CommitSignal(self.node.log)
-        self._identity = self.host.replication.identity_of(self.node)
-        self._verifier = PeerVerifier(self._identity, self.region, now=self.wall)
+        self._signal_of(self.node)
+        self._verifier_of(self.node)
         self._session = aiohttp.ClientSession(skip_auto_headers=("User-Agent",))
-        self._tasks = [asyncio.create_task(self._follow(link), name=f"follow-{region}")
-                       for region, link in self.links.items()]
+        for link in self.links.values():
+            self._start(link, self.node)
+        for node in self.host.nodes()[1:]:  # in-process regions opened before the peers ran
+            self.follow(node)
         yield
-        for task in self._tasks:
+        tasks, self._tasks = list(self._tasks.values()), {}
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-        self._tasks.clear()
+        for task in tasks:
+            await ended(task)
         await self._session.close()
         self._session = None
 
     async def _shutdown(self, app: web.Application) -> None:
         self._closing.set()  # held replication reads answer now, not after their wait
-        if self._signal is not None:
-            self._signal.fire()
+        for signal in self._signals.values():
+            signal.fire()
+
+    # -- in-process regions ------------------------------------------------------------
+    def follow(self, node: Node) -> None:
+        """Follow every peer into ``node``, a region hosted in-process (``--dev``), signing
+        as that region with its own identity: a peer accepts it once it names the region
+        with ``--peer REGION=<this node's URL>``. Idempotent; before the peers' followers
+        run (``cleanup_ctx``), they start it with the rest."""
+        region = node.config.region
+        if self._session is None or region == self.region:
+            return
+        self._signal_of(node)
+        self._verifier_of(node)
+        for peer_region, peer in self.topology.peers.items():
+            link = self.hosted.get((region, peer_region))
+            if link is None:
+                link = self.hosted[(region, peer_region)] = PeerLink(peer, region)
+            self._start(link, node)
+
+    async def unfollow(self, node: Node) -> None:
+        """Stop following the peers into ``node`` (a region abandoned): its tasks end."""
+        region = node.config.region
+        for key in [k for k in self._tasks if k[0] == region]:
+            task = self._tasks.pop(key)
+            task.cancel()
+            await ended(task)
+
+    def _start(self, link: PeerLink, node: Node) -> None:
+        key = (link.local, link.peer.region)
+        if key not in self._tasks:
+            name = f"follow-{link.peer.region}" + (
+                f"-into-{link.local}" if link.local != self.region else "")
+            self._tasks[key] = asyncio.create_task(self._follow(link, node), name=name)
+
+    def _signal_of(self, node: Node) -> CommitSignal:
+        region = node.config.region
+        found = self._signals.get(region)
+        if found is None:
+            found = self._signals[region] = CommitSignal(node.log)
+        return found
+
+    def _verifier_of(self, node: Node) -> PeerVerifier:
+        region = node.config.region
+        found = self._verifiers.get(region)
+        if found is None:
+            found = self._verifiers[region] = PeerVerifier(
+                self.host.replication.identity_of(node), region, now=self.wall)
+        return found
+
+    def _served(self, region: str | None) -> Node | None:
+        """The node of a region this node serves replication for: its own, or one hosted
+        in-process (``--dev``) and open."""
+        if not region or region == self.region:
+            return self.node
+        found = self.host.routes.get(region) if self.dev else None
+        return found if isinstance(found, Node) else None
 
     # -- endpoints ---------------------------------------------------------------------
     async def region_info(self, request: web.Request) -> web.Response:
-        if not self.node.serving:
+        asked = request.query.get("region")
+        node = self._served(asked)
+        if node is None and asked is not None and self.dev and self.node.serving:
+            try:  # a region this --dev node would host for a request signed for it
+                node = await self.host.open(asked)
+            except KMSError as exc:
+                return _bad(exc.status, exc.code, exc.message)
+        if node is None:  # as without the query: the caller sees which region this is
+            node = self.node
+        if not node.serving:
             return _bad(503, "KMSInternalException", "The node is starting.")
-        identity = self.host.replication.identity_of(self.node)
-        return web.json_response({"region": self.region,
+        identity = self.host.replication.identity_of(node)
+        return web.json_response({"region": node.config.region,
                                   "identity_public_key": identity.public_key_b64,
-                                  "fingerprint": identity.fingerprint})
+                                  "fingerprint": identity.fingerprint,
+                                  "follows": sorted(self.topology.peers)})
+
 
     async def replication(self, request: web.Request) -> web.Response:
-        refusal = await self._admit(request)
+        q = request.query
+        origin = q.get("origin", self.region)
+        served = self._served(origin)
+        if served is None:
+            return _bad(400, "ValidationException",
+                        f"This node serves replication for {self.region}"
+                        + (" and the regions it hosts" if self.dev else " only")
+                        + f", not {origin[:40]!r}.")
+        refusal = await self._admit(request, served)
         if refusal is not None:
-            log.warning("replication_read_refused", remote=request.remote,
+            log.warning("replication_read_refused", remote=request.remote, origin=origin,
                         claimed=request.headers.get(PEER_REGION_HEADER, "")[:40],
                         reason=refusal)
             return _bad(403, "AccessDeniedException", refusal)
-        q = request.query
-        origin = q.get("origin", self.region)
-        if origin != self.region:
-            return _bad(400, "ValidationException",
-                        f"This node serves replication for {self.region} only, "
-                        f"not {origin[:40]!r}.")
         try:
             after = int(q.get("after", "0"))
             limit = int(q.get("limit", str(LIMIT_DEFAULT)))
@@ -280,7 +355,7 @@ class Peering:
         except ValueError:
             return _bad(400, "ValidationException",
                         f"after >= 0, 1 <= limit <= {LIMIT_MAX}, 0 <= wait <= {WAIT_MAX:g}.")
-        node, signal = self.node, self._signal
+        node, signal = served, self._signals.get(served.config.region)
         if not node.serving or signal is None:
             return _bad(503, "KMSInternalException", "The node is starting.")
         woken = signal.current()
@@ -293,11 +368,13 @@ class Peering:
                 pass
             if node.serving:  # woken, or at the end of the wait: the cursor moves on
                 rows, through = await node.log.read_for_peer(after, mr.is_shared_stream, limit)
-        return web.json_response({"origin": self.region, "rows": [row_json(r) for r in rows],
+        return web.json_response({"origin": node.config.region,
+                                  "rows": [row_json(r) for r in rows],
                                   "next_cursor": through, "last_seq": node.log.last_seq})
 
-    async def _admit(self, request: web.Request) -> str | None:
-        """Why ``request`` may not read replication (None: it may); see the module's rules."""
+    async def _admit(self, request: web.Request, served: Node) -> str | None:
+        """Why ``request`` may not read ``served``'s replication (None: it may): signed to
+        that region's identity key; see the module's rules."""
         try:
             signed = peer_auth.signed_headers(request.headers)
             if signed is None:
@@ -315,8 +392,9 @@ class Peering:
                 return None  # no key to check it by: admitted as an unsigned one would be
             if link is None:
                 return (f"Region {signed.region[:40]!r} is not a configured peer of this node "
-                        f"({self.region}); replication is served only to its configured peers.")
-            verifier = self._verifier
+                        f"({served.config.region}); replication is served only to its "
+                        "configured peers.")
+            verifier = self._verifiers.get(served.config.region)
             if verifier is None:
                 return "The node is starting."
             verifier.check_fresh(signed)  # before a first-use pin costs a request
@@ -372,19 +450,70 @@ class Peering:
         except (PeerRefused, PeerAnswerInvalid, aiohttp.ClientError, TimeoutError, OSError):
             return None
 
+    async def identity_for(self, node: Node, region: str) -> bytes | None:
+        """The identity key ``node`` (the own region, or one hosted in-process) seals
+        material to ``region`` (a peer) with; for a region hosted in-process, None while
+        the peer refuses its reads (it does not name the region as its peer), waiting up
+        to ``FIRST_ANSWER_WAIT`` seconds for the peer's first answer to its follower."""
+        local = node.config.region
+        if local != self.region:
+            link = self.hosted.get((local, region))
+            if link is None:
+                return None
+            if (local, region) in self._tasks and not link.answered.is_set():
+                try:
+                    await asyncio.wait_for(link.answered.wait(), FIRST_ANSWER_WAIT)
+                except TimeoutError:
+                    pass
+            if link.refused_by_peer is not None or not self._followed_by(link):
+                return None
+        return await self.identity(region)
+
+    @staticmethod
+    def _followed_by(link: PeerLink) -> bool:
+        """Whether the peer follows ``link.local`` (pulls its shared rows), as far as known."""
+        return link.follows is None or link.local in link.follows
+
+    def refused_reason(self, node: Node, region: str) -> str | None:
+        """Why ``node`` cannot replicate to the peer ``region``, if this node knows: the
+        peer's identity was refused, or (a region hosted in-process) the peer refuses it."""
+        own = self.links.get(region)
+        if own is not None and own.refused is not None:
+            return f"its identity key was refused ({own.refused})."
+        local = node.config.region
+        link = self.hosted.get((local, region)) if local != self.region else None
+        if link is None:
+            return None
+        if link.refused_by_peer is not None:
+            why = f"does not accept {local} as its peer ({link.refused_by_peer})"
+        elif not self._followed_by(link):
+            why = (f"does not follow {local} (its peers: "
+                   f"{', '.join(link.follows or ()) or 'none'})")
+        else:
+            return None
+        return (f"{local} is hosted in-process by this --dev node ({self.region}), and the "
+                f"{region} node at {link.peer.url} {why}. Start the {region} node with "
+                f"--peer {local}=<this node's URL>, as it names {self.region}, or replicate "
+                "to a region hosted in this process.")
+
     async def _contact(self, link: PeerLink) -> bytes:
         """Read the peer's /_kms/region and pin its key; PeerRefused if it is not the
-        configured region or presents another key than the pinned or configured one."""
+        configured region or presents another key than the pinned or configured one. The
+        region is named in the query: a --dev node answers for a region it hosts."""
         peer = link.peer
         assert self._session is not None, "peers are contacted only while the node serves"
-        async with self._session.get(peer.url + "/_kms/region",
+        async with self._session.get(peer.url + "/_kms/region", params={"region": peer.region},
                                      timeout=CONTACT_TIMEOUT) as reply:
             if reply.status != 200:
-                raise PeerAnswerInvalid(f"/_kms/region answered HTTP {reply.status}")
+                raise PeerAnswerInvalid(f"/_kms/region answered HTTP {reply.status}: "
+                                        f"{await _message(reply)}")
             try:
                 doc = await reply.json(content_type=None)
                 said = str(doc["region"])
                 key = transport.public_from_text(str(doc["identity_public_key"]))
+                follows = doc.get("follows")  # absent from older nodes: not known
+                link.follows = ([str(r) for r in follows][:1000]
+                                if isinstance(follows, list) else None)
             except (ValueError, KeyError, TypeError) as exc:
                 raise PeerAnswerInvalid(f"/_kms/region is malformed: {exc}") from None
         if said != peer.region:
@@ -415,10 +544,11 @@ class Peering:
                     ) -> tuple[list[ReplicatedRow], int, int]:
         peer = link.peer
         assert self._session is not None
-        assert self._identity is not None and link.identity is not None, "contacted first"
+        assert link.identity is not None, "contacted first"
+        identity = self.host.replication.identities[link.local]  # made before it follows
         params = {"origin": peer.region, "after": str(after), "limit": str(LIMIT_DEFAULT),
                   "wait": f"{wait:g}"}
-        headers = peer_auth.sign(self._identity, link.identity, self.region, peer.region,
+        headers = peer_auth.sign(identity, link.identity, link.local, peer.region,
                                  "GET", REPLICATION_PATH, params, now=self.wall())
         # A stalled link (a dropped connection that never resets) ends the read here; a
         # catch-up read (wait 0) of a full page gets as long as a held one.
@@ -444,9 +574,10 @@ class Peering:
             link.waiting = False
         return rows, through, last_seq
 
-    async def _follow(self, link: PeerLink) -> None:
-        region, node = link.peer.region, self.node
-        reactor = self.host.replication.reactors.get(self.region)
+    async def _follow(self, link: PeerLink, node: Node) -> None:
+        """Follow ``link``'s peer into ``node`` (the own region's, or one hosted here)."""
+        region = link.peer.region
+        reactor = self.host.replication.reactors.get(node.config.region)
         await self._reconcile(reactor)  # finish what a crash or stop left undone
         delay, contacted, behind = BACKOFF_MIN, False, True
         while True:
@@ -465,10 +596,11 @@ class Peering:
                 link.last_ok, link.peer_last_seq, link.error = time.monotonic(), last_seq, None
                 link.last_contact_ms = int(self.wall() * 1000)
                 link.refused_by_peer = None
+                link.answered.set()
                 if not link.reachable:
                     if link.reachable is False:
                         log.info("peer_reachable", region=region, url=link.peer.url,
-                                 cursor=node.log.cursor(region))
+                                 cursor=node.log.cursor(region), into=link.local)
                     link.reachable = True
                 if rows:
                     await self._reconcile(reactor)
@@ -478,23 +610,30 @@ class Peering:
             except PeerRefused:
                 contacted = False
                 link.reachable = True
+                link.answered.set()
                 await asyncio.sleep(REFUSED_RETRY)
             except RefusedByPeer as exc:
                 contacted = False
                 link.reachable, link.error = True, None
                 link.last_ok, link.last_contact_ms = time.monotonic(), int(self.wall() * 1000)
                 if link.refused_by_peer != str(exc):
-                    log.error("refused_by_peer", region=region, url=link.peer.url,
-                              reason=str(exc))
+                    if link.local == self.region:
+                        log.error("refused_by_peer", region=region, url=link.peer.url,
+                                  reason=str(exc))
+                    else:  # a peer need not follow every region a --dev node hosts
+                        log.info("refused_by_peer", region=region, url=link.peer.url,
+                                 into=link.local, reason=str(exc))
                 link.refused_by_peer = str(exc)
+                link.answered.set()
                 await asyncio.sleep(REFUSED_RETRY)
             except (aiohttp.ClientError, TimeoutError, OSError, PeerAnswerInvalid) as exc:
                 contacted = False
                 link.error = f"{type(exc).__name__}: {exc}"[:300]
                 if link.reachable is not False:  # once per outage, not per attempt
                     log.warning("peer_unreachable", region=region, url=link.peer.url,
-                                error=link.error)
+                                error=link.error, into=link.local)
                 link.reachable = False
+                link.answered.set()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
             except Exception:
@@ -513,5 +652,13 @@ class Peering:
             log.exception("replication_failed", region=self.region)
 
     def health(self) -> dict[str, Any]:
-        return {region: link.health(self.node.log.cursor(region))
-                for region, link in self.links.items()}
+        """Per peer, as the own region follows it; ``hosted``: as each region hosted
+        in-process follows it (reachable, and whether the peer accepts that region)."""
+        out = {region: link.health(self.node.log.cursor(region))
+               for region, link in self.links.items()}
+        for (local, region), link in sorted(self.hosted.items()):
+            node = self.host.routes.get(local)
+            if isinstance(node, Node) and region in out:
+                out[region].setdefault("hosted", {})[local] = link.health(
+                    node.log.cursor(region))
+        return out

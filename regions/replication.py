@@ -364,15 +364,17 @@ class Puller:
         self._task = asyncio.create_task(self._run(), name=f"pull-{self.origin_region}-"
                                                           f"{self.receiver.config.region}")
 
-    async def stop(self) -> None:
+    def halt(self) -> asyncio.Task[None] | None:
+        """Stop being woken and cancel the task; returns it, for the caller to await."""
         self.on_stop()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        self.on_stop = lambda: None
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+        return task
+
+    async def stop(self) -> None:
+        await ended(self.halt())
 
     async def _run(self) -> None:
         while True:
@@ -386,6 +388,22 @@ class Puller:
             except Exception:  # the next commit of the origin (or restart) retries
                 log.exception("replication_failed", origin=self.origin_region,
                               region=self.receiver.config.region)
+
+
+async def ended(task: asyncio.Task[None] | None) -> None:
+    """Wait for a cancelled ``task`` to end. Its own CancelledError is expected; a
+    cancellation of the caller itself while it waits is not swallowed (it propagates). A
+    caller cancelled before (aiohttp's cleanup runs in the cancelled main task) still waits:
+    only a cancellation requested during the wait counts."""
+    if task is None:
+        return
+    current = asyncio.current_task()
+    before = current.cancelling() if current is not None else 0
+    try:
+        await task
+    except asyncio.CancelledError:
+        if current is not None and current.cancelling() > before:
+            raise
 
 
 def local_fetch(origin: Node) -> Fetch:
@@ -440,8 +458,9 @@ class DevReplication:
         self.nodes[region] = node
 
     async def stop(self) -> None:
-        for puller in self.pullers:
-            await puller.stop()
+        tasks = [puller.halt() for puller in self.pullers]  # all cancelled, then awaited
         self.pullers.clear()
+        for task in tasks:
+            await ended(task)
         self.nodes.clear()
         self.reactors.clear()

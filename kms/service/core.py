@@ -186,6 +186,10 @@ class RegionDirectory(Protocol):
         """The X25519 identity public key of ``region``, to seal material to it; None when
         this node cannot replicate to that region."""
 
+    def unreachable_reason(self, region: str) -> str | None:
+        """Why this node cannot replicate to ``region`` (after a None above), if it knows:
+        a sentence that follows "Unable to replicate key K to region R: "."""
+
 
 class Service:
     def __init__(self, *, region: str, account: str, log_: EventLog, keyring: Keyring,

@@ -35,9 +35,11 @@ from kms.store.state import key_stream
 async def _identity_of(svc: Service, key: Key, region: str) -> bytes:
     found = await svc.regions.identity_public_key(region) if svc.regions else None
     if found is None:
+        why = svc.regions.unreachable_reason(region) if svc.regions else None
         raise UnsupportedOperationException(
-            f"Unable to replicate key {key.key_id} to region {region}: this node cannot "
-            "reach that region (host it with --dev, or name its node with --peer).")
+            f"Unable to replicate key {key.key_id} to region {region}: " + (why or (
+                "this node cannot reach that region (host it with --dev, or name its node "
+                "with --peer).")))
     return found
 
 
