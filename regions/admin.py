@@ -9,7 +9,10 @@ a role listed there covers its assumed-role sessions (a role with a path too). E
 refusal is a JSON ``{"__type", "message"}`` with an HTTP status. An unsigned or badly
 signed request, or a caller not named in ``admins``, leaves one audit fact
 (``PromoteReplicaKey`` or ``ListMultiRegionConflicts``; AccessDenied for a non-admin) and
-changes nothing else; a promotion done is its ``PromoteReplicaKey`` AwsServiceEvent. The
+changes nothing else, as does a refused promotion (its fact in the region asked); a
+promotion done is its ``PromoteReplicaKey`` AwsServiceEvent. Every
+conflicts read leaves one ``ListMultiRegionConflicts`` fact (readOnly), refused or served,
+durable before the answer (in the region it read; a refusal in the own region). The
 conflicts answer also names this region's orphaned keys (``Orphans``: a replica whose
 ``ReplicaAdded`` was fenced) with what to do about each.
 """
@@ -25,7 +28,12 @@ import structlog
 from aiohttp import web
 
 from kms.api.sigv4 import SigV4Verifier
-from kms.domain.errors import AccessDeniedException, KMSError
+from kms.domain.errors import (
+    AccessDeniedException,
+    KMSError,
+    KMSInternalException,
+    ValidationException,
+)
 from kms.identity import Principal
 from kms.node import Node
 from kms.service import region_ops
@@ -42,6 +50,13 @@ CONFLICTS_PATH = "/_kms/region/conflicts"
 PROMOTE_EVENT = "PromoteReplicaKey"  # the eventName of a refused promotion (and a done one)
 CONFLICTS_EVENT = "ListMultiRegionConflicts"
 _CREDENTIAL = re.compile(r"Credential=([A-Za-z0-9]+)/")
+
+
+class NodeStarting(KMSInternalException):
+    """The region's node is not serving yet (HTTP 503)."""
+
+    code = "KMSInternalException"
+    status = 503
 
 
 class AdminDenied(AccessDeniedException):
@@ -66,8 +81,9 @@ def denial(principal: Principal) -> str:
             f"this node: {whom} named in admins")
 
 
-def _bad(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"__type": code, "message": message}, status=status)
+def _bad(status: int, code: str, message: str, request_id: str | None = None) -> web.Response:
+    return web.json_response({"__type": code, "message": message}, status=status,
+                             headers={"x-amzn-RequestId": request_id} if request_id else None)
 
 
 class Admin:
@@ -85,51 +101,62 @@ class Admin:
                         web.get(CONFLICTS_PATH, self.conflicts)])
 
     async def _who(self, request: web.Request, body: bytes, event: str,
-                   params: dict[str, Any]) -> str | web.Response:
-        """The admin's ARN, or the refusal, audited (one fact, as a refused audit read)."""
-        if self.dev:
-            return "dev"
+                   params: dict[str, Any]) -> Caller | web.Response:
+        """The admin, or the refusal, audited (one fact, as a refused audit read)."""
         ip, agent = request.remote or "", request.headers.get("User-Agent", "")
+        claimed = _CREDENTIAL.search(request.headers.get("Authorization", ""))
+        if self.dev:  # open: whoever calls acts as the account root, as the gateway's --dev
+            account = self.node.config.account_id
+            return Caller(f"arn:aws:iam::{account}:root", account,
+                          claimed.group(1) if claimed else "", ip, agent,
+                          principal_type="Root", user_id=account)
         additional: dict[str, Any] = {}
         try:
             access_key = self.verifier.verify(request.method,
                                               request.raw_path.split("?", 1)[0],
                                               request.query_string, request.headers, body)
         except KMSError as exc:
-            claimed = _CREDENTIAL.search(request.headers.get("Authorization", ""))
             caller = Caller("anonymous", "", claimed.group(1) if claimed else "", ip, agent)
             refusal = exc
         else:
             principal = self.node.credentials.principal(access_key)
             assert principal is not None  # the verifier knew its secret
-            if named_in(principal, self.admins):
-                return principal.arn
-            log.warning("region_admin_refused", principal=principal.arn, path=request.path)
             caller = Caller(principal.arn, principal.account, access_key, ip, agent,
                             principal_type=principal.principal_type,
                             user_id=principal.user_id, identity_arn=principal.identity_arn)
+            if named_in(principal, self.admins):
+                return caller
+            log.warning("region_admin_refused", principal=principal.arn, path=request.path)
             refusal = AdminDenied(denial(principal))
             additional["authorizationDenied"] = {"action": "kms region administration",
                                                  "reason": "not named in admins"}
-        err = await self.node.service.record_beside(
-            event, params, caller, str(uuid.uuid4()), refusal, additional,
-            read_only=event != PROMOTE_EVENT) or refusal
-        return _bad(err.status, err.code, err.message)
+        return await self._refused(self.node, event, params, caller, refusal, additional)
 
-    async def _node(self, region: str | None) -> Node | web.Response:
+    async def _refused(self, node: Node, event: str, params: dict[str, Any], caller: Caller,
+                       refusal: KMSError, additional: dict[str, Any] | None = None,
+                       ) -> web.Response:
+        request_id = str(uuid.uuid4())
+        err = await node.service.record_beside(
+            event, params, caller, request_id, refusal, additional,
+            read_only=event != PROMOTE_EVENT) or refusal
+        return _bad(err.status, err.code, err.message, request_id)
+
+    def _node(self, region: str | None) -> Node:
+        """The node of ``region`` (the own one by default); ValidationException for one
+        not served here, NodeStarting while it starts."""
         own = self.node.config.region
         if not region or region == own:
             node = self.node
         else:
             found = self.host.routes.get(region) if self.dev else None
             if not isinstance(found, Node):
-                return _bad(400, "ValidationException",
-                            f"This node serves region {own}"
-                            + (" and the regions it hosts" if self.dev else "")
-                            + f", not {region[:40]!r}.")
+                raise ValidationException(
+                    f"This node serves region {own}"
+                    + (" and the regions it hosts" if self.dev else "")
+                    + f", not {region[:40]!r}.")
             node = found
         if not node.serving:
-            return _bad(503, "KMSInternalException", "The node is starting.")
+            raise NodeStarting("The node is starting.")
         return node
 
     async def promote(self, request: web.Request) -> web.Response:
@@ -140,9 +167,10 @@ class Admin:
             doc = None
         asked = ({k: printable(str(doc[k])[:256]) for k in ("KeyId", "Region") if k in doc}
                  if isinstance(doc, dict) else {})
-        who = await self._who(request, body, PROMOTE_EVENT, asked)
-        if isinstance(who, web.Response):
-            return who
+        caller = await self._who(request, body, PROMOTE_EVENT, asked)
+        if isinstance(caller, web.Response):
+            return caller
+        who = "dev" if self.dev else caller.principal_arn
         try:
             if doc is None:
                 raise ValueError
@@ -152,31 +180,38 @@ class Admin:
                     region is None or isinstance(region, str)):
                 raise ValueError
         except (ValueError, KeyError, TypeError, AttributeError):
-            return _bad(400, "ValidationException",
-                        'Send {"KeyId": "<key id or ARN>"} (and optionally "Region").')
-        node = await self._node(region)
-        if isinstance(node, web.Response):
-            return node
+            return await self._refused(self.node, PROMOTE_EVENT, asked, caller, ValidationException(
+                'Send {"KeyId": "<key id or ARN>"} (and optionally "Region").'))
+        node = self.node
         try:
+            node = self._node(region)
             out = await region_ops.promote_replica(node.service, key_ref, who)
-        except KMSError as exc:
-            return _bad(exc.status, exc.code, exc.message)
+        except KMSError as exc:  # a refused promotion: its one fact, in the region asked
+            return await self._refused(node, PROMOTE_EVENT, asked, caller, exc)
         log.warning("replica_promoted", key_id=out["KeyId"], region=out["PrimaryRegion"],
                     epoch=out["Epoch"], previous=out["PreviousPrimaryRegion"], by=who)
         return web.json_response(out)
 
     async def conflicts(self, request: web.Request) -> web.Response:
         region = request.query.get("region")
-        who = await self._who(request, b"", CONFLICTS_EVENT,
-                              {"Region": printable(region[:64])} if region is not None else {})
-        if isinstance(who, web.Response):
-            return who
-        node = await self._node(request.query.get("region"))
-        if isinstance(node, web.Response):
-            return node
-        return web.json_response({"Region": node.config.region,
-                                  "Conflicts": region_ops.conflicts(node.service),
-                                  "Orphans": orphans(node)})
+        params = {"Region": printable(region[:64])} if region is not None else {}
+        caller = await self._who(request, b"", CONFLICTS_EVENT, params)
+        if isinstance(caller, web.Response):
+            return caller
+        try:
+            node = self._node(region)
+        except KMSError as exc:  # refused: audited in the own region
+            return await self._refused(self.node, CONFLICTS_EVENT, params, caller, exc)
+        answer = {"Region": node.config.region,
+                  "Conflicts": region_ops.conflicts(node.service), "Orphans": orphans(node)}
+        request_id = str(uuid.uuid4())
+        err = await node.service.record_beside(  # durable before the answer (fail closed)
+            CONFLICTS_EVENT, params, caller, request_id,
+            additional={"conflicts": len(answer["Conflicts"]),
+                        "orphans": len(answer["Orphans"])})
+        if err is not None:
+            return _bad(err.status, err.code, err.message, request_id)
+        return web.json_response(answer, headers={"x-amzn-RequestId": request_id})
 
 
 def orphans(node: Node) -> list[dict[str, Any]]:

@@ -110,6 +110,10 @@ def test_a_role_in_admins_promotes_through_its_session_and_an_unlisted_user_is_r
             ("ListMultiRegionConflicts", "AccessDenied", MALLORY, True)]
         assert refused[0]["requestParameters"] == {"keyId": key_id}
         assert refused[0]["errorMessage"] == DENIED
+        listed_records = [r for r in records if r["eventName"] == "ListMultiRegionConflicts"
+                          and not r.get("errorCode")]  # the admin's read is recorded too
+        assert [(r["userIdentity"]["arn"], r["readOnly"]) for r in listed_records] == [
+            (ONCALL_SESSION, True)]
         promoted = [r for r in records if r["eventName"] == "PromoteReplicaKey"
                     and not r.get("errorCode")]
         assert len(promoted) == 1
