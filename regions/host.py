@@ -7,8 +7,12 @@ kms.datadir like any data dir; its own scheduler; the own node's clock), at most
 ``max_dev_regions`` in all, and the known regions already on disk are opened at start; the
 own region keeps ``<data-dir>`` itself. A region that fails to open is stopped, its dir
 released, and refused from then on without another try. A region the topology names as a
-peer is never hosted here: its requests go to the peer. Without ``--dev`` only the own region
-is served here, as by kms alone.
+peer is never hosted here: its requests go to the peer. A region hosted in-process replicates
+with the other regions hosted here and with the peers (regions.peering: it follows each peer,
+signing as itself; a peer follows it by naming it with ``--peer REGION=<this node's URL>``).
+Without ``--dev`` only the own region is served here, as by kms alone. ``_opening`` is held
+only while a region opens or replication stops, never across a wait for a node's scheduler
+(whose rotation may look up, and open, a region).
 """
 
 from __future__ import annotations

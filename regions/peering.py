@@ -1,8 +1,11 @@
 """Peers over HTTP: what a node serves its peers, and how it follows each of them.
 
-Rules: ``GET /_kms/region`` names this node's region and its X25519 identity public key
-(public, open to anyone). ``GET /_kms/replication?origin=R&after=N&limit=L&wait=S`` serves
-the own region's shared (``mrk/``) rows after a cursor through ``EventLog.read_for_peer``
+Rules: ``GET /_kms/region[?region=R]`` names this node's region (or R, a region this
+``--dev`` node hosts in-process, opened on first use), its X25519 identity public key and
+the peers it follows (``follows``) (public, open to anyone; a region not served here is
+answered as the own one, so the asker sees the mismatch).
+``GET /_kms/replication?origin=R&after=N&limit=L&wait=S`` serves the own region's (or an
+in-process region R's) shared (``mrk/``) rows after a cursor through ``EventLog.read_for_peer``
 (bodies base64, exactly as stored: material in them is only ever sealed to a receiving
 region), with ``next_cursor``; with ``wait > 0`` and nothing new it long-polls, woken by the
 log's own commits (never by polling), for at most ``WAIT_MAX`` seconds, and returns early
@@ -14,6 +17,11 @@ address is not checked: the MAC proves the peer's key, and addresses change behi
 balancers and proxies. In ``--dev`` an unsigned loopback caller is admitted, and so is one
 signed as a region that is not a peer (nothing to check it by); one signed as a peer is
 checked. Every refusal is 403 ``AccessDeniedException`` naming why.
+
+A request for R must be signed to R's identity key. Each region hosted in-process follows
+every peer too, signing as itself with its own identity key (the peer accepts it once it
+names that region with ``--peer R=<this node's URL>``); ReplicateKey from such a region into
+a peer that does not follow it (its ``follows``) or refuses its reads is refused, naming why.
 
 Each peer has one follower task for the node's life (``cleanup_ctx``): on (re)contact it
 reads the peer's ``/_kms/region``, checks the region, and pins the key (``PeerPins``; a
