@@ -11,6 +11,8 @@ each refusal is one ``kms: error:`` line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -142,8 +144,32 @@ def serve(config: Config,
     shown = f"[{host}]" if ":" in host else host
     print(f"kms: serving region {config.region} on http://{shown}:{port}"
           f"{' (dev mode)' if config.dev else ''}", flush=True)
-    web.run_app(app, sock=sock, print=None, access_log=None, handle_signals=True)
+    asyncio.run(run_until_signalled(app, sock))
     return 0  # the data dir lock is released as the process exits
+
+
+SHUTDOWN_GRACE_SECONDS = 5.0  # for requests in flight at a stop (a container's stop allows 10)
+
+
+async def run_until_signalled(app: web.Application, sock: socket.socket) -> None:
+    """Serve ``app`` on ``sock`` until SIGTERM or SIGINT, then stop it: stop listening, let
+    requests in flight finish (held long polls are answered at once by ``on_shutdown``),
+    then the cleanup contexts (read facts, summaries, the regions' logs with their final
+    checkpoint). The stop runs in a task nobody has cancelled: aiohttp's ``run_app`` runs it
+    inside its own cancelled main task, where one stray CancelledError ends the cleanup
+    before the logs are closed and the process then waits forever on their threads."""
+    runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                           shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
+    await runner.setup()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        await web.SockSite(runner, sock).start()
+        await stopping.wait()
+    finally:
+        await runner.cleanup()
 
 
 def main(argv: list[str] | None = None) -> int:
