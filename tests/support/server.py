@@ -111,6 +111,8 @@ class ServerProcess:
         try:
             out, _ = self.proc.communicate(timeout=60)  # a bound for a stuck stop
         except subprocess.TimeoutExpired:
+            print(f"node on port {self.port} did not stop on signal {sig} within 60 s: "
+                  "killed", file=sys.stderr)  # shown with a failing test's output
             self.proc.kill()
             out, _ = self.proc.communicate()
         self.output += out or ""
