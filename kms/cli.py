@@ -54,8 +54,10 @@ def build_parser(
     s.add_argument("--data-dir", type=Path, help="where the log and keys live (default ./kms-data)")
     s.add_argument("--account-id", help="the account of this node (default 111122223333)")
     s.add_argument("--dev", action="store_true", default=None,
-                   help="development mode: any access key acts as the account root; "
-                        "/_kms/reset and /_kms/clock exist")
+                   help="development mode: signatures are not checked; a caller acts as "
+                        "the principal the config names for its access key, else as the "
+                        "account root (policies still apply); /_kms/reset and /_kms/clock "
+                        "exist")
     s.add_argument("--config", type=Path, help="TOML configuration file")
     s.add_argument("--log-format", choices=("auto", "json", "console"))
     if serve_options is not None:

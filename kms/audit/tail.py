@@ -47,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "one to the key's owner and one to the caller's account)")
 
 
+_PIPE_CLOSED = threading.Event()  # stdout's reader went away (a pipe into `head`)
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         since = _since(args.since)
@@ -74,10 +77,13 @@ def run(args: argparse.Namespace) -> int:
             readers.append(t)
     try:
         for t in readers:
-            while t.is_alive():
+            while t.is_alive() and not _PIPE_CLOSED.is_set():
                 t.join(0.5)
     except KeyboardInterrupt:
         return 130
+    if _PIPE_CLOSED.is_set():  # quiet, as `head` expects; nothing more reaches the pipe
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     for line in failures:
         print(f"kms audit tail: error: {line}", file=sys.stderr)
     return 1 if failures else 0
@@ -117,9 +123,16 @@ def _read_region(url: str, region: str, args: argparse.Namespace, keep: Any,
         shown = [r for r in records if keep(r)]
         if shown:
             with lock:
-                for r in shown:
-                    print(json.dumps(r, separators=(",", ":")) if args.json else line_of(r))
-                sys.stdout.flush()
+                if _PIPE_CLOSED.is_set():
+                    return
+                try:
+                    for r in shown:
+                        print(json.dumps(r, separators=(",", ":")) if args.json
+                              else line_of(r))
+                    sys.stdout.flush()
+                except BrokenPipeError:  # `kms audit tail | head`: the reader has enough
+                    _PIPE_CLOSED.set()
+                    return
         if not records and not args.follow:
             return
 

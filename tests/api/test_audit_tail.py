@@ -79,3 +79,23 @@ def test_kms_audit_tail_follows_the_stream(tmp_path: Path) -> None:
             follow.terminate()
             follow.wait(timeout=60)
         node.stop()
+
+
+def test_kms_audit_tail_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """``kms audit tail --follow | head -1``: once the reader has gone, the next record ends
+    the tail with status 0 and no traceback."""
+    node = ServerProcess(tmp_path / "pipe").start()
+    try:
+        kms = client_for(node.url)
+        kms.create_key()
+        follow = subprocess.Popen([sys.executable, "-m", "regions.cli", "audit", "tail",
+                                   "--endpoint", node.url, "--follow"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert follow.stdout is not None and follow.stdout.readline()  # `head -1` reads one
+        follow.stdout.close()  # and goes away
+        for _ in range(3):  # records to write into the closed pipe
+            kms.list_keys()
+        _, err = follow.communicate(timeout=60)
+        assert (follow.returncode, err) == (0, "")
+    finally:
+        node.stop()
