@@ -42,12 +42,16 @@ def build_parser(
     """The ``kms`` parser; ``serve_options`` adds a layer's own ``serve`` flags."""
     p = argparse.ArgumentParser(
         prog="kms", description="A self-hosted AWS KMS-compatible service",
-        epilog="also: 'kms region promote|conflicts ...' (multi-region operator actions) and "
-               "'kms audit tail|export|verify|prune ...' (the CloudTrail audit stream); "
-               "each takes --help")
+        epilog="each command takes --help")
     p.add_argument("--version", action="version", version=f"kms {version()}")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="run one region node")
+    # Listed for --help; `kms region ...` and `kms audit ...` are routed before this parser
+    # (regions.cli.main) to their own parsers.
+    sub.add_parser("region", help="multi-region operator actions: promote, conflicts",
+                   add_help=False)
+    sub.add_parser("audit", help="the CloudTrail audit stream: tail, export, verify, prune",
+                   add_help=False)
     s.add_argument("--host", help="listen address (default 127.0.0.1)")
     s.add_argument("--port", type=int, help="listen port (default 8080)")
     s.add_argument("--region", help="this node's region (default us-east-1)")
@@ -177,7 +181,13 @@ async def run_until_signalled(app: web.Application, sock: socket.socket) -> None
 def main(argv: list[str] | None = None) -> int:
     """``python -m kms.cli``: one region node, no peers (``regions.cli`` is the ``kms``
     console script, which adds them)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "audit":
+        from kms.audit import cli as audit_cli
+        return audit_cli.main(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command != "serve":  # `region` needs the multi-region layer: the `kms` script
+        return fail(f"'{args.command}' is a command of the `kms` script (regions.cli)")
     try:
         config = load_config(args)
     except (OSError, ValueError, TypeError) as exc:  # TOMLDecodeError is a ValueError
