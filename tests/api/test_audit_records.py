@@ -6,8 +6,11 @@ nothing secret in any record or log line.
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import re
+import subprocess
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -201,7 +204,17 @@ def test_no_plaintext_data_key_or_material_in_any_record_or_log_line(node: Serve
     records = json.dumps(read_all(node.url))
     logs = (node.log_path or Path()).read_text()
     assert len(calls(json.loads(records))) == 8
+    out = node.data_dir.parent / "export"  # and the export: every file, log and digest
+    exported = subprocess.run([sys.executable, "-m", "regions.cli", "audit", "export",
+                               "--data-dir", str(node.data_dir), "--to", str(out)],
+                              capture_output=True, text=True, timeout=300)
+    assert exported.returncode == 0, exported.stderr
+    files = [f for f in out.rglob("*") if f.is_file()]
+    assert any(f.name.endswith(".json.gz") and "CloudTrail-Digest" not in str(f) for f in files)
+    export = "".join((gzip.decompress(f.read_bytes()) if f.suffix == ".gz"
+                      else f.read_bytes()).decode("latin-1") for f in files)
+    assert "Encrypt" in export and "GenerateDataKeyPair" in export
     for secret in secrets:
         for form in (secret, base64.b64encode(secret), secret.hex().encode()):
             text = form.decode("latin-1")
-            assert text not in records and text not in logs
+            assert text not in records and text not in logs and text not in export
