@@ -99,3 +99,22 @@ def test_kms_audit_tail_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
         assert (follow.returncode, err) == (0, "")
     finally:
         node.stop()
+
+
+def test_kms_audit_tail_reads_a_cluster_by_naming_each_regions_endpoint(
+        tmp_path: Path) -> None:
+    """Two region nodes, each its own process: one `kms audit tail` names both endpoints and
+    prints both regions' records (each endpoint read for its own region)."""
+    us = ServerProcess(tmp_path / "us", region="us-east-1").start()
+    eu = ServerProcess(tmp_path / "eu", region="eu-west-1").start()
+    try:
+        made = {region: client_for(node.url, region=region).create_key()["ResponseMetadata"][
+            "RequestId"] for region, node in (("us-east-1", us), ("eu-west-1", eu))}
+        out = tail(us.url, "--endpoint", eu.url, "--event-name", "CreateKey", "--json")
+        assert out.returncode == 0, out.stderr
+        got = [json.loads(line) for line in out.stdout.splitlines()]
+        assert {r["awsRegion"]: r["requestID"] for r in got} == made
+        assert len(got) == 2
+    finally:
+        us.stop()
+        eu.stop()
