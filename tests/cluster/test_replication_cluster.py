@@ -1,14 +1,18 @@
 """Multi-region keys between separate region processes (the local cluster from compose.yaml,
 peers over HTTP): ReplicateKey from us-east-1 reaches eu-west-1 and ap-southeast-2 through
 each node's own endpoint; ciphertexts decrypt and signatures verify across regions; rotation
-reaches replicas; a stopped region catches up after it restarts; health shows each peer;
-what a peer serves holds material only sealed to its region; replication reads are open
-only to peers."""
+reaches replicas (and a replica made after three rotations decrypts every older
+ciphertext); an RSA ciphertext made offline with a replica's public key decrypts in every
+member and an HMAC from one region verifies in the others; ReplicateKey's refusals change
+nothing; a client at one node signing for another region reaches that region; a stopped
+region catches up after it restarts; health shows each peer; what a peer serves holds
+material only sealed to its region; replication reads are open only to peers."""
 
 from __future__ import annotations
 
 import base64
 import json
+import sqlite3
 import subprocess
 import threading
 import urllib.error
@@ -19,6 +23,9 @@ from typing import Any
 import msgpack
 import pytest
 from botocore.exceptions import ClientError
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from kms.crypto import transport
 from kms.crypto.sealing import RootKey
@@ -26,6 +33,7 @@ from kms.domain import multi_region as mr
 from ops.cluster import Cluster
 from regions.identity import RegionIdentity
 from tests.conftest import client_for
+from tests.support.audit_stream import by_request, read_all
 from tests.support.cluster import AP, EU, ROOT, US, clients_fixture, cluster_fixture
 from tests.support.expect import eventually
 from tests.support.server import ServerProcess, free_port
@@ -34,7 +42,6 @@ pytestmark = pytest.mark.slow
 
 cluster = cluster_fixture("replication")
 kms = clients_fixture()
-
 
 
 def state_in(client: Any, key_id: str) -> str:
@@ -129,6 +136,142 @@ def test_rotation_on_demand_reaches_both_replicas(kms: dict[str, Any], symmetric
     with pytest.raises(ClientError) as info:
         kms[EU].rotate_key_on_demand(KeyId=symmetric)
     assert info.value.response["Error"]["Code"] == "UnsupportedOperationException"
+
+
+def test_an_rsa_ciphertext_made_offline_with_eu_west_1s_public_key_decrypts_elsewhere(
+        kms: dict[str, Any]) -> None:
+    key_id = kms[US].create_key(MultiRegion=True, KeySpec="RSA_2048",
+                                KeyUsage="ENCRYPT_DECRYPT")["KeyMetadata"]["KeyId"]
+    for region in (EU, AP):
+        replicate(kms, key_id, region)
+    alg = "RSAES_OAEP_SHA_256"
+    der = kms[EU].get_public_key(KeyId=key_id)["PublicKey"]
+    assert {kms[r].get_public_key(KeyId=key_id)["PublicKey"] for r in (US, AP)} == {der}
+    offline = load_der_public_key(der).encrypt(  # type: ignore[union-attr]
+        b"made offline", padding.OAEP(mgf=padding.MGF1(hashes.SHA256()),
+                                      algorithm=hashes.SHA256(), label=None))
+    for region in (US, AP):
+        got = kms[region].decrypt(KeyId=key_id, CiphertextBlob=offline, EncryptionAlgorithm=alg)
+        assert got["Plaintext"] == b"made offline" and got["EncryptionAlgorithm"] == alg
+        assert got["KeyId"] == kms[region].describe_key(KeyId=key_id)["KeyMetadata"]["Arn"]
+        assert f":{region}:" in got["KeyId"]
+
+
+def test_an_hmac_made_in_one_region_verifies_in_every_other(kms: dict[str, Any]) -> None:
+    key_id = kms[US].create_key(MultiRegion=True, KeySpec="HMAC_256",
+                                KeyUsage="GENERATE_VERIFY_MAC")["KeyMetadata"]["KeyId"]
+    for region in (EU, AP):
+        replicate(kms, key_id, region)
+    for made_in in (US, EU, AP):
+        message = f"mac made in {made_in}".encode()
+        mac = kms[made_in].generate_mac(KeyId=key_id, Message=message,
+                                        MacAlgorithm="HMAC_SHA_256")["Mac"]
+        for region in (r for r in (US, EU, AP) if r != made_in):
+            assert kms[region].verify_mac(KeyId=key_id, Message=message, Mac=mac,
+                                          MacAlgorithm="HMAC_SHA_256")["MacValid"] is True
+    with pytest.raises(ClientError) as info:
+        kms[AP].verify_mac(KeyId=key_id, Message=b"another message", Mac=mac,
+                           MacAlgorithm="HMAC_SHA_256")
+    assert info.value.response["Error"]["Code"] == "KMSInvalidMacException"
+
+
+def test_a_replica_made_after_three_rotations_decrypts_every_older_ciphertext(
+        kms: dict[str, Any]) -> None:
+    key_id = kms[US].create_key(MultiRegion=True)["KeyMetadata"]["KeyId"]
+    blobs = []
+    for n in range(3):
+        blobs.append(kms[US].encrypt(KeyId=key_id, Plaintext=b"v%d" % n)["CiphertextBlob"])
+        kms[US].rotate_key_on_demand(KeyId=key_id)
+    blobs.append(kms[US].encrypt(KeyId=key_id, Plaintext=b"v3")["CiphertextBlob"])
+    current = kms[US].describe_key(KeyId=key_id)["KeyMetadata"]["CurrentKeyMaterialId"]
+
+    for region in (EU, AP):
+        replicate(kms, key_id, region)
+        assert [kms[region].decrypt(CiphertextBlob=b)["Plaintext"] for b in blobs] == [
+            b"v0", b"v1", b"v2", b"v3"]
+        assert kms[region].describe_key(KeyId=key_id)["KeyMetadata"][
+            "CurrentKeyMaterialId"] == current
+        rotations = kms[region].list_key_rotations(KeyId=key_id)["Rotations"]
+        assert [r["RotationType"] for r in rotations] == ["ON_DEMAND"] * 3
+    fresh = kms[AP].encrypt(KeyId=key_id, Plaintext=b"from ap")["CiphertextBlob"]
+    assert decrypts(kms[US], fresh, b"from ap") and decrypts(kms[EU], fresh, b"from ap")
+
+
+def _state_rows(cluster: Cluster, region: str, key_id: str) -> int:
+    """Rows other than audit facts that name the key in a region's own log (read-only)."""
+    db = cluster.state_dir / region / "events.sqlite3"
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        return int(conn.execute("SELECT count(*) FROM events WHERE stream != 'audit' "
+                                "AND instr(stream, ?)", (key_id,)).fetchone()[0])
+
+
+def _settled(cluster: Cluster) -> bool:
+    return all(f["reachable"] and f.get("lag_events") == 0 for doc in cluster.health().values()
+               for f in doc["peers"].values())  # type: ignore[attr-defined]
+
+
+def test_replicate_key_refusals_carry_aws_codes_and_change_nothing(
+        cluster: Cluster, kms: dict[str, Any]) -> None:
+    single = kms[US].create_key()["KeyMetadata"]["KeyId"]
+    key_id = kms[US].create_key(MultiRegion=True)["KeyMetadata"]["KeyId"]
+    replicate(kms, key_id, EU)
+    replica_arn = kms[EU].describe_key(KeyId=key_id)["KeyMetadata"]["Arn"]
+    eventually(lambda: _settled(cluster), "every peer caught up")
+    before = {(r, k): _state_rows(cluster, r, k) for r in (US, EU, AP) for k in (single, key_id)}
+
+    def refusal(region: str, **params: Any) -> tuple[str, str, ClientError]:
+        with pytest.raises(ClientError) as info:
+            kms[region].replicate_key(**params)
+        error = info.value.response["Error"]
+        assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+        return error["Code"], error["Message"], info.value
+
+    code, message, err_replica = refusal(EU, KeyId=key_id, ReplicaRegion=AP)
+    assert code == "UnsupportedOperationException"
+    assert message.startswith(f"{replica_arn} is not a multi-Region primary key.")
+    errors = {EU: [(code, err_replica)], US: []}
+    for region in (EU, US):  # where it already is, and the primary's own region
+        code, message, err = refusal(US, KeyId=key_id, ReplicaRegion=region)
+        assert (code, message) == ("AlreadyExistsException", f"Unable to replicate key {key_id} "
+                                   f"to region {region}, as the key already exist there")
+        errors[US].append((code, err))
+    code, message, err = refusal(US, KeyId=single, ReplicaRegion=EU)
+    assert (code, message) == ("UnsupportedOperationException",
+                               f"Unable to replicate a non-MultiRegion key {single}")
+    errors[US].append((code, err))
+
+    assert {(r, k): _state_rows(cluster, r, k) for r, k in before} == before
+    for region, found in errors.items():  # each refusal is audited where it was answered
+        records = read_all(cluster.urls[region])
+        for code, err in found:
+            record = by_request(records, err.response)
+            assert (record["eventName"], record["errorCode"]) == ("ReplicateKey", code)
+    with pytest.raises(ClientError) as info:
+        kms[AP].describe_key(KeyId=key_id)
+    assert info.value.response["Error"]["Code"] == "NotFoundException"
+    config = kms[US].describe_key(KeyId=key_id)["KeyMetadata"]["MultiRegionConfiguration"]
+    assert [r["Region"] for r in config["ReplicaKeys"]] == [EU]
+
+
+def test_a_client_at_us_east_1_signing_for_eu_west_1_reaches_eu_west_1(
+        cluster: Cluster, kms: dict[str, Any]) -> None:
+    only_eu = kms[EU].create_key(Description="only in eu-west-1")["KeyMetadata"]
+    via_us: Any = client_for(cluster.urls[US], region=EU)
+    assert via_us.meta.endpoint_url == cluster.urls[US]
+
+    got = via_us.describe_key(KeyId=only_eu["KeyId"])
+    assert got["KeyMetadata"] == only_eu | {"Description": "only in eu-west-1"}
+    with pytest.raises(ClientError) as info:
+        kms[US].describe_key(KeyId=only_eu["KeyId"])
+    assert info.value.response["Error"]["Code"] == "NotFoundException"
+    made = via_us.create_key(Description="made through us-east-1")["KeyMetadata"]
+    assert made["Arn"].startswith(f"arn:aws:kms:{EU}:")
+    assert kms[EU].describe_key(KeyId=made["KeyId"])["KeyMetadata"]["Description"] == (
+        "made through us-east-1")
+    # eu-west-1 audits the forwarded call; us-east-1 only forwarded it
+    assert by_request(read_all(cluster.urls[EU]), got)["awsRegion"] == EU
+    assert not [r for r in read_all(cluster.urls[US])
+                if r["requestID"] == got["ResponseMetadata"]["RequestId"]]
 
 
 def test_a_stopped_region_catches_up_after_it_restarts(cluster: Cluster, kms: dict[str, Any],
