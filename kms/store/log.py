@@ -1,5 +1,11 @@
 """The append-only event log: one writer task, group commit, hash chain.
 
+Here: the log's API (append, append_replicated, reset, the read APIs), its lifecycle and
+the writer loop, which takes pending appends off its queue in batches of up to
+``MAX_BATCH`` (a reset ends a batch and runs alone, in order) and hands each to
+kms.store.commit, which commits one batch (or wipes) and answers its callers; the storage
+hooks a subclass implements.
+
 Rules: an append is acknowledged only after its batch is committed (one
 transaction and one fsync for many appends); UNIQUE(stream, version) is the
 optimistic-concurrency backstop behind an in-memory head check; every row's hash
@@ -32,8 +38,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import struct
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -41,14 +46,14 @@ import structlog
 
 from kms.audit.checkpoints import Checkpoint
 from kms.domain import events as ev
-from kms.domain.errors import ConflictingWrite, KMSInternalException
-from kms.store import checkpointing, startup
+from kms.domain.errors import KMSInternalException
+from kms.store import checkpointing, commit, startup
 from kms.store import snapshot as snapshots
 from kms.store.chain import AUDIT_STREAM, GENESIS, LogCorrupted, _Row, row_hash
+from kms.store.commit import COMMIT_FAILED, _fail, _Pending
 from kms.store.pruning import AuditPruned
 from kms.store.replication import (
     CursorChange,
-    ReplicatedBatch,
     ReplicatedRow,
     checked_batch,
     peer_page,
@@ -58,8 +63,11 @@ from kms.store.startup import REPLAY_CHUNK
 if TYPE_CHECKING:
     from kms.audit.checkpoints import Checkpointer
 
+# Named here for the code that imports them from kms.store.log.
+__all__ = ["AUDIT_STREAM", "COMMIT_FAILED", "GENESIS", "REPLAY_CHUNK", "Append", "EventLog",
+           "LogCorrupted", "SideChange", "Subscriber", "VaultChange", "row_hash"]
+
 MAX_BATCH = 1024
-COMMIT_FAILED = "The event log could not commit; try again."
 KEEP_SNAPSHOTS = 2  # stored projection snapshots kept: the newest and the one before
 
 log = structlog.get_logger("kms.store")
@@ -85,29 +93,6 @@ class VaultChange:
 
     key_id: str
     wrapped: bytes | None
-
-
-@dataclass(slots=True)
-class _Pending:
-    appends: tuple[Append, ...]
-    at_ms: int
-    future: asyncio.Future[list[ev.Envelope]]
-    wipe: bool = False  # a --dev reset, ordered with the appends around it
-    vault: tuple[VaultChange, ...] = ()
-    replicated: ReplicatedBatch | None = None
-    pruned: AuditPruned | None = None  # kms audit prune, in the transaction of its audit fact
-
-
-def _settle(future: asyncio.Future[list[ev.Envelope]], envs: list[ev.Envelope]) -> None:
-    """Answer a caller, unless it went away: a cancelled caller cancels its future, and
-    the writer must go on to the rest of the batch (and the queue) regardless."""
-    if not future.done():
-        future.set_result(envs)
-
-
-def _fail(future: asyncio.Future[list[ev.Envelope]], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
 
 
 # What a batch writes besides its rows, in the same transaction.
@@ -306,7 +291,7 @@ class EventLog(abc.ABC):
                 await checkpointing.final_checkpoint(self)
                 return
             if first.wipe:
-                await self._do_wipe(first)
+                await commit.wipe(self, first)
                 continue
             batch = [first]
             held: _Pending | None = None
@@ -321,175 +306,16 @@ class EventLog(abc.ABC):
                     break
                 batch.append(item)
             try:
-                await self._commit(batch)
+                await commit.commit(self, batch)
             except BaseException:
                 if held is not None:  # taken off the queue: the drain in _run misses it
                     _fail(held.future, KMSInternalException("The event log stopped."))
                 raise
             if held is not None:
-                await self._do_wipe(held)
+                await commit.wipe(self, held)
             if stop:
                 await checkpointing.final_checkpoint(self)
                 return
-
-    async def _commit(self, batch: list[_Pending]) -> None:
-        try:
-            await self._commit_batch(batch)
-        except BaseException:
-            for pending in batch:  # fail closed: no caller waits on a batch that broke
-                _fail(pending.future, KMSInternalException(COMMIT_FAILED))
-            raise
-
-    def _items(self, pending: _Pending, cursors: dict[str, int],
-               ) -> Iterator[tuple[str, ev.Event, str, int | None, int, bytes]]:
-        """(stream, event, origin, origin_seq or None for "its seq", at_ms, body) of
-        each row a pending append adds (of a replicated one, those past the cursor)."""
-        r = pending.replicated
-        if r is None:
-            for a in pending.appends:
-                for event in a.events:
-                    yield a.stream, event, self.region, None, pending.at_ms, ev.encode(event)
-            return
-        done = cursors.get(r.origin_region, 0)
-        for row, event in r.rows:
-            if row.origin_seq > done:
-                yield row.stream, event, r.origin_region, row.origin_seq, row.at_ms, row.body
-
-    def _head(self, moved: dict[str, int], stream: str) -> int:
-        """A stream's version as of the batch so far: what it moved, else as committed."""
-        got = moved.get(stream)
-        return self._heads.get(stream, 0) if got is None else got
-
-    def _rows_for(self, pending: _Pending, moved: dict[str, int], seq: int, prev: bytes,
-                  cursors: dict[str, int],
-                  ) -> tuple[list[_Row], list[ev.Envelope], dict[str, int], int, bytes]:
-        """Rows and envelopes of one pending append, continuing the chain from seq/prev, and
-        the heads it moves (on top of ``moved``, the batch's so far): work in proportion to
-        its rows, never to the number of streams in the log."""
-        heads: dict[str, int] = {}
-        rows: list[_Row] = []
-        envs: list[ev.Envelope] = []
-        for stream, event, origin, origin_seq, at_ms, body in self._items(pending, cursors):
-            seq += 1
-            version = (heads[stream] if stream in heads else self._head(moved, stream)) + 1
-            heads[stream] = version
-            o_seq = seq if origin_seq is None else origin_seq
-            h = row_hash(prev, seq, stream, version, event.type_name, origin, o_seq, at_ms,
-                         body)
-            rows.append((seq, stream, version, event.type_name, origin, o_seq, at_ms, body,
-                         prev, h))
-            prev = h
-            envs.append(ev.Envelope(seq, stream, version, origin, o_seq, at_ms, event))
-        return rows, envs, heads, seq, prev
-
-    async def _commit_batch(self, batch: list[_Pending]) -> None:
-        heads: dict[str, int] = {}  # the streams this batch moves, over self._heads
-        seq, prev = self.last_seq, self._last_hash
-        cursors = dict(self._cursors)
-        rows: list[_Row] = []
-        accepted: list[tuple[_Pending, list[ev.Envelope]]] = []
-        for pending in batch:
-            conflict = any(
-                a.expected is not None and self._head(heads, a.stream) != a.expected
-                for a in pending.appends
-            )
-            if conflict:
-                _fail(pending.future, ConflictingWrite("stream moved; decide again"))
-                continue
-            try:  # a row that cannot be encoded fails its own call, never the batch
-                rows_of, envs, p_heads, p_seq, p_prev = self._rows_for(pending, heads, seq, prev,
-                                                                       cursors)
-            except (ValueError, TypeError, OverflowError, struct.error):
-                _fail(pending.future, KMSInternalException("The request could not be recorded."))
-                continue
-            rows.extend(rows_of)
-            heads.update(p_heads)
-            seq, prev = p_seq, p_prev
-            r = pending.replicated
-            if r is not None and r.through > cursors.get(r.origin_region, 0):
-                cursors[r.origin_region] = r.through
-            accepted.append((pending, envs))
-        if not accepted:
-            return
-        checkpoint = checkpointing.checkpoint_due(self, rows, seq, prev)
-        vault = [v for pending, _ in accepted for v in pending.vault]
-        moved = [CursorChange(o, s) for o, s in cursors.items() if self._cursors.get(o) != s]
-        if not rows and not vault and not moved:  # a replayed batch, say: nothing to write
-            for pending, envs in accepted:
-                _settle(pending.future, envs)
-            return
-        try:
-            pruned = [p.pruned for p, _ in accepted if p.pruned is not None]
-            await self._persist(rows, [*vault, *moved, *pruned,
-                                       *([checkpoint] if checkpoint else [])])
-        except Exception as exc:
-            transient = await self._rolled_back(exc)
-            self._note_failure(exc, transient, accepted, len(rows))
-            for pending, _ in accepted:
-                _fail(pending.future, KMSInternalException(COMMIT_FAILED))
-            if transient:  # nothing of the batch is stored; the next batch is tried anew
-                return
-            raise LogCorrupted("commit failed; refusing further writes") from exc
-        self.batches += 1
-        self.degraded = False
-        self._heads.update(heads)
-        self.last_seq, self._last_hash = seq, prev
-        self._cursors = cursors
-        checkpointing.counted(self, rows, checkpoint)
-        for row in rows:
-            if row[4] != self.region and row[5] > self._held.get(row[4], 0):
-                self._held[row[4]] = row[5]
-        for p in pruned:  # from this commit on, cursors up to what it dropped are stale
-            self._pruned_max = max(self._pruned_max, p.last)
-            self._floor = None if self._floor is None else max(self._floor, p.last)
-        for v in vault:
-            if v.wrapped is None:
-                self.vault.pop(v.key_id, None)
-            else:
-                self.vault[v.key_id] = v.wrapped
-        committed = [e for _, envs in accepted for e in envs]
-        state_envs = [e for e in committed if e.stream != AUDIT_STREAM]
-        if state_envs:
-            for fn in self._subscribers:
-                fn(state_envs)
-        if self._audit_subscribers:
-            audit_envs = [e for e in committed if e.stream == AUDIT_STREAM]
-            if audit_envs:
-                for fn in self._audit_subscribers:
-                    fn(audit_envs)
-        for pending, envs in accepted:
-            _settle(pending.future, envs)
-        if checkpoint is not None:
-            await checkpointing.witness(self, checkpoint)
-            if checkpointing.snapshot_due(self, checkpoint):
-                await checkpointing.write_snapshot(self, checkpoint)
-
-
-    async def _rolled_back(self, exc: Exception) -> bool:
-        """Whether a failed commit was transient and left the store exactly as the
-        in-memory heads say (so the chain continues from them). Anything else stops
-        the writer: fail closed rather than serve from a store that may have moved."""
-        if not self._transient(exc):
-            return False
-        try:
-            tail = await self._tail()
-        except Exception:  # cannot read the tail now (the same fault, say): rely on the
-            return True    # UNIQUE(seq) backstop, which refuses the next batch if it moved
-        return tail == (self.last_seq, self._last_hash)
-
-    def _note_failure(self, exc: Exception, transient: bool,
-                      accepted: list[tuple[_Pending, list[ev.Envelope]]], n_rows: int) -> None:
-        self.failed_commits += 1
-        self.degraded = True
-        self.last_error = str(exc) or type(exc).__name__
-        self.last_error_at_ms = max(p.at_ms for p, _ in accepted)
-        request_ids = [e.event.request_id for _, envs in accepted for e in envs
-                       if isinstance(e.event, ev.ApiCallRecorded)]
-        log.error("event_log_commit_failed", error=self.last_error,
-                  error_type=type(exc).__name__, transient=transient,
-                  writer="serving" if transient else "stopped", batch_calls=len(accepted),
-                  batch_rows=n_rows, failed_commits=self.failed_commits,
-                  request_ids=request_ids[:20])
 
     async def probe(self) -> bool:
         """Whether the store would take a commit now, asked without writing anything (for
@@ -509,32 +335,6 @@ class EventLog(abc.ABC):
     async def reset(self) -> None:
         """Drop every row (``--dev`` only); subscribers then see an empty replay."""
         await self._submit(lambda fut: _Pending((), 0, fut, wipe=True))
-
-    async def _do_wipe(self, pending: _Pending) -> None:
-        try:
-            await self._wipe_all()
-        except BaseException:  # the reset's caller is answered whatever broke (never waits)
-            _fail(pending.future, KMSInternalException("reset failed"))
-            raise
-        _settle(pending.future, [])
-
-    async def _wipe_all(self) -> None:
-        try:
-            if self.checkpointer is not None:  # first: a crash mid-wipe must not leave a
-                self.checkpointer.wiped()      # witness the emptied log cannot match
-            await self._wipe()
-        except Exception as exc:
-            raise LogCorrupted("wipe failed") from exc
-        self._heads.clear()
-        self.vault.clear()
-        self._cursors.clear()
-        self._held.clear()
-        self.last_seq, self._last_hash = 0, GENESIS
-        self._cp_rows, self._cp_since_ms = 0, None
-        self._cp_count, self._last_checkpoint, self._snapshot_seq = 0, None, 0
-        self._floor, self._pruned_max = 0, 0
-        for fn in (*self._subscribers, *self._audit_subscribers):
-            fn(None)
 
     # -- storage hooks ------------------------------------------------------------------------
     @abc.abstractmethod
