@@ -20,14 +20,13 @@ conflicts answer also names this region's orphaned keys (``Orphans``: a replica 
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
 
-from kms.api.sigv4 import SigV4Verifier
+from kms.api.operator_auth import OperatorAuth, json_error, unauthenticated
 from kms.domain.errors import (
     AccessDeniedException,
     KMSError,
@@ -49,7 +48,6 @@ PROMOTE_PATH = "/_kms/region/promote"
 CONFLICTS_PATH = "/_kms/region/conflicts"
 PROMOTE_EVENT = "PromoteReplicaKey"  # the eventName of a refused promotion (and a done one)
 CONFLICTS_EVENT = "ListMultiRegionConflicts"
-_CREDENTIAL = re.compile(r"Credential=([A-Za-z0-9]+)/")
 
 
 class NodeStarting(KMSInternalException):
@@ -81,11 +79,6 @@ def denial(principal: Principal) -> str:
             f"this node: {whom} named in admins")
 
 
-def _bad(status: int, code: str, message: str, request_id: str | None = None) -> web.Response:
-    return web.json_response({"__type": code, "message": message}, status=status,
-                             headers={"x-amzn-RequestId": request_id} if request_id else None)
-
-
 class Admin:
     def __init__(self, host: RegionHost) -> None:
         self.host = host
@@ -93,8 +86,7 @@ class Admin:
         config = self.node.config
         self.dev = config.dev
         self.admins = frozenset(config.admins)
-        self.verifier = SigV4Verifier(self.node.credentials.secret, config.region,
-                                      now=self.node.clock.now)
+        self.auth = OperatorAuth()
 
     def install(self, app: web.Application) -> None:
         app.add_routes([web.post(PROMOTE_PATH, self.promote),
@@ -103,27 +95,16 @@ class Admin:
     async def _who(self, request: web.Request, body: bytes, event: str,
                    params: dict[str, Any]) -> Caller | web.Response:
         """The admin, or the refusal, audited (one fact, as a refused audit read)."""
-        ip, agent = request.remote or "", request.headers.get("User-Agent", "")
-        claimed = _CREDENTIAL.search(request.headers.get("Authorization", ""))
-        if self.dev:  # open: whoever calls acts as the account root, as the gateway's --dev
-            account = self.node.config.account_id
-            return Caller(f"arn:aws:iam::{account}:root", account,
-                          claimed.group(1) if claimed else "", ip, agent,
-                          principal_type="Root", user_id=account)
         additional: dict[str, Any] = {}
         try:
-            access_key = self.verifier.verify(request.method,
-                                              request.raw_path.split("?", 1)[0],
-                                              request.query_string, request.headers, body)
+            caller = self.auth.caller(request, self.node, body)
         except KMSError as exc:
-            caller = Caller("anonymous", "", claimed.group(1) if claimed else "", ip, agent)
-            refusal = exc
+            caller, refusal = unauthenticated(request), exc
         else:
-            principal = self.node.credentials.principal(access_key)
+            if self.dev:  # open: whoever calls acts as the account root, as the gateway's --dev
+                return caller
+            principal = self.node.credentials.principal(caller.access_key_id)
             assert principal is not None  # the verifier knew its secret
-            caller = Caller(principal.arn, principal.account, access_key, ip, agent,
-                            principal_type=principal.principal_type,
-                            user_id=principal.user_id, identity_arn=principal.identity_arn)
             if named_in(principal, self.admins):
                 return caller
             log.warning("region_admin_refused", principal=principal.arn, path=request.path)
@@ -139,7 +120,7 @@ class Admin:
         err = await node.service.record_beside(
             event, params, caller, request_id, refusal, additional,
             read_only=event != PROMOTE_EVENT) or refusal
-        return _bad(err.status, err.code, err.message, request_id)
+        return json_error(err, request_id)
 
     def _node(self, region: str | None) -> Node:
         """The node of ``region`` (the own one by default); ValidationException for one
@@ -210,7 +191,7 @@ class Admin:
             additional={"conflicts": len(answer["Conflicts"]),
                         "orphans": len(answer["Orphans"])})
         if err is not None:
-            return _bad(err.status, err.code, err.message, request_id)
+            return json_error(err, request_id)
         return web.json_response(answer, headers={"x-amzn-RequestId": request_id})
 
 

@@ -12,23 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime
 from typing import Any
 
-import botocore.session
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
+from kms import admin_client
 
 TIMEOUT = 30.0
-
-
-class AdminError(Exception):
-    pass
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,48 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _credentials(args: argparse.Namespace) -> Credentials | None:
-    if args.access_key and args.secret_key:
-        return Credentials(args.access_key, args.secret_key)
-    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")  # no IMDS probe on a laptop
-    found = botocore.session.get_session().get_credentials()
-    return found.get_frozen_credentials() if found is not None else None  # type: ignore[return-value]
-
-
-def _node_region(endpoint: str) -> str:
-    try:
-        with urllib.request.urlopen(endpoint + "/_kms/region", timeout=TIMEOUT) as r:
-            return str(json.load(r)["region"])
-    except (OSError, ValueError, KeyError) as exc:
-        raise AdminError(f"{endpoint} does not answer as a kms region node: {exc}") from None
-
-
 def _call(args: argparse.Namespace, method: str, path: str,
           body: dict[str, Any] | None = None, query: str = "") -> dict[str, Any]:
-    endpoint = args.endpoint.rstrip("/")
-    url = endpoint + path + (f"?{query}" if query else "")
-    data = json.dumps(body).encode() if body is not None else b""
-    headers = {"Content-Type": "application/json"}
-    creds = _credentials(args)
-    if creds is not None:
-        request = AWSRequest(method=method, url=url, data=data, headers=headers)
-        SigV4Auth(creds, "kms", _node_region(endpoint)).add_auth(request)
-        headers = dict(request.headers.items())
-    req = urllib.request.Request(url, data=data if method == "POST" else None,
-                                 method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=TIMEOUT) as r:
-            answer: dict[str, Any] = json.load(r)
-            return answer
-    except urllib.error.HTTPError as exc:
-        try:
-            doc = json.load(exc)
-            message = f"{doc.get('__type', 'Error')}: {doc.get('message', '')}"
-        except ValueError:
-            message = f"HTTP {exc.code}"
-        raise AdminError(message) from None
-    except (OSError, ValueError) as exc:
-        raise AdminError(f"{endpoint}: {exc}") from None
+    creds = admin_client.credentials(args.access_key, args.secret_key)
+    return admin_client.call(args.endpoint, method, path, creds, body=body, query=query,
+                             timeout=TIMEOUT)
 
 
 def _when(seconds: float) -> str:
@@ -136,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return promote(args) if args.command == "promote" else conflicts(args)
-    except AdminError as exc:
+    except admin_client.NodeRefused as exc:
         print(f"kms region: error: {exc}", file=sys.stderr)
         return 1
 

@@ -21,11 +21,11 @@ import os
 import re
 import sqlite3
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
+from kms import admin_client
+from kms.admin_client import NodeRefused
 from kms.audit import livelog
 from kms.audit.export import EXPORTED_FILE
 from kms.clock import Clock, PersistentClock
@@ -61,10 +61,6 @@ def age_seconds(text: str) -> int:
 
 class PruneRefused(Exception):
     """Nothing was dropped; the message says why."""
-
-
-class NodeRefused(Exception):
-    """The node refused (or could not be asked); the message says why, in one line."""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -162,57 +158,9 @@ def _drop(data_dir: Path, exported: int, cutoff_ms: int) -> tuple[int, int]:
 # -- with the node running --------------------------------------------------------------------
 def prune_online(args: argparse.Namespace) -> dict[str, Any]:
     """Ask the node at ``args.endpoint`` to prune; its answer, or NodeRefused."""
-    endpoint = args.endpoint.rstrip("/")
     body: dict[str, Any] = {"OlderThanSeconds": args.older_than}
     if args.region:
         body["Region"] = args.region
-    data = json.dumps(body).encode()
-    headers = {"Content-Type": "application/json"}
-    creds = _credentials(args)
-    if creds is not None:
-        from botocore.auth import SigV4Auth
-        from botocore.awsrequest import AWSRequest
-
-        request = AWSRequest(method="POST", url=endpoint + PRUNE_PATH, data=data,
-                             headers=headers)
-        SigV4Auth(creds, "kms", _node_region(endpoint)).add_auth(request)
-        headers = dict(request.headers.items())
-    req = urllib.request.Request(endpoint + PRUNE_PATH, data=data, method="POST",
-                                 headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=TIMEOUT) as r:
-            answer: dict[str, Any] = json.load(r)
-            return answer
-    except urllib.error.HTTPError as exc:
-        try:
-            doc = json.load(exc)
-            message = f"{doc.get('__type', 'Error')}: {doc.get('message', '')}"
-        except ValueError:
-            message = f"HTTP {exc.code}"
-        raise NodeRefused(message) from None
-    except (OSError, ValueError) as exc:
-        raise NodeRefused(f"{endpoint} is not reachable: {exc}") from None
-
-
-def _credentials(args: argparse.Namespace) -> Any:
-    from botocore.credentials import Credentials
-    from botocore.session import Session
-
-    if args.access_key and args.secret_key:
-        return Credentials(args.access_key, args.secret_key)
-    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")  # no IMDS probe on a laptop
-    found = Session().get_credentials()
-    return found.get_frozen_credentials() if found is not None else None
-
-
-def _node_region(endpoint: str) -> str:
-    try:
-        with urllib.request.urlopen(endpoint + "/_kms/health", timeout=30) as r:
-            return str(json.load(r)["region"])
-    except urllib.error.HTTPError as exc:  # a degraded node (503) still names its region
-        try:
-            return str(json.load(exc)["region"])
-        except (ValueError, KeyError):
-            raise NodeRefused(f"{endpoint} does not answer as a kms node: {exc}") from None
-    except (OSError, ValueError, KeyError) as exc:
-        raise NodeRefused(f"{endpoint} does not answer as a kms node: {exc}") from None
+    creds = admin_client.credentials(args.access_key, args.secret_key)
+    return admin_client.call(args.endpoint, "POST", PRUNE_PATH, creds, body=body,
+                             timeout=TIMEOUT)

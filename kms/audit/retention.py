@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import uuid
 import weakref
 from datetime import UTC, datetime
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from kms.api.sigv4 import SigV4Verifier
+from kms.api.operator_auth import OperatorAuth, json_error, unauthenticated
 from kms.audit.cloudtrail import loggable_params, loggable_response
 from kms.audit.export import EXPORTED_FILE
 from kms.audit.prune import PRUNE_PATH as PRUNE_PATH  # the route, for kms.api.app
@@ -44,7 +43,6 @@ if TYPE_CHECKING:
 
 PRUNE_EVENT = "PruneAuditStream"  # the eventName of a prune's record
 MAX_AGE_SECONDS = 100 * 365 * 86400
-_CREDENTIAL = re.compile(r"Credential=([A-Za-z0-9]+)/")
 _LOCKS: weakref.WeakKeyDictionary[EventLog, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
@@ -98,16 +96,16 @@ class PruneEndpoint:
 
     def __init__(self, regions: Regions) -> None:
         self.regions = regions
-        self.verifiers: dict[str, SigV4Verifier] = {}
+        self.auth = OperatorAuth()
 
     async def __call__(self, request: web.Request) -> web.Response:
         request_id = str(uuid.uuid4())
         body = await request.read()
         node = self.regions.own
-        caller = _unauthenticated(request)
+        caller = unauthenticated(request)
         params: dict[str, Any] = {}
         try:
-            caller = self._caller(request, node, body)
+            caller = self.auth.caller(request, node, body)
             self._check_admin(node, caller)
             doc = _document(body)
             params = {k: doc[k] for k in ("OlderThanSeconds", "Region") if k in doc}
@@ -118,28 +116,8 @@ class PruneEndpoint:
             result = await prune(node, caller, request_id, age, params)
         except KMSError as exc:
             err = await node.service.record_beside(PRUNE_EVENT, params, caller, request_id, exc)
-            return _error(err or exc, request_id)
+            return json_error(err or exc, request_id)
         return web.json_response(result, headers={"x-amzn-RequestId": request_id})
-
-    def _caller(self, request: web.Request, node: Node, body: bytes) -> Caller:
-        ip, agent = request.remote or "", request.headers.get("User-Agent", "")
-        account = node.config.account_id
-        if node.config.dev:
-            m = _CREDENTIAL.search(request.headers.get("Authorization", ""))
-            return Caller(f"arn:aws:iam::{account}:root", account, m.group(1) if m else "",
-                          ip, agent, principal_type="Root", user_id=account)
-        region = node.config.region
-        verifier = self.verifiers.get(region)
-        if verifier is None:
-            verifier = self.verifiers[region] = SigV4Verifier(node.credentials.secret, region,
-                                                              now=node.clock.now)
-        access_key = verifier.verify(request.method, request.raw_path.split("?", 1)[0],
-                                     request.query_string, request.headers, body)
-        principal = node.credentials.principal(access_key)
-        assert principal is not None  # the verifier knew its secret
-        return Caller(principal.arn, principal.account, access_key, ip, agent,
-                      principal_type=principal.principal_type, user_id=principal.user_id,
-                      identity_arn=getattr(principal, "identity_arn", "") or principal.arn)
 
     def _check_admin(self, node: Node, caller: Caller) -> None:
         if node.config.dev:
@@ -185,14 +163,3 @@ def _age(raw: Any) -> int:
             f"failed to satisfy constraint: Member must be a whole number of seconds from 0 "
             f"to {MAX_AGE_SECONDS}")
     return raw
-
-
-def _unauthenticated(request: web.Request) -> Caller:
-    m = _CREDENTIAL.search(request.headers.get("Authorization", ""))
-    return Caller("anonymous", "", m.group(1) if m else "", request.remote or "",
-                  request.headers.get("User-Agent", ""))
-
-
-def _error(err: KMSError, request_id: str) -> web.Response:
-    return web.json_response({"__type": err.code, "message": err.message}, status=err.status,
-                             headers={"x-amzn-RequestId": request_id})

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
-from kms.api.sigv4 import SigV4Verifier
+from kms.api.operator_auth import OperatorAuth, json_error, unauthenticated
 from kms.audit.cloudtrail import fact_records, read_records
 from kms.domain import events as ev
 from kms.domain.errors import (
@@ -56,7 +56,6 @@ ISSUED_CURSORS = 1024  # cursors remembered, so a follower's next read skips the
 MAX_COALESCED_READS = 256  # reads one summary fact covers at most
 _CURSOR_PREFIX = "c1_"
 _CURSOR = struct.Struct(">Q16s")
-_CREDENTIAL = re.compile(r"Credential=([A-Za-z0-9]+)/")
 _ACCOUNT = re.compile(r"[0-9]{12}")
 log = structlog.get_logger("kms.audit")
 
@@ -314,27 +313,11 @@ class AuditStream:
 
     def __init__(self, regions: Regions) -> None:
         self.regions = regions
-        self.verifiers: dict[str, SigV4Verifier] = {}
+        self.auth = OperatorAuth()
         self.reads = ReadAudits()
 
     def caller_of(self, request: web.Request, node: Node) -> Caller:
-        ip, agent = request.remote or "", request.headers.get("User-Agent", "")
-        account = node.config.account_id
-        if node.config.dev:
-            m = _CREDENTIAL.search(request.headers.get("Authorization", ""))
-            return Caller(f"arn:aws:iam::{account}:root", account, m.group(1) if m else "",
-                          ip, agent, principal_type="Root", user_id=account)
-        region = node.config.region
-        verifier = self.verifiers.get(region)
-        if verifier is None:
-            verifier = self.verifiers[region] = SigV4Verifier(node.credentials.secret, region,
-                                                              now=node.clock.now)
-        access_key = verifier.verify(request.method, request.raw_path.split("?", 1)[0],
-                                     request.query_string, request.headers, b"")
-        principal = node.credentials.principal(access_key)
-        assert principal is not None  # the verifier knew its secret
-        return Caller(principal.arn, principal.account, access_key, ip, agent,
-                      principal_type=principal.principal_type, user_id=principal.user_id)
+        return self.auth.caller(request, node)
 
     def check_reader(self, node: Node, caller: Caller) -> None:
         if node.config.dev:
@@ -351,7 +334,7 @@ class AuditStream:
         request_id = str(uuid.uuid4())
         q = request.query
         node = self.regions.own
-        caller = _unauthenticated(request)
+        caller = unauthenticated(request)
         params = {k: printable(q[k][:128]) for k in ("after", "limit", "wait", "region",
                                                       "account") if k in q}
         try:
@@ -369,11 +352,11 @@ class AuditStream:
                                              float(wait), account)
         except KMSError as exc:
             err = await node.service.record_beside(READ_EVENT, params, caller, request_id, exc)
-            return _error(err or exc, request_id)
+            return json_error(err or exc, request_id)
         if any(name != READ_EVENT for name, _ in found):  # else: no loop of reads
             err = await self.reads.audited(node, caller, params, request_id, len(found))
             if err is not None:
-                return _error(err, request_id)
+                return json_error(err, request_id)
         body = b"".join((b'{"Records":[', b",".join(b for _, b in found), b'],"NextCursor":',
                          json.dumps(next_cursor).encode(), b"}"))
         return web.Response(body=body, content_type="application/json",
@@ -493,14 +476,3 @@ def _number(raw: str | None, name: str, default: float, low: float, high: float,
             f"1 validation error detected: Value '{raw[:32]}' at '{name}' failed to satisfy "
             f"constraint: Member must be a number from {kind(low)} to {kind(high)}")
     return value
-
-
-def _unauthenticated(request: web.Request) -> Caller:
-    m = _CREDENTIAL.search(request.headers.get("Authorization", ""))
-    return Caller("anonymous", "", m.group(1) if m else "", request.remote or "",
-                  request.headers.get("User-Agent", ""))
-
-
-def _error(err: KMSError, request_id: str) -> web.Response:
-    return web.json_response({"__type": err.code, "message": err.message}, status=err.status,
-                             headers={"x-amzn-RequestId": request_id})
