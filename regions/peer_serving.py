@@ -89,9 +89,8 @@ class PeerServing:
     _verifiers: dict[str, PeerVerifier]
     _closing: asyncio.Event
 
-    if TYPE_CHECKING:
-        async def _pinned(self, link: PeerLink) -> bytes:
-            raise NotImplementedError  # regions.peer_following.PeerFollowing._pinned
+    if TYPE_CHECKING:  # declared for the type checker; Peering gets it from PeerFollowing
+        async def _pinned(self, link: PeerLink) -> bytes: ...
 
     def _signal_of(self, node: Node) -> CommitSignal:
         region = node.config.region
